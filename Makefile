@@ -1,0 +1,62 @@
+# inpaint: train, export, evaluate, serve and test. `make help` lists the targets.
+# Every target depends on the virtual environment, so `make train export` works on a fresh clone.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+BIN         := $(VENV)/bin
+MODEL_BASE  ?= models/inpaint
+REPORTS     ?= reports
+
+# Training options; empty means the CLI's own default (see `inpaint-train --help`).
+DATA          ?=
+EPOCHS        ?=
+STEPS         ?=
+IMAGE_SIZE    ?=
+BATCH_SIZE    ?=
+DEPTH         ?=
+BASE_FILTERS  ?=
+MASK_KIND     ?=
+LEARNING_RATE ?=
+SEED          ?=
+VERSION       ?=
+PYTEST_ARGS   ?=
+
+opt = $(if $(2),$(1) $(2))
+TRAIN_ARGS = $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS)) \
+	$(call opt,--steps-per-epoch,$(STEPS)) $(call opt,--image-size,$(IMAGE_SIZE)) \
+	$(call opt,--batch-size,$(BATCH_SIZE)) $(call opt,--depth,$(DEPTH)) \
+	$(call opt,--base-filters,$(BASE_FILTERS)) $(call opt,--mask-kind,$(MASK_KIND)) \
+	$(call opt,--learning-rate,$(LEARNING_RATE)) $(call opt,--seed,$(SEED))
+VERSION_ARG = $(call opt,--version,$(VERSION))
+
+INSTALLED := $(VENV)/.installed
+
+.PHONY: help install train export evaluate test clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+install: $(INSTALLED)  ## Create .venv and install inpaint with the train, serve and dev extras
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[train,serve,dev]'
+	touch $@
+
+train: $(INSTALLED)  ## Train the U-Net and publish the next version under MODEL_BASE
+	$(BIN)/inpaint-train --model-base-path $(MODEL_BASE) $(TRAIN_ARGS)
+
+export: $(INSTALLED)  ## Convert a version (default: latest) to model.onnx and check parity
+	$(BIN)/inpaint-export $(MODEL_BASE) $(VERSION_ARG)
+
+evaluate: $(INSTALLED)  ## Compare the exported model with OpenCV's Telea and NS inpainting
+	$(BIN)/inpaint-eval $(MODEL_BASE) $(VERSION_ARG) --report $(REPORTS)/eval
+
+test: $(INSTALLED)  ## Run the test suite (exit code 5, no tests collected, counts as failure)
+	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$status
+
+clean:  ## Remove build outputs and caches (keeps .venv and models/)
+	rm -rf build dist *.egg-info .pytest_cache .hypothesis $(REPORTS)
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

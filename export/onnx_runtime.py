@@ -1,0 +1,28 @@
+"""Run an exported ``model.onnx`` in process with ONNX Runtime (CPU unless asked otherwise)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class InferenceModel:
+    """An ONNX Runtime session behind the model's own interface: uint8 images and masks in."""
+
+    def __init__(self, path: Path, providers: list[str] | None = None, intra_op_threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = intra_op_threads
+        options.log_severity_level = 4  # callers report failures themselves, once
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+
+    def inpaint(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """``(N, H, W, 3)`` uint8 images and ``(N, H, W)`` or ``(N, H, W, 1)`` masks (nonzero = hole)."""
+        if masks.ndim == 3:
+            masks = masks[..., None]
+        feeds = {"image": np.ascontiguousarray(images, np.uint8), "mask": np.ascontiguousarray(masks, np.uint8)}
+        return self.session.run(["inpainted"], feeds)[0]

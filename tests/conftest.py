@@ -1,0 +1,47 @@
+"""Shared fixtures: a real, tiny model trained and exported once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def write_png(path: Path, image: np.ndarray) -> Path:
+    from inpaint.trainer.data import write_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_image(path, image)
+    return path
+
+
+def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth random colour image (a blurred noise field), so inpainting has structure to find."""
+    import cv2
+
+    noise = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return cv2.GaussianBlur(noise, (0, 0), 3)
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory):
+    from inpaint.trainer.train import TrainConfig
+
+    base = tmp_path_factory.mktemp("repo") / "inpaint"
+    return TrainConfig(model_base_path=str(base), image_size=32, depth=2, base_filters=8, batch_size=4,
+                       epochs=2, steps_per_epoch=3, validation_size=8, seed=7)
+
+
+@pytest.fixture(scope="session")
+def tiny_version(tiny_config) -> Path:
+    """Version 1 of a depth-2, 8-filter U-Net: trained, SavedModel written, ONNX exported and checked."""
+    from inpaint.export.onnx_export import export_version
+    from inpaint.trainer.train import train
+
+    version = train(tiny_config)
+    export_version(version)
+    return version
