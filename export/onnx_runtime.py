@@ -26,3 +26,18 @@ class InferenceModel:
             masks = masks[..., None]
         feeds = {"image": np.ascontiguousarray(images, np.uint8), "mask": np.ascontiguousarray(masks, np.uint8)}
         return self.session.run(["inpainted"], feeds)[0]
+
+    def signature(self) -> dict[str, dict[str, tuple[str, list[int]]]]:
+        """``{"inputs"|"outputs": {name: (numpy dtype name, shape with -1 for dynamic)}}``."""
+        def describe(args):
+            return {a.name: (_ORT_TYPES.get(a.type, a.type), [d if isinstance(d, int) else -1 for d in a.shape])
+                    for a in args}
+
+        return {"inputs": describe(self.session.get_inputs()), "outputs": describe(self.session.get_outputs())}
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+
+_ORT_TYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(int64)": "int64"}

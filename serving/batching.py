@@ -1,0 +1,246 @@
+"""Dynamic batching with TF Serving's knobs, on the event loop, compute in worker threads.
+
+Requests for the same model version and the same H x W join an open batch.
+A batch is closed when it is full or ``batch_timeout_micros`` after its first
+request arrived, then waits in a bounded queue for one of
+``num_batch_threads`` workers. A full queue refuses new requests at once
+(RESOURCE_EXHAUSTED), so memory stays bounded. Requests whose deadline has
+passed, or whose caller went away, are dropped before the model runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from google.protobuf import text_format
+
+from .errors import DeadlineExpired, QueueFull
+from .models import ModelVersion
+from .protos import session_bundle_config_pb2
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    max_batch_size: int = 32
+    batch_timeout_micros: int = 2000
+    max_enqueued_batches: int = 100
+    num_batch_threads: int = 2
+    allowed_batch_sizes: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"batching parameter {name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_timeout_micros < 0:
+            raise ValueError(f"batch_timeout_micros must not be negative, got {self.batch_timeout_micros}")
+        sizes = self.allowed_batch_sizes
+        if sizes and (list(sizes) != sorted(set(sizes)) or sizes[-1] != self.max_batch_size):
+            raise ValueError(f"allowed_batch_sizes {list(sizes)} must increase and end at max_batch_size "
+                             f"{self.max_batch_size}")
+
+    @classmethod
+    def from_file(cls, path: Path, **defaults) -> "BatchingOptions":
+        """Read TF Serving's ``--batching_parameters_file`` (text-format ``BatchingParameters``)."""
+        try:
+            proto = text_format.Parse(Path(path).read_text(), session_bundle_config_pb2.BatchingParameters())
+        except text_format.ParseError as error:
+            raise ValueError(f"cannot parse batching parameters file {path}: {error}") from None
+        values = dict(defaults)
+        for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
+            if proto.HasField(name):
+                values[name] = getattr(proto, name).value
+        if proto.allowed_batch_sizes:
+            values["allowed_batch_sizes"] = tuple(proto.allowed_batch_sizes)
+        return cls(**values)
+
+
+@dataclass(eq=False)
+class _Task:
+    image: np.ndarray
+    mask: np.ndarray
+    future: asyncio.Future
+    enqueued_at: float
+    deadline: float | None
+
+    @property
+    def size(self) -> int:
+        return len(self.image)
+
+
+@dataclass(eq=False)
+class _Batch:
+    key: tuple
+    model_version: ModelVersion
+    tasks: list[_Task] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(task.size for task in self.tasks)
+
+
+# (version, images in the batch, seconds each request queued, seconds the model ran)
+Observer = Callable[[ModelVersion, int, list[float], float], None]
+
+
+class Batcher:
+    """Merges concurrent same-size requests into one model call and splits the result back."""
+
+    def __init__(self, options: BatchingOptions, executor: Executor, observe: Observer | None = None):
+        self.options, self.executor, self.observe = options, executor, observe
+        self._open: dict[tuple, _Batch] = {}
+        self._ready: collections.deque[_Batch] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._workers: list[asyncio.Task] = []
+        self._running = 0
+
+    @property
+    def queued_batches(self) -> int:
+        return len(self._open) + len(self._ready)
+
+    @property
+    def busy(self) -> bool:
+        """Anything queued or running: what a drain waits for."""
+        return bool(self.queued_batches or self._running)
+
+    def start(self) -> None:
+        self._workers = [asyncio.get_running_loop().create_task(self._work(), name=f"batch-thread-{i}")
+                         for i in range(self.options.num_batch_threads)]
+
+    async def stop(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+    async def run(self, model_version: ModelVersion, image: np.ndarray, mask: np.ndarray,
+                  deadline: float | None) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        task = _Task(image, mask, loop.create_future(), loop.time(), deadline)
+        self._enqueue(model_version, task)
+        return await task.future  # a cancelled caller cancels the future: the worker skips it
+
+    def _enqueue(self, model_version: ModelVersion, task: _Task) -> None:
+        key = (id(model_version), image_key(task.image))
+        batch = self._open.get(key)
+        if batch is not None and batch.size + task.size > self.options.max_batch_size:
+            self._close(batch)
+            batch = None
+        if batch is None:
+            if self.queued_batches >= self.options.max_enqueued_batches:
+                raise QueueFull(f"batching queue is full ({self.options.max_enqueued_batches} batches waiting); "
+                                "retry later")
+            batch = self._open[key] = _Batch(key, model_version)
+            timeout = self.options.batch_timeout_micros / 1e6
+            batch.timer = asyncio.get_running_loop().call_later(timeout, self._close, batch)
+        batch.tasks.append(task)
+        if batch.size >= self.options.max_batch_size:
+            self._close(batch)
+
+    def _close(self, batch: _Batch) -> None:
+        if self._open.get(batch.key) is batch:
+            del self._open[batch.key]
+            if batch.timer is not None:
+                batch.timer.cancel()
+            self._ready.append(batch)
+            self._wakeup.set()
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._ready:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            batch = self._ready.popleft()
+            tasks = self._live_tasks(batch, loop.time())
+            if not tasks:
+                continue
+            self._running += 1
+            try:
+                await self._run_batch(batch.model_version, tasks, loop)
+            finally:
+                self._running -= 1
+
+    @staticmethod
+    def _live_tasks(batch: _Batch, now: float) -> list[_Task]:
+        live = []
+        for task in batch.tasks:
+            if task.future.done():  # cancelled: the caller's deadline passed or it hung up
+                continue
+            if task.deadline is not None and now >= task.deadline:
+                task.future.set_exception(DeadlineExpired("deadline passed while the request was queued"))
+                continue
+            live.append(task)
+        return live
+
+    async def _run_batch(self, model_version: ModelVersion, tasks: list[_Task], loop) -> None:
+        started = loop.time()
+        images = np.concatenate([t.image for t in tasks]) if len(tasks) > 1 else tasks[0].image
+        masks = np.concatenate([t.mask for t in tasks]) if len(tasks) > 1 else tasks[0].mask
+        try:
+            output = await loop.run_in_executor(self.executor, model_version.runner.inpaint, images, masks)
+        except Exception as error:  # noqa: BLE001 - handed to every caller; they report it
+            for task in tasks:
+                if not task.future.done():
+                    task.future.set_exception(error)
+            return
+        if self.observe is not None:
+            self.observe(model_version, len(images), [started - t.enqueued_at for t in tasks], loop.time() - started)
+        offset = 0
+        for task in tasks:
+            if not task.future.done():
+                task.future.set_result(output[offset : offset + task.size])
+            offset += task.size
+
+
+def image_key(image: np.ndarray) -> tuple[int, int]:
+    """Requests can share a batch only when their images have the same H and W."""
+    return image.shape[1], image.shape[2]
+
+
+class DirectRunner:
+    """No batching: every request runs on its own in a worker thread."""
+
+    def __init__(self, executor: Executor, observe: Observer | None = None):
+        self.executor, self.observe = executor, observe
+        self._running = 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._running)
+
+    def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def run(self, model_version: ModelVersion, image: np.ndarray, mask: np.ndarray,
+                  deadline: float | None) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        enqueued = loop.time()
+        if deadline is not None and enqueued >= deadline:
+            raise DeadlineExpired("deadline passed before the request reached the model")
+        started: list[float] = []
+
+        def run_model():
+            started.append(time.monotonic())  # the event loop's clock
+            return model_version.runner.inpaint(image, mask)
+
+        self._running += 1
+        try:
+            output = await loop.run_in_executor(self.executor, run_model)
+        finally:
+            self._running -= 1
+        if self.observe is not None:
+            self.observe(model_version, len(image), [started[0] - enqueued], loop.time() - started[0])
+        return output

@@ -1,0 +1,104 @@
+"""``inpaint-serve``: the ONNX Runtime model server, with TF Serving's flags in dashed form."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .batching import BatchingOptions
+from .models import VersionPolicy
+from .runtime import DEVICES
+from .server import ServerConfig, serve
+
+_DEFAULT_BATCHING = BatchingOptions()
+
+
+def _policy(ctx, param, value: str) -> str:
+    try:
+        VersionPolicy.parse(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    return value
+
+
+def _port(ctx, param, value: int) -> int:
+    if not -1 <= value <= 65535:
+        raise click.BadParameter("must be 0-65535 (0 picks a free port; -1 disables REST)")
+    return value
+
+
+@click.command(context_settings={"show_default": True, "max_content_width": 110})
+@click.option("--model-base-path", required=True, type=click.Path(file_okay=False, path_type=Path),
+              envvar="MODEL_BASE_PATH", help="Model repository: BASE/<version>/model.onnx.")
+@click.option("--model-name", default="inpaint", envvar="MODEL_NAME", help="Name clients ask for.")
+@click.option("--host", default="0.0.0.0", envvar="INPAINT_HOST", help="Address to listen on.")
+@click.option("--port", default=8500, callback=_port, envvar="INPAINT_PORT", help="gRPC port (0: any free port).")
+@click.option("--rest-port", default=8501, callback=_port, envvar="INPAINT_REST_PORT",
+              help="REST and metrics port (0: any free port, -1: no REST).")
+@click.option("--model-version-policy", default="latest:1", callback=_policy, envvar="INPAINT_VERSION_POLICY",
+              help="Versions to serve: latest:N, all or specific:1,3.")
+@click.option("--file-system-poll-wait-seconds", default=2.0, type=click.FloatRange(min=0.05),
+              envvar="INPAINT_POLL_SECONDS", help="How often to look for new or removed versions.")
+@click.option("--enable-batching/--no-enable-batching", default=False, envvar="INPAINT_ENABLE_BATCHING",
+              help="Merge concurrent same-size requests into one model run.")
+@click.option("--max-batch-size", default=_DEFAULT_BATCHING.max_batch_size, type=click.IntRange(min=1),
+              envvar="INPAINT_MAX_BATCH_SIZE", help="Most images in one model run.")
+@click.option("--batch-timeout-micros", default=_DEFAULT_BATCHING.batch_timeout_micros, type=click.IntRange(min=0),
+              envvar="INPAINT_BATCH_TIMEOUT_MICROS", help="Longest a batch waits to fill.")
+@click.option("--max-enqueued-batches", default=_DEFAULT_BATCHING.max_enqueued_batches,
+              type=click.IntRange(min=1), envvar="INPAINT_MAX_ENQUEUED_BATCHES",
+              help="Batches that may wait; beyond it requests get RESOURCE_EXHAUSTED.")
+@click.option("--num-batch-threads", default=_DEFAULT_BATCHING.num_batch_threads, type=click.IntRange(min=1),
+              envvar="INPAINT_NUM_BATCH_THREADS", help="Batches run at once.")
+@click.option("--batching-parameters-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              envvar="INPAINT_BATCHING_PARAMETERS_FILE",
+              help="TF Serving's batching parameters text file; overrides the batching flags it sets.")
+@click.option("--max-request-bytes", default=64 * 2**20, type=click.IntRange(min=1024),
+              envvar="INPAINT_MAX_REQUEST_BYTES", help="Largest request (also the gRPC max message size).")
+@click.option("--max-pixels", default=4096 * 4096, type=click.IntRange(min=1), envvar="INPAINT_MAX_PIXELS",
+              help="Largest H x W per image.")
+@click.option("--device", default="auto", type=click.Choice(DEVICES), envvar="INPAINT_DEVICE",
+              help="auto: CUDA when it really works, else CPU.")
+@click.option("--intra-op-threads", default=0, type=click.IntRange(min=0), envvar="INPAINT_INTRA_OP_THREADS",
+              help="ONNX Runtime threads per model run (0: ORT's choice).")
+@click.option("--drain-seconds", default=20.0, type=click.FloatRange(min=0), envvar="INPAINT_DRAIN_SECONDS",
+              help="On SIGTERM, how long queued and in-flight requests get to finish.")
+@click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+              envvar="INPAINT_LOG_LEVEL", help="Logging level.")
+def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port: int, model_version_policy: str,
+         file_system_poll_wait_seconds: float, enable_batching: bool, max_batch_size: int,
+         batch_timeout_micros: int, max_enqueued_batches: int, num_batch_threads: int,
+         batching_parameters_file: Path | None, max_request_bytes: int, max_pixels: int, device: str,
+         intra_op_threads: int, drain_seconds: float, log_level: str) -> None:
+    """Serve MODEL_BASE_PATH's ONNX versions over TF Serving's gRPC and REST APIs."""
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        batching = BatchingOptions(max_batch_size, batch_timeout_micros, max_enqueued_batches, num_batch_threads)
+        if batching_parameters_file is not None:
+            batching = BatchingOptions.from_file(batching_parameters_file, max_batch_size=max_batch_size,
+                                                 batch_timeout_micros=batch_timeout_micros,
+                                                 max_enqueued_batches=max_enqueued_batches,
+                                                 num_batch_threads=num_batch_threads)
+            enable_batching = True
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    config = ServerConfig(
+        model_base_path=model_base_path, model_name=model_name, host=host, port=port,
+        rest_port=None if rest_port == -1 else rest_port, version_policy=model_version_policy,
+        poll_seconds=file_system_poll_wait_seconds, enable_batching=enable_batching, batching=batching,
+        max_request_bytes=max_request_bytes, max_pixels=max_pixels, device=device,
+        intra_op_threads=intra_op_threads, drain_seconds=drain_seconds,
+    )
+    try:
+        asyncio.run(serve(config))
+    except OSError as error:
+        raise click.ClickException(str(error)) from None
+
+
+if __name__ == "__main__":
+    main()

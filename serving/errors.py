@@ -1,0 +1,49 @@
+"""The server's domain errors and the one table that maps them to gRPC and HTTP codes.
+
+Servicers raise these; ``to_status`` is the only place that turns an exception
+into a status. Anything else is a bug: it becomes INTERNAL and is logged with
+its traceback by the caller.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+MAX_MESSAGE_CHARS = 1024  # TF Serving truncates error messages there too
+
+
+class ModelNotFound(LookupError):
+    """Unknown model name or version."""
+
+
+class InvalidInput(ValueError):
+    """A request that can never succeed as sent: wrong inputs, dtypes, shapes or sizes."""
+
+
+class ServerUnavailable(RuntimeError):
+    """Nothing is loaded yet, or the server is draining."""
+
+
+class QueueFull(RuntimeError):
+    """The batching queue is full; retry later or elsewhere."""
+
+
+class DeadlineExpired(RuntimeError):
+    """The request's deadline passed before the model ran it."""
+
+
+_STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode, int], ...] = (
+    (ModelNotFound, grpc.StatusCode.NOT_FOUND, 404),
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT, 400),
+    (ServerUnavailable, grpc.StatusCode.UNAVAILABLE, 503),
+    (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+    (DeadlineExpired, grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+)
+
+
+def to_status(error: BaseException) -> tuple[grpc.StatusCode, int, str] | None:
+    """``(grpc code, HTTP status, message)`` for a domain error, None for anything else."""
+    for error_type, code, http_status in _STATUS_TABLE:
+        if isinstance(error, error_type):
+            return code, http_status, str(error)[:MAX_MESSAGE_CHARS]
+    return None

@@ -1,0 +1,48 @@
+"""Prometheus metrics, named after TF Serving's with an ``inpaint_`` prefix.
+
+| ours | TF Serving's |
+|---|---|
+| ``inpaint_request_count`` | ``:tensorflow:serving:request_count`` |
+| ``inpaint_request_latency`` (µs) | ``:tensorflow:serving:request_latency`` |
+| ``inpaint_runtime_latency`` (µs) | ``:tensorflow:serving:runtime_latency`` |
+| ``inpaint_batching_session_queuing_latency`` (µs) | ``:tensorflow:serving:batching_session:queuing_latency`` |
+| ``inpaint_batching_session_batch_size`` | ``:tensorflow:serving:batching_session:input_batch_size`` |
+| ``inpaint_model_versions_loaded`` | — |
+
+Latencies are in microseconds, as TF Serving's are. Each server has its own
+registry, so several can live in one process (the tests do).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+MICROSECOND_BUCKETS = tuple(b * 1000.0 for b in (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000,
+                                                   2500, 5000, 10000, 30000))
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class ServerMetrics:
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.request_count = Counter(
+            "inpaint_request_count", "Requests by model, version, API and status code.",
+            ["model_name", "version", "api", "status"], registry=self.registry)
+        self.request_latency = Histogram(
+            "inpaint_request_latency", "End-to-end request latency in microseconds.",
+            ["model_name", "api"], buckets=MICROSECOND_BUCKETS, registry=self.registry)
+        self.runtime_latency = Histogram(
+            "inpaint_runtime_latency", "Model execution time per batch in microseconds.",
+            ["model_name"], buckets=MICROSECOND_BUCKETS, registry=self.registry)
+        self.queuing_latency = Histogram(
+            "inpaint_batching_session_queuing_latency", "Time a request waited before its batch ran, microseconds.",
+            ["model_name"], buckets=MICROSECOND_BUCKETS, registry=self.registry)
+        self.batch_size = Histogram(
+            "inpaint_batching_session_batch_size", "Images per model execution.",
+            ["model_name"], buckets=BATCH_BUCKETS, registry=self.registry)
+        self.versions_loaded = Gauge(
+            "inpaint_model_versions_loaded", "Model versions in the AVAILABLE state.",
+            ["model_name"], registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,50 @@
+"""ONNX Runtime execution providers: CUDA when it really works, otherwise CPU."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from inpaint.export.onnx_runtime import InferenceModel
+
+logger = logging.getLogger(__name__)
+
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def providers_for(device: str) -> list[str]:
+    """The provider list to ask for; ``auto`` asks for CUDA only where this build has it."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return [CPU]
+    if device == "cuda":
+        if CUDA not in available:
+            raise RuntimeError(f"--device cuda, but this onnxruntime has no CUDA provider (has {available})")
+        return [CUDA, CPU]
+    return [CUDA, CPU] if CUDA in available else [CPU]
+
+
+class ModelLoader:
+    """Loads model.onnx files; checks once that the provider asked for is the one ORT really used.
+
+    onnxruntime-gpu lists CUDA even on machines without a GPU or CUDA libraries,
+    and then silently falls back to CPU per session: the first load tells.
+    """
+
+    def __init__(self, device: str = "auto", intra_op_threads: int = 0):
+        self.device, self.intra_op_threads = device, intra_op_threads
+        self.provider: str | None = None
+
+    def __call__(self, path: Path) -> InferenceModel:
+        providers = [self.provider] if self.provider == CPU else providers_for(self.device)
+        model = InferenceModel(path, providers=providers, intra_op_threads=self.intra_op_threads)
+        if self.provider is None:
+            self.provider = model.provider
+            if self.device == "cuda" and self.provider != CUDA:
+                raise RuntimeError("--device cuda, but ONNX Runtime could not start its CUDA provider")
+            logger.info("ONNX Runtime runs on %s (--device %s)", self.provider, self.device)
+        return model
+
