@@ -58,12 +58,14 @@ class InferenceService:
         self.manager, self.runner, self.limits, self.metrics = manager, runner, limits, metrics
         self.draining = False
         self.active = 0
+        self.last_request_at = 0.0
 
     @contextlib.asynccontextmanager
     async def request(self, api: str, model_name: str):
         """Counts the request as active, times it, and labels its metrics with its outcome."""
         outcome, started = Outcome(), time.perf_counter()
         self.active += 1
+        self.last_request_at = asyncio.get_running_loop().time()
         try:
             yield outcome
         except BaseException as error:
@@ -119,12 +121,24 @@ class InferenceService:
     def version_statuses(self, name: str, version: int | None) -> list[ModelVersion]:
         return self.manager.statuses(name, version)
 
-    async def drain(self, seconds: float) -> bool:
-        """Refuse new work, then wait up to ``seconds`` for queued and in-flight work; True if all done."""
+    async def drain(self, seconds: float, quiet: float = 0.25) -> bool:
+        """Refuse new work, then wait up to ``seconds`` for queued and in-flight work; True if all done.
+
+        It also waits for ``quiet`` seconds without any new request: callers still
+        arriving get a clean UNAVAILABLE (and retry elsewhere) instead of a
+        connection cut by the shutdown that follows.
+        """
         self.draining = True
         loop = asyncio.get_running_loop()
         give_up = loop.time() + seconds
-        while (self.active or self.runner.busy) and loop.time() < give_up:
+
+        last_busy = loop.time()
+        while loop.time() < give_up:
+            now = loop.time()
+            if self.active or self.runner.busy:
+                last_busy = now
+            elif now - max(last_busy, self.last_request_at) >= quiet:
+                break
             await asyncio.sleep(0.01)
         return not (self.active or self.runner.busy)
 

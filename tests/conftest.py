@@ -45,3 +45,37 @@ def tiny_version(tiny_config) -> Path:
     version = train(tiny_config)
     export_version(version)
     return version
+
+
+# -- the server ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def onnx_repo(tmp_path) -> Path:
+    """A model repository whose version 1 fills holes with 128."""
+    from onnx_models import write_version
+
+    base = tmp_path / "models" / "inpaint"
+    write_version(base, 1)
+    return base
+
+
+@pytest.fixture
+def start_server():
+    """``start_server(base, **config)``: a real server on 127.0.0.1 with free ports, stopped afterwards."""
+    from inpaint.serving.server import ServerConfig, ServerThread
+
+    running = []
+
+    def start(base: Path, wait: bool = True, **overrides) -> ServerThread:
+        options = dict(model_base_path=base, host="127.0.0.1", port=0, rest_port=0, poll_seconds=0.1,
+                       drain_seconds=5.0)
+        options.update(overrides)
+        thread = ServerThread(ServerConfig(**options)).start()
+        running.append(thread)
+        if wait:
+            thread.wait_until_available()
+        return thread
+
+    yield start
+    for thread in running:
+        thread.stop()

@@ -67,7 +67,7 @@ def train(config: TrainConfig) -> Path:
         MaskedBatches.for_config(dataset, config),
         epochs=config.epochs,
         callbacks=[validation],
-        verbose="auto",
+        verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, a line per epoch in logs
     )
     seconds = time.monotonic() - started
 

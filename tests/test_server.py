@@ -1,0 +1,376 @@
+"""The real server on 127.0.0.1, over real gRPC and HTTP, with small ONNX models (no TensorFlow)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from grpc_helpers import Stubs, code_of, images, predict_request
+from inpaint.serving.protos import types_pb2
+from inpaint.serving.tensors import from_numpy
+from onnx_models import expected_fill, wrong_signature_model, write_version
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+def http(url, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_predict_fills_holes_and_names_the_version(onnx_repo, start_server):
+    server = start_server(onnx_repo)
+    stubs = Stubs(server.grpc_target)
+    image, mask = images()
+    response = stubs.prediction.Predict(predict_request(image, mask), timeout=10)
+    assert response.model_spec.version.value == 1 and response.model_spec.signature_name == "serving_default"
+    assert stubs.predict(predict_request(image, mask, version=1, signature="serving_default")).tolist() == \
+        expected_fill(image, mask).tolist()
+
+
+def test_int_val_and_float_inputs_are_accepted(onnx_repo, start_server):
+    stubs = Stubs(start_server(onnx_repo).grpc_target)
+    image, mask = images(1, 4, 4)
+    request = predict_request(None, None)
+    for name, array in (("image", image), ("mask", mask)):
+        tensor = request.inputs[name]
+        tensor.dtype = types_pb2.DT_UINT8
+        tensor.tensor_shape.dim.add().size = 1
+        for size in array.shape[1:]:
+            tensor.tensor_shape.dim.add().size = size
+        tensor.int_val.extend(array.ravel().tolist())
+    assert stubs.predict(request).tolist() == expected_fill(image, mask).tolist()
+
+    float_request = predict_request(image.astype(np.float32) / 255.0, mask.astype(np.float32))
+    assert stubs.predict(float_request).tolist() == expected_fill(image, mask).tolist()
+
+
+@pytest.mark.parametrize("case,fragment", [
+    ("missing", "missing mask"),
+    ("extra", "unexpected extra"),
+    ("dtype", "dtype DT_INT32"),
+    ("rank", "rank 4"),
+    ("channels", "3 channel(s)"),
+    ("mismatch", "differ in N, H or W"),
+    ("pixels", "over the limit"),
+    ("content", "bytes of tensor_content"),
+    ("signature", "signature key \"classify\" not found"),
+    ("filter", "unknown output(s) logits"),
+    ("float_range", "must lie in [0, 1]"),
+])
+def test_bad_inputs_are_invalid_argument(onnx_repo, start_server, case, fragment):
+    stubs = Stubs(start_server(onnx_repo, max_pixels=10_000).grpc_target)
+    image, mask = images()
+    request = {
+        "missing": lambda: predict_request(image, None),
+        "extra": lambda: predict_request(image, mask, extra=image),
+        "rank": lambda: predict_request(image[0], mask[0]),
+        "channels": lambda: predict_request(image[..., :2], mask),
+        "mismatch": lambda: predict_request(image, mask[:, :3]),
+        "pixels": lambda: predict_request(*images(1, 101, 100)),
+        "signature": lambda: predict_request(image, mask, signature="classify"),
+        "float_range": lambda: predict_request(image.astype(np.float32), mask),
+    }.get(case, lambda: predict_request(image, mask))()
+    if case == "dtype":
+        request.inputs["image"].dtype = types_pb2.DT_INT32
+    if case == "content":
+        request.inputs["image"].tensor_content = request.inputs["image"].tensor_content[:-1]
+    if case == "filter":
+        request.output_filter.append("logits")
+    code, details = code_of(lambda: stubs.predict(request))
+    assert code == INVALID and fragment in details, details
+
+
+def test_unknown_model_and_version_are_not_found(onnx_repo, start_server):
+    stubs = Stubs(start_server(onnx_repo).grpc_target)
+    image, mask = images()
+    code, details = code_of(lambda: stubs.predict(predict_request(image, mask, name="other")))
+    assert code == grpc.StatusCode.NOT_FOUND and "other" in details
+    code, details = code_of(lambda: stubs.predict(predict_request(image, mask, version=7)))
+    assert code == grpc.StatusCode.NOT_FOUND and "Specific(inpaint, 7)" in details
+    assert code_of(lambda: stubs.status(name="other"))[0] == grpc.StatusCode.NOT_FOUND
+
+
+def test_other_rpcs_are_unimplemented(onnx_repo, start_server):
+    from tensorflow_serving.apis import (
+        classification_pb2,
+        model_management_pb2,
+        model_service_pb2_grpc,
+        prediction_service_pb2_grpc,
+    )
+
+    channel = grpc.insecure_channel(start_server(onnx_repo).grpc_target)
+    prediction = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    model = model_service_pb2_grpc.ModelServiceStub(channel)
+    assert code_of(lambda: prediction.Classify(classification_pb2.ClassificationRequest(), timeout=5))[0] == \
+        grpc.StatusCode.UNIMPLEMENTED
+    reload = model_management_pb2.ReloadConfigRequest()
+    assert code_of(lambda: model.HandleReloadConfigRequest(reload, timeout=5))[0] == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_metadata_is_packed_as_tf_serving_does(onnx_repo, start_server):
+    from tensorflow_serving.apis import get_model_metadata_pb2 as official
+
+    stubs = Stubs(start_server(onnx_repo).grpc_target)
+    response = official.GetModelMetadataResponse.FromString(stubs.metadata().SerializeToString())
+    assert response.model_spec.version.value == 1
+    signatures = official.SignatureDefMap()
+    assert response.metadata["signature_def"].Unpack(signatures)
+    signature = signatures.signature_def["serving_default"]
+    assert signature.method_name == "tensorflow/serving/predict"
+    assert [d.size for d in signature.inputs["image"].tensor_shape.dim] == [-1, -1, -1, 3]
+    assert [d.size for d in signature.inputs["mask"].tensor_shape.dim] == [-1, -1, -1, 1]
+    assert signature.inputs["image"].dtype == types_pb2.DT_UINT8
+    assert set(signature.outputs) == {"inpainted"}
+    code, details = code_of(lambda: stubs.metadata(fields=["graph"]))
+    assert code == INVALID and "signature_def" in details
+
+
+def test_nothing_loaded_is_unavailable_until_a_version_appears(tmp_path, start_server):
+    base = tmp_path / "inpaint"
+    base.mkdir()
+    server = start_server(base, wait=False)
+    stubs = Stubs(server.grpc_target)
+    health = health_pb2_grpc.HealthStub(stubs.channel)
+    image, mask = images()
+    code, details = code_of(lambda: stubs.predict(predict_request(image, mask)))
+    assert code == grpc.StatusCode.UNAVAILABLE and "no available version" in details
+    assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == \
+        health_pb2.HealthCheckResponse.NOT_SERVING
+    assert http(server.rest_url + "/readyz")[0] == 503 and http(server.rest_url + "/healthz")[0] == 200
+
+    write_version(base, 3)
+    server.wait_until_available()
+    deadline = time.monotonic() + 5
+    while health.Check(health_pb2.HealthCheckRequest(service="inpaint"), timeout=5).status != \
+            health_pb2.HealthCheckResponse.SERVING:
+        assert time.monotonic() < deadline, "health never turned SERVING"
+        time.sleep(0.02)
+    assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == \
+        health_pb2.HealthCheckResponse.SERVING
+    assert http(server.rest_url + "/readyz")[0] == 200
+    assert stubs.predict(predict_request(image, mask)).shape == image.shape
+    assert code_of(lambda: health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=5))[0] == \
+        grpc.StatusCode.NOT_FOUND
+
+
+def test_a_broken_version_is_reported_and_does_not_stop_the_others(onnx_repo, start_server):
+    write_version(onnx_repo, 2, wrong_signature_model())
+    (onnx_repo / "3").mkdir()
+    (onnx_repo / "3" / "model.onnx").write_bytes(b"not an onnx file")
+    server = start_server(onnx_repo, version_policy="all")
+    stubs = Stubs(server.grpc_target)
+    deadline = time.monotonic() + 10
+    while True:
+        states = {s.version: s for s in stubs.status().model_version_status}
+        if len(states) == 3 and all(s.state in (30, 50) for s in states.values()):
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert states[1].state == 30 and states[1].status.error_message == ""
+    assert states[2].state == 50 and "expected ['image', 'mask']" in states[2].status.error_message
+    assert states[3].state == 50 and states[3].status.error_message
+    assert stubs.predict(predict_request(*images())).shape == (2, 6, 5, 3)
+    rest = json.loads(http(server.rest_url + "/v1/models/inpaint/versions/2")[1])
+    assert rest["model_version_status"][0]["state"] == "END"
+
+
+def test_version_policy_and_saved_model_only_versions(onnx_repo, start_server):
+    write_version(onnx_repo, 2, fill=10)
+    write_version(onnx_repo, 3, fill=20)
+    (onnx_repo / "4").mkdir()
+    (onnx_repo / "4" / "saved_model.pb").write_bytes(b"TF Serving's, not ours")
+    stubs = Stubs(start_server(onnx_repo, version_policy="specific:1,3").grpc_target)
+    image, mask = images()
+    assert sorted(s.version for s in stubs.status().model_version_status) == [1, 3]
+    assert stubs.predict(predict_request(image, mask)).tolist() == expected_fill(image, mask, 20).tolist()
+    assert stubs.predict(predict_request(image, mask, version=1)).tolist() == expected_fill(image, mask).tolist()
+    assert code_of(lambda: stubs.predict(predict_request(image, mask, version=2)))[0] == grpc.StatusCode.NOT_FOUND
+
+
+def test_reflection_lists_the_services(onnx_repo, start_server):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    channel = grpc.insecure_channel(start_server(onnx_repo).grpc_target)
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for s in next(responses).list_services_response.service}
+    assert {"tensorflow.serving.PredictionService", "tensorflow.serving.ModelService",
+            "grpc.health.v1.Health"} <= names
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="tensorflow.serving.PredictionService")
+    files = next(stub.ServerReflectionInfo(iter([request]))).file_descriptor_response.file_descriptor_proto
+    assert files, "the service's proto file is served"
+
+
+def test_rest_api(onnx_repo, start_server):
+    server = start_server(onnx_repo)
+    url = server.rest_url + "/v1/models/inpaint"
+    status, body = http(url)
+    assert status == 200 and json.loads(body)["model_version_status"][0]["state"] == "AVAILABLE"
+    status, body = http(url + "/metadata")
+    signature = json.loads(body)["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert status == 200 and set(signature["inputs"]) == {"image", "mask"}
+
+    image, mask = images(2, 3, 4)
+    instances = [{"image": i.tolist(), "mask": m.tolist()} for i, m in zip(image, mask)]
+    status, body = http(url + ":predict", {"instances": instances})
+    assert status == 200 and json.loads(body)["predictions"] == expected_fill(image, mask).tolist()
+    status, body = http(url + "/versions/1:predict", {"inputs": {"image": image.tolist(), "mask": mask.tolist()}})
+    assert status == 200 and json.loads(body)["outputs"] == expected_fill(image, mask).tolist()
+
+    for request_body, code, fragment in [
+        ({"instances": instances, "inputs": {}}, 400, "exactly one of"),
+        ({"inputs": {"image": image.tolist()}}, 400, "missing mask"),
+        ({"inputs": {"image": (image.astype(int) + 300).tolist(), "mask": mask.tolist()}}, 400, "outside 0..255"),
+    ]:
+        status, body = http(url + ":predict", request_body)
+        assert status == code and fragment in json.loads(body)["error"]
+    status, body = http(server.rest_url + "/v1/models/other:predict", {"instances": instances})
+    assert status == 404 and "other" in json.loads(body)["error"]
+    status, body = http(url + "/versions/9")
+    assert status == 404
+
+
+def test_prometheus_metrics(onnx_repo, start_server):
+    server = start_server(onnx_repo, enable_batching=True)
+    stubs = Stubs(server.grpc_target)
+    stubs.predict(predict_request(*images()))
+    code_of(lambda: stubs.predict(predict_request(images()[0], None)))
+    for path in ("/monitoring/prometheus/metrics", "/metrics"):
+        status, body = http(server.rest_url + path)
+        text = body.decode()
+        assert status == 200
+        assert 'inpaint_request_count_total{api="predict",model_name="inpaint",status="OK",version="1"} 1.0' in text
+        assert 'status="INVALID_ARGUMENT"' in text
+        for name in ("inpaint_request_latency_bucket", "inpaint_runtime_latency_bucket",
+                     "inpaint_batching_session_queuing_latency_bucket", "inpaint_batching_session_batch_size_sum",
+                     'inpaint_model_versions_loaded{model_name="inpaint"} 1.0'):
+            assert name in text, name
+
+
+def _batch_size_average(rest_url) -> float:
+    text = http(rest_url + "/metrics")[1].decode()
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("inpaint_batching")}
+    total = values['inpaint_batching_session_batch_size_sum{model_name="inpaint"}']
+    count = values['inpaint_batching_session_batch_size_count{model_name="inpaint"}']
+    return total / count
+
+
+def test_batching_really_merges_concurrent_requests(onnx_repo, start_server):
+    server = start_server(onnx_repo, enable_batching=True,
+                          batching=__import__("inpaint.serving.batching", fromlist=["BatchingOptions"])
+                          .BatchingOptions(max_batch_size=32, batch_timeout_micros=20_000))
+    image, mask = images(1, 32, 32)
+    request = predict_request(image, mask)
+    stubs = Stubs(server.grpc_target)
+    barrier = threading.Barrier(32)
+
+    def client(_):
+        barrier.wait()
+        return [stubs.predict(request).tolist() == expected_fill(image, mask).tolist() for _ in range(5)]
+
+    with ThreadPoolExecutor(32) as pool:
+        results = [ok for oks in pool.map(client, range(32)) for ok in oks]
+    assert len(results) == 160 and all(results)
+    assert _batch_size_average(server.rest_url) > 1.0
+
+
+def test_hot_reload_under_load_fails_no_request(onnx_repo, start_server):
+    server = start_server(onnx_repo)
+    stubs = Stubs(server.grpc_target)
+    image, mask = images(1, 8, 8)
+    request = predict_request(image, mask)
+    by_version = {1: expected_fill(image, mask).tolist(), 2: expected_fill(image, mask, 200).tolist()}
+    stop, seen, failures = threading.Event(), [], []
+
+    def client():
+        while not stop.is_set():
+            try:
+                response = stubs.prediction.Predict(request, timeout=10)
+                output = np.frombuffer(response.outputs["inpainted"].tensor_content, np.uint8).reshape(image.shape)
+                version = response.model_spec.version.value
+                seen.append(version)
+                if output.tolist() != by_version[version]:
+                    failures.append(f"version {version} gave the wrong output")
+            except grpc.RpcError as error:
+                failures.append(error.code())
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    write_version(onnx_repo, 2, fill=200)
+    deadline = time.monotonic() + 10
+    while not (seen and seen[-1] == 2):
+        assert time.monotonic() < deadline, "version 2 never served"
+        time.sleep(0.02)
+    shutil.rmtree(onnx_repo / "1")
+    time.sleep(0.5)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:5]
+    assert 1 in seen and 2 in seen and len(seen) > 50
+    states = {s.version: s.state for s in stubs.status().model_version_status}
+    assert states == {1: 50, 2: 30}, states
+
+
+def test_malformed_requests_never_hurt_the_server(onnx_repo, start_server):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from inpaint.serving.protos import predict_pb2
+
+    stubs = Stubs(start_server(onnx_repo, max_pixels=4096).grpc_target)
+    allowed = {grpc.StatusCode.OK, INVALID, grpc.StatusCode.NOT_FOUND}
+    dims = st.lists(st.integers(min_value=-2, max_value=40), min_size=0, max_size=5)
+    tensors = st.builds(
+        lambda dtype, shape, content, ints: (dtype, shape, content, ints),
+        st.sampled_from([0, 1, 3, 4, 4, 4, 7, 9, 99]), dims, st.binary(max_size=300),
+        st.lists(st.integers(min_value=-300, max_value=300), max_size=50))
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.dictionaries(st.sampled_from(["image", "mask", "extra", ""]), tensors, max_size=3),
+           st.sampled_from(["inpaint", "", "x"]), st.sampled_from(["", "serving_default", "nope"]),
+           st.booleans())
+    def send(inputs, name, signature, use_ints):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name, request.model_spec.signature_name = name, signature
+        for key, (dtype, shape, content, ints) in inputs.items():
+            tensor = request.inputs[key]
+            tensor.dtype = dtype
+            for size in shape:
+                tensor.tensor_shape.dim.add().size = size
+            if use_ints:
+                tensor.int_val.extend(ints)
+            else:
+                tensor.tensor_content = content
+        code, details = code_of(lambda: stubs.prediction.Predict(request, timeout=10))
+        assert code in allowed, (code, details)
+
+    send()
+    image, mask = images()
+    assert stubs.predict(predict_request(image, mask)).tolist() == expected_fill(image, mask).tolist()
+
+
+def test_server_imports_without_tensorflow():
+    code = ("import sys, inpaint.serving.server, inpaint.serving.cli; "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
