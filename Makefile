@@ -20,6 +20,10 @@ LEARNING_RATE ?=
 SEED          ?=
 VERSION       ?=
 PYTEST_ARGS   ?=
+# Server options
+PORT          ?= 8500
+REST_PORT     ?= 8501
+SERVE_ARGS    ?=
 
 opt = $(if $(2),$(1) $(2))
 TRAIN_ARGS = $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS)) \
@@ -31,7 +35,7 @@ VERSION_ARG = $(call opt,--version,$(VERSION))
 
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help install train export evaluate test clean
+.PHONY: help install train export evaluate serve protos bench test clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -52,6 +56,16 @@ export: $(INSTALLED)  ## Convert a version (default: latest) to model.onnx and c
 
 evaluate: $(INSTALLED)  ## Compare the exported model with OpenCV's Telea and NS inpainting
 	$(BIN)/inpaint-eval $(MODEL_BASE) $(VERSION_ARG) --report $(REPORTS)/eval
+
+serve: $(INSTALLED)  ## Serve MODEL_BASE with the ONNX Runtime server (gRPC PORT, REST REST_PORT)
+	$(BIN)/inpaint-serve --model-base-path $(MODEL_BASE) --model-name inpaint --port $(PORT) \
+		--rest-port $(REST_PORT) $(SERVE_ARGS)
+
+protos: $(INSTALLED)  ## Regenerate serving/protos/*_pb2*.py from the .proto files
+	$(BIN)/python serving/protos/generate.py
+
+bench: $(INSTALLED)  ## Server vs in-process ONNX Runtime throughput (needs an exported model)
+	$(BIN)/python benchmarks/serving.py --model $(MODEL_BASE) --out $(REPORTS)/bench
 
 test: $(INSTALLED)  ## Run the test suite (exit code 5, no tests collected, counts as failure)
 	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \

@@ -374,3 +374,10 @@ def test_server_imports_without_tensorflow():
     code = ("import sys, inpaint.serving.server, inpaint.serving.cli; "
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_request_over_the_size_limit_is_refused_by_grpc(onnx_repo, start_server):
+    stubs = Stubs(start_server(onnx_repo, max_request_bytes=4096).grpc_target)
+    code, details = code_of(lambda: stubs.predict(predict_request(*images(1, 64, 64))))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details
+    assert stubs.predict(predict_request(*images(1, 8, 8))).shape == (1, 8, 8, 3), "small requests still pass"

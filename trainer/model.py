@@ -8,13 +8,9 @@ network, crops back and composites, so known pixels come back bit-exact.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the CLI
-
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from keras import layers  # noqa: E402
+import keras
+import tensorflow as tf
+from keras import layers
 
 SIGNATURE_NAME = "serving_default"
 INPUT_IMAGE, INPUT_MASK, OUTPUT_NAME = "image", "mask", "inpainted"
@@ -26,15 +22,58 @@ def _conv_block(x, filters: int, name: str):
     return layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"{name}_conv2")(x)
 
 
-def build_unet(depth: int = 4, base_filters: int = 16) -> keras.Model:
+class PushPullFill(layers.Layer):
+    """A classical first guess for the holes: push-pull (normalized-convolution pyramid) fill.
+
+    Known pixels and their weights are averaged down ``levels`` times; going
+    back up, each level keeps what it knows and takes the rest from the
+    bilinearly up-sampled coarser level. A cell with no known pixel at the
+    coarsest level gets the image's mean. Plain ops, so it exports to ONNX.
+    Input ``(N, H, W, 4)`` (holes zeroed, then the mask); H, W multiples of ``2**levels``.
+    """
+
+    def __init__(self, levels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.levels = levels
+        self.pool = layers.AveragePooling2D(2)
+
+    def call(self, inputs):
+        pixels, valid = inputs[..., :3], 1.0 - inputs[..., 3:]
+        sums, weights = [pixels * valid], [valid]
+        for _ in range(self.levels):
+            sums.append(self.pool(sums[-1]))
+            weights.append(self.pool(weights[-1]))
+        mean = keras.ops.sum(sums[0], axis=(1, 2), keepdims=True) / keras.ops.maximum(
+            keras.ops.sum(weights[0], axis=(1, 2), keepdims=True), 1e-6)
+        fill = keras.ops.where(weights[-1] > 1e-6, sums[-1] / keras.ops.maximum(weights[-1], 1e-6), mean)
+        for level in reversed(range(self.levels)):
+            upsampled = tf.image.resize(fill, tf.shape(sums[level])[1:3], method="bilinear")
+            fill = sums[level] + (1.0 - weights[level]) * upsampled
+        return fill
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 3)
+
+    def get_config(self):
+        return {**super().get_config(), "levels": self.levels}
+
+
+def build_unet(depth: int = 4, base_filters: int = 16, prefill: bool = True) -> keras.Model:
     """U-Net: ``depth`` down-sampling blocks, a bottleneck, mirrored up-sampling with skips.
 
     Input ``(N, H, W, 4)`` float: RGB in [0, 1] with holes zeroed, then the mask.
     Output ``(N, H, W, 3)``: sigmoid colours, before compositing. H and W must
     be multiples of ``2**depth``; the serving graph pads to guarantee it.
+
+    With ``prefill`` the network also sees a push-pull fill of the holes as
+    three more input channels: a classical first guess to improve on.
     """
     inputs = keras.Input((None, None, 4), name="masked_image_and_mask")
-    x, skips = inputs, []
+    x = inputs
+    if prefill:
+        first_guess = PushPullFill(depth, name="push_pull_fill")(inputs)
+        x = layers.Concatenate(name="with_first_guess")([inputs, first_guess])
+    skips = []
     for level in range(depth):
         x = _conv_block(x, base_filters * 2**level, f"down{level}")
         skips.append(x)
@@ -45,7 +84,7 @@ def build_unet(depth: int = 4, base_filters: int = 16) -> keras.Model:
         x = layers.Concatenate(name=f"up{level}_skip")([x, skips[level]])
         x = _conv_block(x, base_filters * 2**level, f"up{level}")
     outputs = layers.Conv2D(3, 1, activation="sigmoid", name="rgb")(x)
-    return keras.Model(inputs, outputs, name=f"unet_d{depth}_f{base_filters}")
+    return keras.Model(inputs, outputs, name=f"unet_d{depth}_f{base_filters}" + ("_prefill" if prefill else ""))
 
 
 def network_input(image, hole):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -33,6 +34,7 @@ class TrainConfig:
     image_size: int = 64             # training crop side; the report used 32
     depth: int = 4                   # encoder levels; the report compared 2, 3 and 5
     base_filters: int = 16           # width of the first level; the report used 32 (7.8 M params)
+    prefill: bool = True             # learn a correction to a push-pull fill instead of colours from scratch
     mask_kind: str = "mixed"         # lines | strokes | boxes | mixed
     hole_weight: float = 6.0         # L1 weight of hole pixels relative to known ones
     batch_size: int = 32
@@ -55,7 +57,7 @@ def train(config: TrainConfig) -> Path:
     from .model import HoleWeightedL1, build_unet
     from .pipeline import MaskedBatches, ValidationMetrics
     keras.utils.set_random_seed(config.seed)
-    model = build_unet(config.depth, config.base_filters)
+    model = build_unet(config.depth, config.base_filters, config.prefill)
     total_steps = config.epochs * config.steps_per_epoch
     schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total_steps)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=HoleWeightedL1(config.hole_weight))
@@ -128,6 +130,8 @@ _DEFAULTS = TrainConfig()
               help="U-Net encoder depth (the report compared 2, 3 and 5).")
 @click.option("--base-filters", default=_DEFAULTS.base_filters, callback=_positive, envvar="INPAINT_BASE_FILTERS",
               help="Filters in the first U-Net level; doubled at every level.")
+@click.option("--prefill/--no-prefill", default=_DEFAULTS.prefill, envvar="INPAINT_PREFILL",
+              help="Feed the U-Net a push-pull fill and learn a correction to it (--no-prefill: the report's design).")
 @click.option("--mask-kind", default=_DEFAULTS.mask_kind, type=click.Choice(MASK_KINDS), envvar="INPAINT_MASK_KIND",
               help="Hole generator used for training.")
 @click.option("--hole-weight", default=_DEFAULTS.hole_weight, callback=_positive, envvar="INPAINT_HOLE_WEIGHT",
@@ -146,6 +150,8 @@ _DEFAULTS = TrainConfig()
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logs and tracebacks.")
 def main(verbose: bool, **options) -> None:
     """Train the U-Net and publish SavedModel version N+1 under --model-base-path."""
+    # TensorFlow's C++ start-up lines (CUDA probing on CPU machines) are noise unless asked for.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
     configure_logging(verbose)
     config = TrainConfig(**options)
     try:

@@ -1,0 +1,299 @@
+"""``InpaintClient`` and ``AsyncInpaintClient``: the TF Serving API, spoken for an inpainting model.
+
+Both work against TF Serving and against ``inpaint-serve``. Only UNAVAILABLE is
+retried, with capped exponential backoff and full jitter, and only within the
+call's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from inpaint.serving.protos import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    types_pb2,
+)
+from inpaint.serving.tensors import from_numpy
+
+from ._errors import InvalidInput, from_rpc_error
+from ._images import ImageLike, as_image, as_mask, check_pair
+
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20  # a 4K RGB image is 25 MB as uint8; room for batches of them
+STATE_NAMES = {0: "UNKNOWN", 10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "UNLOADING", 50: "END"}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff for UNAVAILABLE: ``initial * multiplier**n``, capped, with full jitter."""
+
+    initial_backoff: float = 0.05
+    max_backoff: float = 1.0
+    multiplier: float = 2.0
+
+    def delays(self) -> Iterator[float]:
+        ceiling = self.initial_backoff
+        while True:
+            yield random.uniform(0, ceiling)
+            ceiling = min(self.max_backoff, ceiling * self.multiplier)
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def channel_credentials(ca_cert: str | Path | None) -> grpc.ChannelCredentials:
+    root = Path(ca_cert).read_bytes() if ca_cert else None
+    return grpc.ssl_channel_credentials(root_certificates=root)
+
+
+def _tensor_dtype(value: int) -> str:
+    return types_pb2.DataType.Name(value) if value in types_pb2.DataType.values() else str(value)
+
+
+class _ClientBase:
+    def __init__(self, target: str, *, model: str = "inpaint", version: int | None = None,
+                 signature: str = "serving_default", timeout: float = 30.0, tls: bool = False,
+                 ca_cert: str | Path | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 retry: RetryPolicy = RetryPolicy()):
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.target, self.model, self.version, self.signature = target, model, version, signature
+        self.timeout, self.retry = timeout, retry
+        self._tls = tls or ca_cert is not None
+        self._ca_cert = ca_cert
+        self._options = channel_options(max_message_bytes)
+
+    def _spec(self, message) -> None:
+        message.model_spec.name = self.model
+        if self.version is not None:
+            message.model_spec.version.value = self.version
+
+    def _predict_request(self, images: np.ndarray, masks: np.ndarray) -> predict_pb2.PredictRequest:
+        request = predict_pb2.PredictRequest()
+        self._spec(request)
+        request.model_spec.signature_name = self.signature
+        request.inputs["image"].CopyFrom(from_numpy(images))
+        request.inputs["mask"].CopyFrom(from_numpy(masks[..., None]))
+        request.output_filter.append("inpainted")
+        return request
+
+    @staticmethod
+    def _output(response: predict_pb2.PredictResponse, shape: tuple[int, ...]) -> np.ndarray:
+        tensor = response.outputs["inpainted"]
+        if tensor.tensor_content:
+            array = np.frombuffer(tensor.tensor_content, np.uint8)
+        else:  # a peer that answers with int_val
+            array = np.asarray(tensor.int_val, np.uint8)
+        if array.size != int(np.prod(shape)):
+            raise InvalidInput(f"server answered {array.size} values for a batch of shape {shape}")
+        return array.reshape(shape)
+
+    @staticmethod
+    def _pairs(images: Sequence[ImageLike], masks: Sequence[ImageLike]) -> list[tuple[np.ndarray, np.ndarray]]:
+        if len(images) != len(masks):
+            raise InvalidInput(f"{len(images)} images but {len(masks)} masks")
+        pairs = []
+        for index, (image, mask) in enumerate(zip(images, masks)):
+            image, mask = as_image(image), as_mask(mask)
+            check_pair(image, mask, f"image #{index}" if len(images) > 1 else "image")
+            pairs.append((image, mask))
+        return pairs
+
+    @staticmethod
+    def _groups(pairs, batch_size: int | None) -> list[list[int]]:
+        """Indices of same-size images, one request each (split at ``batch_size``)."""
+        by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for index, (image, _) in enumerate(pairs):
+            by_size[image.shape[:2]].append(index)
+        step = batch_size or max(len(pairs), 1)
+        return [indices[i : i + step] for indices in by_size.values() for i in range(0, len(indices), step)]
+
+    def _metadata_request(self):
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._spec(request)
+        return request
+
+    def _status_request(self):
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._spec(request)
+        return request
+
+    @staticmethod
+    def _metadata_dict(response) -> dict:
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+
+        def describe(infos):
+            return {name: {"dtype": _tensor_dtype(info.dtype), "shape": [d.size for d in info.tensor_shape.dim]}
+                    for name, info in infos.items()}
+
+        return {"model": response.model_spec.name, "version": response.model_spec.version.value,
+                "signatures": {key: {"inputs": describe(s.inputs), "outputs": describe(s.outputs),
+                                     "method_name": s.method_name} for key, s in signatures.signature_def.items()}}
+
+    @staticmethod
+    def _status_list(response) -> list[dict]:
+        return [{"version": s.version, "state": STATE_NAMES.get(s.state, str(s.state)),
+                 "error": s.status.error_message} for s in response.model_version_status]
+
+
+class InpaintClient(_ClientBase):
+    """A blocking client. Use as a context manager, or call ``close()``.
+
+    >>> with InpaintClient("localhost:8500") as client:
+    ...     out = client.inpaint(image, mask)
+    """
+
+    def __init__(self, target: str, **options):
+        super().__init__(target, **options)
+        if self._tls:
+            self._channel = grpc.secure_channel(target, channel_credentials(self._ca_cert), self._options)
+        else:
+            self._channel = grpc.insecure_channel(target, self._options)
+        self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def __enter__(self) -> "InpaintClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method, request, timeout: float | None):
+        deadline = time.monotonic() + (timeout or self.timeout)
+        delays = self.retry.delays()
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return method(request, timeout=max(remaining, 0.001))
+            except grpc.RpcError as error:
+                delay = next(delays)
+                if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay >= deadline:
+                    raise from_rpc_error(error, self.target) from None
+                time.sleep(delay)
+
+    def inpaint(self, image: ImageLike, mask: ImageLike, *, timeout: float | None = None) -> np.ndarray:
+        """One image (array or path) and its mask (nonzero = hole) -> uint8 HxWx3."""
+        return self.inpaint_batch([image], [mask], timeout=timeout)[0]
+
+    def inpaint_batch(self, images: Sequence[ImageLike], masks: Sequence[ImageLike], *,
+                      batch_size: int | None = None, timeout: float | None = None) -> list[np.ndarray]:
+        """Same-size images go in one request (split at ``batch_size``); results keep the input order."""
+        pairs = self._pairs(images, masks)
+        results: list[np.ndarray | None] = [None] * len(pairs)
+        for indices in self._groups(pairs, batch_size):
+            batch = np.stack([pairs[i][0] for i in indices])
+            request = self._predict_request(batch, np.stack([pairs[i][1] for i in indices]))
+            output = self._output(self._call(self._prediction.Predict, request, timeout), batch.shape)
+            for position, index in enumerate(indices):
+                results[index] = output[position]
+        return results
+
+    def metadata(self, *, timeout: float | None = None) -> dict:
+        return self._metadata_dict(self._call(self._prediction.GetModelMetadata, self._metadata_request(), timeout))
+
+    def status(self, *, timeout: float | None = None) -> list[dict]:
+        return self._status_list(self._call(self._models.GetModelStatus, self._status_request(), timeout))
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """``SERVING``, ``NOT_SERVING``, ...; ServerUnavailable if nobody answers."""
+        response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+class AsyncInpaintClient(_ClientBase):
+    """The same calls on ``grpc.aio``, for many concurrent requests from one event loop."""
+
+    def __init__(self, target: str, **options):
+        super().__init__(target, **options)
+        if self._tls:
+            self._channel = grpc.aio.secure_channel(target, channel_credentials(self._ca_cert), self._options)
+        else:
+            self._channel = grpc.aio.insecure_channel(target, self._options)
+        self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def __aenter__(self) -> "AsyncInpaintClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, method, request, timeout: float | None):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout or self.timeout)
+        delays = self.retry.delays()
+        while True:
+            remaining = deadline - loop.time()
+            try:
+                return await method(request, timeout=max(remaining, 0.001))
+            except grpc.RpcError as error:
+                delay = next(delays)
+                if error.code() != grpc.StatusCode.UNAVAILABLE or loop.time() + delay >= deadline:
+                    raise from_rpc_error(error, self.target) from None
+                await asyncio.sleep(delay)
+
+    async def inpaint(self, image: ImageLike, mask: ImageLike, *, timeout: float | None = None) -> np.ndarray:
+        return (await self.inpaint_batch([image], [mask], timeout=timeout))[0]
+
+    async def inpaint_batch(self, images: Sequence[ImageLike], masks: Sequence[ImageLike], *,
+                            batch_size: int | None = None, timeout: float | None = None) -> list[np.ndarray]:
+        pairs = self._pairs(images, masks)
+        results: list[np.ndarray | None] = [None] * len(pairs)
+
+        async def send(indices: list[int]) -> None:
+            batch = np.stack([pairs[i][0] for i in indices])
+            request = self._predict_request(batch, np.stack([pairs[i][1] for i in indices]))
+            output = self._output(await self._call(self._prediction.Predict, request, timeout), batch.shape)
+            for position, index in enumerate(indices):
+                results[index] = output[position]
+
+        await asyncio.gather(*(send(indices) for indices in self._groups(pairs, batch_size)))
+        return results
+
+    async def predict_raw(self, request: predict_pb2.PredictRequest, *, timeout: float | None = None):
+        """Send a pre-built request (the load tester's path: no per-call encoding)."""
+        return await self._call(self._prediction.Predict, request, timeout)
+
+    async def metadata(self, *, timeout: float | None = None) -> dict:
+        return self._metadata_dict(
+            await self._call(self._prediction.GetModelMetadata, self._metadata_request(), timeout))
+
+    async def status(self, *, timeout: float | None = None) -> list[dict]:
+        return self._status_list(await self._call(self._models.GetModelStatus, self._status_request(), timeout))
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        response = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+

@@ -1,0 +1,77 @@
+"""Images and masks from arrays or files, checked before anything is sent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import cv2
+import numpy as np
+
+from ._errors import InvalidInput
+
+ImageLike = Union[np.ndarray, str, Path]
+
+
+def read_image(path: Path) -> np.ndarray:
+    """A file as RGB uint8; alpha dropped, grey expanded. InvalidInput if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInput(f"image {path} does not exist")
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise InvalidInput(f"cannot read image {path}: not an image file OpenCV can decode")
+    return to_rgb(image, bgr=True)
+
+
+def to_rgb(image: np.ndarray, bgr: bool = False) -> np.ndarray:
+    if image.dtype != np.uint8:
+        if np.issubdtype(image.dtype, np.floating) and image.size and image.min() >= 0 and image.max() <= 1:
+            image = np.round(image * 255).astype(np.uint8)
+        else:
+            raise InvalidInput(f"image must be uint8 (or float in [0, 1]), got {image.dtype}")
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise InvalidInput(f"image must be HxW, HxWx3 or HxWx4, got shape {image.shape}")
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    image = image[..., :3]
+    return np.ascontiguousarray(image[..., ::-1] if bgr else image)
+
+
+def as_image(value: ImageLike) -> np.ndarray:
+    return read_image(Path(value)) if isinstance(value, (str, Path)) else to_rgb(np.asarray(value))
+
+
+def as_mask(value: ImageLike) -> np.ndarray:
+    """A mask as uint8 HxW {0, 1}: any nonzero pixel (in any channel) is a hole."""
+    if isinstance(value, (str, Path)):
+        path = Path(value)
+        if not path.is_file():
+            raise InvalidInput(f"mask {path} does not exist")
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if mask is None:
+            raise InvalidInput(f"cannot read mask {path}: not an image file OpenCV can decode")
+        if mask.ndim == 3 and mask.shape[2] == 4:
+            mask = mask[..., :3]  # alpha is transparency, not damage
+    else:
+        mask = np.asarray(value)
+    if mask.ndim == 3:
+        mask = mask.any(axis=2)
+    if mask.ndim != 2:
+        raise InvalidInput(f"mask must be HxW or HxWxC, got shape {mask.shape}")
+    return (mask != 0).astype(np.uint8)
+
+
+def check_pair(image: np.ndarray, mask: np.ndarray, name: str = "image") -> None:
+    if image.shape[:2] != mask.shape:
+        raise InvalidInput(f"mask is {mask.shape[1]}x{mask.shape[0]} but {name} is "
+                           f"{image.shape[1]}x{image.shape[0]}; they must match (no resizing is done)")
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image):
+        raise InvalidInput(f"cannot write {path}: unknown image format or unwritable folder")

@@ -1,0 +1,195 @@
+"""``inpaint-client``: inpaint files, make test masks, and inspect a server, from the shell."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ._client import InpaintClient
+from ._errors import InpaintError, InvalidInput
+from ._images import as_image, write_image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class Settings:
+    def __init__(self, target, model, version, timeout, tls, ca_cert, verbose):
+        self.target, self.model, self.version, self.timeout = target, model, version, timeout
+        self.tls, self.ca_cert, self.verbose = tls, ca_cert, verbose
+
+    def client(self) -> InpaintClient:
+        return InpaintClient(self.target, model=self.model, version=self.version, timeout=self.timeout,
+                             tls=self.tls, ca_cert=self.ca_cert)
+
+
+def fail(settings: Settings, error: Exception):
+    """One line and exit 1; the traceback only with --verbose."""
+    if settings.verbose:
+        raise error
+    raise click.ClickException(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+
+
+def _target(ctx, param, value: str) -> str:
+    if not value or value.startswith(":") or value.endswith(":"):
+        raise click.BadParameter("give HOST:PORT, e.g. localhost:8500")
+    return value
+
+
+@click.group(context_settings={"show_default": True, "auto_envvar_prefix": "INPAINT"})
+@click.option("--target", default="localhost:8500", envvar="INPAINT_TARGET", callback=_target,
+              help="Server address HOST:PORT (TF Serving or inpaint-serve gRPC).")
+@click.option("--model", default="inpaint", envvar="INPAINT_MODEL", help="Model name to ask for.")
+@click.option("--version", "model_version", type=click.IntRange(min=1), default=None, envvar="INPAINT_VERSION",
+              help="Model version [default: the latest available].")
+@click.option("--timeout", type=click.FloatRange(min=0.001), default=30.0, envvar="INPAINT_TIMEOUT",
+              help="Deadline per call in seconds; UNAVAILABLE is retried within it.")
+@click.option("--tls", is_flag=True, envvar="INPAINT_TLS", help="Use TLS.")
+@click.option("--ca-cert", type=click.Path(exists=True, dir_okay=False), envvar="INPAINT_CA_CERT",
+              help="PEM root certificate for TLS (implies --tls).")
+@click.option("-v", "--verbose", is_flag=True, envvar="INPAINT_VERBOSE", help="Show details and tracebacks.")
+@click.pass_context
+def main(ctx, target, model, model_version, timeout, tls, ca_cert, verbose):
+    """Call an inpainting model served by TF Serving or inpaint-serve."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
+    ctx.obj = Settings(target, model, model_version, timeout, tls, ca_cert, verbose)
+
+
+def pair_inputs(paths: tuple[Path, ...], mask_suffix: str) -> list[tuple[Path, Path]]:
+    """IMAGE MASK pairs, or every x.png in one folder with its x<suffix>.png."""
+    if len(paths) == 1 and paths[0].is_dir():
+        folder = paths[0]
+        pairs = []
+        for image in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            if image.stem.endswith(mask_suffix) or ".inpainted" in image.name:
+                continue
+            masks = [m for m in folder.glob(f"{image.stem}{mask_suffix}.*") if m.suffix.lower() in IMAGE_SUFFIXES]
+            if not masks:
+                raise InvalidInput(f"{image} has no mask {image.stem}{mask_suffix}.png in {folder}")
+            pairs.append((image, masks[0]))
+        if not pairs:
+            raise InvalidInput(f"{folder} holds no images with masks named like x{mask_suffix}.png")
+        return pairs
+    if len(paths) % 2:
+        raise InvalidInput(f"give IMAGE MASK pairs (or one folder); got {len(paths)} paths")
+    return [(paths[i], paths[i + 1]) for i in range(0, len(paths), 2)]
+
+
+def output_path(image: Path, output: Path | None, many: bool) -> Path:
+    if output is None:
+        return image.with_name(f"{image.stem}.inpainted.png")
+    if many or output.is_dir() or not output.suffix:
+        return output / f"{image.stem}.inpainted.png"
+    return output
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, envvar="INPAINT_OUTPUT",
+              help="Output file (one pair) or folder [default: NAME.inpainted.png beside each image].")
+@click.option("--mask-suffix", default="_mask", envvar="INPAINT_MASK_SUFFIX",
+              help="In folder mode, x.png pairs with x<suffix>.png.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, envvar="INPAINT_BATCH_SIZE",
+              help="Images per request (same-size images are batched).")
+@click.pass_obj
+def predict(settings: Settings, paths, output, mask_suffix, batch_size):
+    """Inpaint IMAGE MASK [IMAGE MASK ...], or a folder of x.png + x_mask.png."""
+    try:
+        pairs = pair_inputs(paths, mask_suffix)
+        chunks = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
+        with settings.client() as client, click.progressbar(
+                length=len(pairs), label="inpainting", file=sys.stderr, hidden=len(pairs) < 2) as bar:
+            for chunk in chunks:
+                results = client.inpaint_batch([p[0] for p in chunk], [p[1] for p in chunk], batch_size=batch_size)
+                for (image, _), result in zip(chunk, results):
+                    target = output_path(image, output, len(pairs) > 1)
+                    write_image(target, result)
+                    click.echo(f"wrote {target}")
+                bar.update(len(chunk))
+    except InpaintError as error:
+        fail(settings, error)
+
+
+@main.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--kind", type=click.Choice(["lines", "strokes", "boxes", "mixed"]), default="strokes",
+              envvar="INPAINT_MASK_KIND", help="Mask generator (the ones training and evaluation use).")
+@click.option("--seed", type=int, default=0, envvar="INPAINT_SEED", help="Seed: the same seed, the same mask.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Mask file [default: NAME_mask.png beside the image].")
+@click.pass_obj
+def mask(settings: Settings, image: Path, kind: str, seed: int, output: Path | None):
+    """Write a test mask (255 = hole) the size of IMAGE."""
+    from inpaint.trainer.masks import generate_mask
+
+    try:
+        height, width = as_image(image).shape[:2]
+        holes = generate_mask(kind, height, width, np.random.default_rng(seed))
+        target = output or image.with_name(f"{image.stem}_mask.png")
+        write_image(target, holes * np.uint8(255))
+    except InpaintError as error:
+        fail(settings, error)
+    click.echo(f"wrote {target} ({holes.mean():.1%} hole)")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def metadata(settings: Settings, as_json: bool):
+    """The model's signature."""
+    try:
+        with settings.client() as client:
+            info = client.metadata()
+    except InpaintError as error:
+        fail(settings, error)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"model {info['model']} version {info['version']}")
+    for key, signature in info["signatures"].items():
+        click.echo(f"signature {key} ({signature['method_name']})")
+        for kind in ("inputs", "outputs"):
+            for name, tensor in signature[kind].items():
+                click.echo(f"  {kind[:-1]:6} {name:10} {tensor['dtype']:9} {tensor['shape']}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def status(settings: Settings, as_json: bool):
+    """The model's versions and their states."""
+    try:
+        with settings.client() as client:
+            versions = client.status()
+    except InpaintError as error:
+        fail(settings, error)
+    if as_json:
+        click.echo(json.dumps(versions, indent=2))
+        return
+    for entry in versions:
+        error = f"  {entry['error']}" if entry["error"] else ""
+        click.echo(f"version {entry['version']}: {entry['state']}{error}")
+
+
+@main.command()
+@click.option("--service", default="", help="Health service name ('' = the whole server).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def health(settings: Settings, service: str, as_json: bool):
+    """grpc.health.v1 status; exits 1 unless SERVING."""
+    try:
+        with settings.client() as client:
+            state = client.health(service)
+    except InpaintError as error:
+        fail(settings, error)
+    click.echo(json.dumps({"service": service, "status": state}) if as_json else state)
+    if state != "SERVING":
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

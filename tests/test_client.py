@@ -1,0 +1,222 @@
+"""The client library and CLI against a real server on 127.0.0.1 (small ONNX models, no TensorFlow)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import random_image, write_png
+from inpaint.client import (
+    AsyncInpaintClient,
+    DeadlineExceeded,
+    InpaintClient,
+    InvalidInput,
+    ModelNotFound,
+    Overloaded,
+    ServerUnavailable,
+)
+from inpaint.client.cli import main
+from onnx_models import expected_fill
+
+
+def _mask(h, w, seed=0):
+    return (np.random.default_rng(seed).random((h, w)) > 0.7).astype(np.uint8)
+
+
+def test_inpaint_array_and_files(onnx_repo, start_server, tmp_path):
+    server = start_server(onnx_repo)
+    image, mask = random_image(20, 30), _mask(20, 30)
+    expected = expected_fill(image, mask[..., None])
+    with InpaintClient(server.grpc_target) as client:
+        assert client.inpaint(image, mask).tolist() == expected.tolist()
+        image_path = write_png(tmp_path / "a.png", image)
+        rgba_mask = np.zeros((20, 30, 4), np.uint8)
+        rgba_mask[..., 1] = mask * 200  # any nonzero channel is a hole
+        rgba_mask[..., 3] = 255          # alpha is not
+        mask_path = write_png(tmp_path / "a_mask.png", rgba_mask)
+        assert client.inpaint(image_path, mask_path).tolist() == expected.tolist()
+
+
+def test_inpaint_batch_groups_sizes_and_keeps_order(onnx_repo, start_server):
+    server = start_server(onnx_repo, enable_batching=True)
+    shapes = [(16, 16), (20, 12), (16, 16), (20, 12), (16, 16)]
+    images = [random_image(h, w, seed=i) for i, (h, w) in enumerate(shapes)]
+    masks = [_mask(h, w, seed=i) for i, (h, w) in enumerate(shapes)]
+    with InpaintClient(server.grpc_target) as client:
+        results = client.inpaint_batch(images, masks, batch_size=2)
+    assert [r.shape for r in results] == [(h, w, 3) for h, w in shapes]
+    for image, mask, result in zip(images, masks, results):
+        assert result.tolist() == expected_fill(image, mask[..., None]).tolist()
+
+
+def test_metadata_status_health(onnx_repo, start_server):
+    with InpaintClient(start_server(onnx_repo).grpc_target) as client:
+        info = client.metadata()
+        assert info["version"] == 1
+        assert info["signatures"]["serving_default"]["inputs"]["image"] == {"dtype": "DT_UINT8",
+                                                                            "shape": [-1, -1, -1, 3]}
+        assert client.status() == [{"version": 1, "state": "AVAILABLE", "error": ""}]
+        assert client.health() == "SERVING" and client.health("inpaint") == "SERVING"
+
+
+def test_async_client_many_concurrent_calls(onnx_repo, start_server):
+    server = start_server(onnx_repo, enable_batching=True)
+    image, mask = random_image(16, 16), _mask(16, 16)
+
+    async def run():
+        async with AsyncInpaintClient(server.grpc_target) as client:
+            outputs = await asyncio.gather(*(client.inpaint(image, mask) for _ in range(64)))
+            return outputs, await client.status(), await client.health()
+
+    outputs, status, health = asyncio.run(run())
+    assert all(o.tolist() == expected_fill(image, mask[..., None]).tolist() for o in outputs)
+    assert status[0]["state"] == "AVAILABLE" and health == "SERVING"
+
+
+def test_errors_map_to_the_hierarchy(onnx_repo, start_server):
+    server = start_server(onnx_repo, max_pixels=100)
+    image, mask = random_image(8, 8), _mask(8, 8)
+    with InpaintClient(server.grpc_target, model="other") as client:
+        with pytest.raises(ModelNotFound, match="other"):
+            client.inpaint(image, mask)
+    with InpaintClient(server.grpc_target, version=9) as client:
+        with pytest.raises(ModelNotFound):
+            client.inpaint(image, mask)
+    with InpaintClient(server.grpc_target) as client:
+        with pytest.raises(InvalidInput, match="over the limit"):
+            client.inpaint(random_image(20, 20), _mask(20, 20))
+        with pytest.raises(InvalidInput, match="mask is 7x8 but image is 8x8"):
+            client.inpaint(image, _mask(8, 7))
+        with pytest.raises(InvalidInput, match="does not exist"):
+            client.inpaint("/nonexistent.png", mask)
+
+
+def test_no_server_is_unavailable_within_the_deadline():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    with InpaintClient(f"127.0.0.1:{port}", timeout=0.5) as client:
+        with pytest.raises(ServerUnavailable, match=f"127.0.0.1:{port}"):
+            client.health()
+    assert time.monotonic() - started < 3
+
+
+def test_a_server_started_late_is_reached_by_retries(onnx_repo, start_server):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    threading.Timer(0.7, lambda: start_server(onnx_repo, port=port, wait=False)).start()
+    with InpaintClient(f"127.0.0.1:{port}", timeout=20) as client:
+        started = time.monotonic()
+        out = client.inpaint(random_image(8, 8), _mask(8, 8))  # UNAVAILABLE until loaded: retried
+        assert out.shape == (8, 8, 3) and time.monotonic() - started > 0.5
+
+
+def test_deadline_and_overload_are_reported(onnx_repo, start_server):
+    from inpaint.serving.batching import BatchingOptions
+
+    server = start_server(onnx_repo, enable_batching=True,
+                          batching=BatchingOptions(max_batch_size=64, batch_timeout_micros=2_000_000,
+                                                   max_enqueued_batches=1))
+    image, mask = random_image(8, 8), _mask(8, 8)
+    with InpaintClient(server.grpc_target, timeout=0.3) as client:
+        with pytest.raises(DeadlineExceeded):
+            client.inpaint(image, mask)  # queued 2 s by the batch timeout: the deadline passes first
+
+    async def overload():
+        async with AsyncInpaintClient(server.grpc_target, timeout=5) as client:
+            sizes = [(8 + i, 8) for i in range(3)]  # three sizes: three batches, the queue holds one
+            return await asyncio.gather(*(client.inpaint(random_image(h, w), _mask(h, w)) for h, w in sizes),
+                                        return_exceptions=True)
+
+    results = asyncio.run(overload())
+    assert any(isinstance(r, Overloaded) and "overloaded" in str(r) for r in results), results
+
+
+# -- the CLI -------------------------------------------------------------------------------------------
+
+def run_cli(*args, env=None):
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def one_line_error(result, fragment):
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_predict_pairs_and_default_output(onnx_repo, start_server, tmp_path):
+    server = start_server(onnx_repo)
+    image, mask = random_image(24, 32), _mask(24, 32)
+    image_path = write_png(tmp_path / "photo.png", image)
+    mask_path = write_png(tmp_path / "photo_mask.png", mask * 255)
+    result = run_cli("--target", server.grpc_target, "predict", str(image_path), str(mask_path))
+    assert result.exit_code == 0, result.output
+    written = cv2.cvtColor(cv2.imread(str(tmp_path / "photo.inpainted.png")), cv2.COLOR_BGR2RGB)
+    assert written.tolist() == expected_fill(image, mask[..., None]).tolist()
+
+
+def test_cli_predict_folder_mode_with_env_target(onnx_repo, start_server, tmp_path):
+    server = start_server(onnx_repo)
+    for i in range(3):
+        write_png(tmp_path / "in" / f"x{i}.png", random_image(16, 16 + i, seed=i))
+        write_png(tmp_path / "in" / f"x{i}_mask.png", _mask(16, 16 + i, seed=i) * 255)
+    result = run_cli("predict", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--batch-size", "2",
+                     env={"INPAINT_TARGET": server.grpc_target})
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"x{i}.inpainted.png" for i in range(3)]
+
+
+def test_cli_mask_is_seeded(tmp_path):
+    image = write_png(tmp_path / "p.png", random_image(40, 50))
+    for name in ("a.png", "b.png"):
+        result = run_cli("mask", str(image), "--kind", "strokes", "--seed", "3", "-o", str(tmp_path / name))
+        assert result.exit_code == 0 and "% hole" in result.output
+    a, b = (cv2.imread(str(tmp_path / n), cv2.IMREAD_GRAYSCALE) for n in ("a.png", "b.png"))
+    assert a.shape == (40, 50) and set(np.unique(a)) == {0, 255} and (a == b).all()
+
+
+def test_cli_metadata_status_health(onnx_repo, start_server):
+    target = start_server(onnx_repo).grpc_target
+    result = run_cli("--target", target, "metadata")
+    assert result.exit_code == 0 and "input  image" in result.output and "DT_UINT8" in result.output
+    assert json.loads(run_cli("--target", target, "metadata", "--json").output)["version"] == 1
+    assert run_cli("--target", target, "status").output.strip() == "version 1: AVAILABLE"
+    assert json.loads(run_cli("--target", target, "status", "--json").output)[0]["state"] == "AVAILABLE"
+    result = run_cli("--target", target, "health")
+    assert result.exit_code == 0 and result.output.strip() == "SERVING"
+
+
+def test_cli_bad_inputs_are_one_line_errors(onnx_repo, start_server, tmp_path):
+    target = start_server(onnx_repo).grpc_target
+    image = write_png(tmp_path / "p.png", random_image(10, 10))
+    mask = write_png(tmp_path / "m.png", _mask(9, 10) * 255)
+    garbage = tmp_path / "g.png"
+    garbage.write_bytes(b"not a png")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        nobody = f"127.0.0.1:{sock.getsockname()[1]}"
+    one_line_error(run_cli("--target", target, "predict", str(tmp_path / "missing.png"), str(mask)), "does not exist")
+    one_line_error(run_cli("--target", target, "predict", str(garbage), str(mask)), "cannot read image")
+    one_line_error(run_cli("--target", target, "predict", str(image), str(mask)), "mask is 10x9 but image is 10x10")
+    one_line_error(run_cli("--target", nobody, "--timeout", "0.3", "status"), f"no server reachable at {nobody}")
+    one_line_error(run_cli("--target", target, "--model", "nope", "status"), "nope")
+
+
+def test_client_imports_without_tensorflow_or_onnxruntime():
+    code = ("import sys, inpaint.client, inpaint.client.cli; "
+            "heavy = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'onnxruntime', 'keras')]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
