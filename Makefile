@@ -24,6 +24,11 @@ PYTEST_ARGS   ?=
 PORT          ?= 8500
 REST_PORT     ?= 8501
 SERVE_ARGS    ?=
+# Load test options
+TARGET        ?= localhost:$(PORT)
+CONCURRENCY   ?= 1,8,32,64
+DURATION      ?= 10
+LOAD_ARGS     ?=
 
 opt = $(if $(2),$(1) $(2))
 TRAIN_ARGS = $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS)) \
@@ -35,7 +40,7 @@ VERSION_ARG = $(call opt,--version,$(VERSION))
 
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help install train export evaluate serve protos bench test clean
+.PHONY: help install train export evaluate serve protos bench loadtest demo test clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -66,6 +71,25 @@ protos: $(INSTALLED)  ## Regenerate serving/protos/*_pb2*.py from the .proto fil
 
 bench: $(INSTALLED)  ## Server vs in-process ONNX Runtime throughput (needs an exported model)
 	$(BIN)/python benchmarks/serving.py --model $(MODEL_BASE) --out $(REPORTS)/bench
+
+loadtest: $(INSTALLED)  ## Load-test a running server (make serve) at TARGET; writes reports/load/
+	$(BIN)/inpaint-client --target $(TARGET) loadtest --concurrency $(CONCURRENCY) --duration $(DURATION) \
+		--metrics-url http://localhost:$(REST_PORT)/metrics --report $(REPORTS)/load $(LOAD_ARGS)
+
+demo: $(INSTALLED)  ## Train+export if needed, serve, inpaint a held-out photo, load-test, stop: reports/demo/
+	@set -eu; demo=$(REPORTS)/demo; mkdir -p $$demo; \
+	if [ -z "$$(ls $(MODEL_BASE)/*/model.onnx 2>/dev/null)" ]; then $(MAKE) train export; fi; \
+	$(BIN)/inpaint-serve --model-base-path $(MODEL_BASE) --port $(PORT) --rest-port $(REST_PORT) \
+		--enable-batching > $$demo/server.log 2>&1 & server=$$!; \
+	trap 'kill -TERM $$server 2>/dev/null; wait $$server 2>/dev/null || true' EXIT; \
+	$(BIN)/inpaint-client --target $(TARGET) --timeout 120 health; \
+	photo=$$($(BIN)/python -c "from inpaint.trainer.data import SAMPLE_TEST, samples_dir; print(samples_dir() / SAMPLE_TEST[0])"); \
+	$(BIN)/python -c "import sys, cv2; cv2.imwrite(sys.argv[2], cv2.resize(cv2.imread(sys.argv[1]), (256, 256), interpolation=cv2.INTER_AREA))" $$photo $$demo/photo.png; \
+	$(BIN)/inpaint-client mask $$demo/photo.png --kind strokes --seed 3 -o $$demo/photo_mask.png; \
+	$(BIN)/inpaint-client --target $(TARGET) predict $$demo/photo.png $$demo/photo_mask.png; \
+	$(BIN)/inpaint-client --target $(TARGET) loadtest --concurrency 1,8,32 --duration 3 --warmup 1 \
+		--metrics-url http://localhost:$(REST_PORT)/metrics --report $$demo; \
+	echo "demo files in $$demo"
 
 test: $(INSTALLED)  ## Run the test suite (exit code 5, no tests collected, counts as failure)
 	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \

@@ -67,6 +67,20 @@ def channel_credentials(ca_cert: str | Path | None) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(root_certificates=root)
 
 
+def predict_request(images: np.ndarray, masks: np.ndarray, model: str, version: int | None = None,
+                    signature: str = "serving_default") -> predict_pb2.PredictRequest:
+    """A PredictRequest for uint8 ``(N, H, W, 3)`` images and ``(N, H, W)`` {0, 1} masks."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    if version is not None:
+        request.model_spec.version.value = version
+    request.model_spec.signature_name = signature
+    request.inputs["image"].CopyFrom(from_numpy(images))
+    request.inputs["mask"].CopyFrom(from_numpy(masks[..., None]))
+    request.output_filter.append("inpainted")
+    return request
+
+
 def _tensor_dtype(value: int) -> str:
     return types_pb2.DataType.Name(value) if value in types_pb2.DataType.values() else str(value)
 
@@ -90,13 +104,7 @@ class _ClientBase:
             message.model_spec.version.value = self.version
 
     def _predict_request(self, images: np.ndarray, masks: np.ndarray) -> predict_pb2.PredictRequest:
-        request = predict_pb2.PredictRequest()
-        self._spec(request)
-        request.model_spec.signature_name = self.signature
-        request.inputs["image"].CopyFrom(from_numpy(images))
-        request.inputs["mask"].CopyFrom(from_numpy(masks[..., None]))
-        request.output_filter.append("inpainted")
-        return request
+        return predict_request(images, masks, self.model, self.version, self.signature)
 
     @staticmethod
     def _output(response: predict_pb2.PredictResponse, shape: tuple[int, ...]) -> np.ndarray:

@@ -191,5 +191,74 @@ def health(settings: Settings, service: str, as_json: bool):
         sys.exit(1)
 
 
+def _levels(kind):
+    def parse(ctx, param, value):
+        if value is None:
+            return ()
+        try:
+            levels = tuple(kind(v) for v in value.split(",") if v.strip())
+        except ValueError:
+            raise click.BadParameter(f"give a comma-separated list of numbers, e.g. {param.metavar}") from None
+        if not levels or any(v <= 0 for v in levels):
+            raise click.BadParameter("every level must be positive")
+        return levels
+
+    return parse
+
+
+@main.command()
+@click.option("--concurrency", default="1,8,32", callback=_levels(int), metavar="1,8,32",
+              envvar="INPAINT_CONCURRENCY", help="Closed loop: concurrent clients per level.")
+@click.option("--rate", default=None, callback=_levels(float), metavar="50,100",
+              envvar="INPAINT_RATE", help="Open loop: requests/s per level (replaces --concurrency).")
+@click.option("--arrival", type=click.Choice(["constant", "poisson"]), default="constant",
+              envvar="INPAINT_ARRIVAL", help="Open-loop arrival process.")
+@click.option("--duration", type=click.FloatRange(min=0.1), default=10.0, envvar="INPAINT_DURATION",
+              help="Measured seconds per level.")
+@click.option("--warmup", type=click.FloatRange(min=0), default=2.0, envvar="INPAINT_WARMUP",
+              help="Unmeasured seconds before each level.")
+@click.option("--max-requests", type=click.IntRange(min=1), default=100_000, envvar="INPAINT_MAX_REQUESTS",
+              help="Most requests per level, warmup included.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, envvar="INPAINT_BATCH_SIZE",
+              help="Images per request.")
+@click.option("--image-size", type=click.IntRange(min=1), default=64, envvar="INPAINT_IMAGE_SIZE",
+              help="Square image side.")
+@click.option("--mask-kind", type=click.Choice(["lines", "strokes", "boxes", "mixed"]), default="strokes",
+              envvar="INPAINT_MASK_KIND", help="Mask generator.")
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              envvar="INPAINT_IMAGES", help="Crop real photos from this folder instead of random pixels.")
+@click.option("--metrics-url", default=None, envvar="INPAINT_METRICS_URL",
+              help="The server's Prometheus URL, to add server queue time and batch size.")
+@click.option("--report", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/load"),
+              envvar="INPAINT_REPORT", help="Folder for load.json, load.csv and load.png.")
+@click.option("--seed", type=int, default=0, envvar="INPAINT_SEED", help="Seed of images and masks.")
+@click.pass_obj
+def loadtest(settings: Settings, concurrency, rate, arrival, duration, warmup, max_requests, batch_size,
+             image_size, mask_kind, images, metrics_url, report, seed):
+    """Sweep concurrency (closed loop) or request rate (open loop); report throughput and latency."""
+    import asyncio
+
+    from ._loadtest import LoadConfig, format_table, run, write_report
+
+    config = LoadConfig(target=settings.target, model=settings.model, concurrency=concurrency, rates=rate,
+                        arrival=arrival, duration=duration, warmup=warmup, max_requests=max_requests,
+                        batch_size=batch_size, image_size=image_size, mask_kind=mask_kind, images=images,
+                        timeout=settings.timeout, metrics_url=metrics_url, seed=seed)
+    levels = len(rate or concurrency)
+    try:
+        with settings.client() as client:
+            client.health(timeout=min(settings.timeout, 10))  # fail fast, in one line, if nobody is there
+        with click.progressbar(length=levels, label="load levels", file=sys.stderr) as bar:
+            results = asyncio.run(run(config, on_level=lambda result: bar.update(1)))
+    except InpaintError as error:
+        fail(settings, error)
+    click.echo(format_table(results))
+    for path in write_report(results, config, report):
+        click.echo(f"wrote {path}")
+    refused = sum(r.errors.get("RESOURCE_EXHAUSTED", 0) for r in results)
+    if refused:
+        click.echo(f"the server was overloaded: {refused} request(s) refused with RESOURCE_EXHAUSTED", err=True)
+
+
 if __name__ == "__main__":
     main()

@@ -220,3 +220,44 @@ def test_client_imports_without_tensorflow_or_onnxruntime():
             "heavy = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'onnxruntime', 'keras')]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_loadtest_reports_add_up(onnx_repo, start_server, tmp_path):
+    server = start_server(onnx_repo, enable_batching=True)
+    report = tmp_path / "load"
+    result = run_cli("--target", server.grpc_target, "loadtest", "--concurrency", "1,8", "--duration", "1",
+                     "--warmup", "0.3", "--image-size", "32", "--metrics-url", server.rest_url + "/metrics",
+                     "--report", str(report))
+    assert result.exit_code == 0, result.output
+    assert "| 8 clients |" in result.output
+    data = json.loads((report / "load.json").read_text())
+    assert [level["level"] for level in data["levels"]] == [1, 8]
+    for level in data["levels"]:
+        assert level["ok"] > 0 and level["sent"] == level["ok"] + sum(level["errors"].values())
+        assert level["latency_ms"]["p50"] <= level["latency_ms"]["p99"] <= level["latency_ms"]["max"]
+        assert level["server_batch_size"] >= 1
+    import csv
+
+    rows = list(csv.DictReader((report / "load.csv").open()))
+    assert [r["Concurrency"] for r in rows] == ["1", "8"]
+    assert all(float(r["Inferences/Second"]) > 0 and int(r["Sent"]) == int(r["Succeeded"]) + int(r["Errors"])
+               for r in rows)
+    png = (report / "load.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and cv2.imread(str(report / "load.png")) is not None
+
+
+def test_loadtest_open_loop_and_max_requests(onnx_repo, start_server, tmp_path):
+    server = start_server(onnx_repo)
+    result = run_cli("--target", server.grpc_target, "loadtest", "--rate", "200", "--arrival", "poisson",
+                     "--duration", "5", "--warmup", "0", "--max-requests", "30", "--report", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    level = json.loads((tmp_path / "load.json").read_text())["levels"][0]
+    assert level["mode"] == "rate" and level["sent"] == 30 and level["ok"] == 30
+
+
+def test_loadtest_without_a_server_is_one_line(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        nobody = f"127.0.0.1:{sock.getsockname()[1]}"
+    one_line_error(run_cli("--target", nobody, "--timeout", "0.3", "loadtest", "--report", str(tmp_path)),
+                   "no server reachable")
