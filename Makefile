@@ -40,7 +40,7 @@ VERSION_ARG = $(call opt,--version,$(VERSION))
 
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help install train export evaluate serve protos bench loadtest demo test clean
+.PHONY: help install train export evaluate serve protos bench loadtest demo image k8s-validate test clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -72,7 +72,18 @@ protos: $(INSTALLED)  ## Regenerate serving/protos/*_pb2*.py from the .proto fil
 bench: $(INSTALLED)  ## Server vs in-process ONNX Runtime throughput (needs an exported model)
 	$(BIN)/python benchmarks/serving.py --model $(MODEL_BASE) --out $(REPORTS)/bench
 
-loadtest: $(INSTALLED)  ## Load-test a running server (make serve) at TARGET; writes reports/load/
+loadIMAGE_TAG     ?= cpu
+ORT_PACKAGE   ?= onnxruntime
+
+image:  ## docker build the serving image (ORT_PACKAGE="onnxruntime-gpu[cuda,cudnn]" IMAGE_TAG=gpu) and the trainer image
+	docker build -f serving/Dockerfile --build-arg ORT_PACKAGE="$(ORT_PACKAGE)" -t inpaint-serving:$(IMAGE_TAG) .
+	docker build -f trainer/Dockerfile -t inpaint-trainer:latest .
+
+k8s-validate: $(INSTALLED)  ## Render every kustomize overlay and validate it offline against Kubernetes 1.30
+	@command -v kubectl >/dev/null || { echo "kubectl not found: install it (https://kubernetes.io/docs/tasks/tools/) or apt-get install kubectl"; exit 1; }
+	$(BIN)/python -m pytest -q tests/test_deploy.py
+
+test: $(INSTALLED)  ## Load-test a running server (make serve) at TARGET; writes reports/load/
 	$(BIN)/inpaint-client --target $(TARGET) loadtest --concurrency $(CONCURRENCY) --duration $(DURATION) \
 		--metrics-url http://localhost:$(REST_PORT)/metrics --report $(REPORTS)/load $(LOAD_ARGS)
 
@@ -90,6 +101,17 @@ demo: $(INSTALLED)  ## Train+export if needed, serve, inpaint a held-out photo, 
 	$(BIN)/inpaint-client --target $(TARGET) loadtest --concurrency 1,8,32 --duration 3 --warmup 1 \
 		--metrics-url http://localhost:$(REST_PORT)/metrics --report $$demo; \
 	echo "demo files in $$demo"
+
+IMAGE_TAG     ?= cpu
+ORT_PACKAGE   ?= onnxruntime
+
+image:  ## docker build the serving image (ORT_PACKAGE="onnxruntime-gpu[cuda,cudnn]" IMAGE_TAG=gpu) and the trainer image
+	docker build -f serving/Dockerfile --build-arg ORT_PACKAGE="$(ORT_PACKAGE)" -t inpaint-serving:$(IMAGE_TAG) .
+	docker build -f trainer/Dockerfile -t inpaint-trainer:latest .
+
+k8s-validate: $(INSTALLED)  ## Render every kustomize overlay and validate it offline against Kubernetes 1.30
+	@command -v kubectl >/dev/null || { echo "kubectl not found: install it (https://kubernetes.io/docs/tasks/tools/) or apt-get install kubectl"; exit 1; }
+	$(BIN)/python -m pytest -q tests/test_deploy.py
 
 test: $(INSTALLED)  ## Run the test suite (exit code 5, no tests collected, counts as failure)
 	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \

@@ -32,6 +32,9 @@ def test_run_record_holds_config_data_and_metrics(tiny_version, tiny_config):
         assert np.isfinite(final[name]), name
     assert len(record["history"]["val_hole_mae"]) == tiny_config.epochs
     assert 0 < final["val_mae"] < final["val_hole_mae"] < 1, "holes are harder than the whole image"
+    from inpaint.trainer.train import resolve_precision
+
+    assert record["precision"] == resolve_precision("auto") and record["config"]["precision"] == "auto"
 
 
 def test_saved_model_signature(tiny_version):
@@ -128,3 +131,4 @@ def test_evaluation_report(tiny_version, tmp_path):
 
     grid = cv2.imread(str(tmp_path / "examples.png"))
     assert grid.shape[1] == 5 * 128 and grid.shape[0] == 24 + 6 * 128
+

@@ -205,8 +205,8 @@ def check_dataset_image_size(dataset: Dataset, image_size: int) -> None:
 
 
 def random_crop(image: np.ndarray, size: int, rng: np.random.Generator, max_zoom_out: float = 4.0,
-                flip: bool = True, recolor: bool = False) -> np.ndarray:
-    """A ``size``-square crop at a random scale, position and horizontal flip (and channel order).
+                flip: bool = True) -> np.ndarray:
+    """A ``size``-square crop at a random scale, position and horizontal flip.
 
     The crop covers between ``size`` and ``size * max_zoom_out`` source pixels
     (never more than the image), then is resized to ``size``: small crops of big
@@ -222,8 +222,6 @@ def random_crop(image: np.ndarray, size: int, rng: np.random.Generator, max_zoom
         crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
     if flip and rng.random() < 0.5:
         crop = crop[:, ::-1]
-    if recolor:
-        crop = crop[..., rng.permutation(3)]  # six colourings of every photo: cheap variety for few photos
     return np.ascontiguousarray(crop)
 
 
@@ -235,8 +233,8 @@ def sample_crops(images: list[np.ndarray], count: int, size: int, rng: np.random
 
 
 def masked_examples(images: list[np.ndarray], count: int, size: int, mask_kind: str,
-                    rng: np.random.Generator, recolor: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Crops and their masks: ``(N, S, S, 3)`` uint8 images and ``(N, S, S)`` uint8 masks."""
-    crops = sample_crops(images, count, size, rng, recolor=recolor)
+    crops = sample_crops(images, count, size, rng)
     masks = np.stack([generate_mask(mask_kind, size, size, rng) for _ in range(count)])
     return crops, masks

@@ -22,58 +22,17 @@ def _conv_block(x, filters: int, name: str):
     return layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"{name}_conv2")(x)
 
 
-class PushPullFill(layers.Layer):
-    """A classical first guess for the holes: push-pull (normalized-convolution pyramid) fill.
-
-    Known pixels and their weights are averaged down ``levels`` times; going
-    back up, each level keeps what it knows and takes the rest from the
-    bilinearly up-sampled coarser level. A cell with no known pixel at the
-    coarsest level gets the image's mean. Plain ops, so it exports to ONNX.
-    Input ``(N, H, W, 4)`` (holes zeroed, then the mask); H, W multiples of ``2**levels``.
-    """
-
-    def __init__(self, levels: int, **kwargs):
-        super().__init__(**kwargs)
-        self.levels = levels
-        self.pool = layers.AveragePooling2D(2)
-
-    def call(self, inputs):
-        pixels, valid = inputs[..., :3], 1.0 - inputs[..., 3:]
-        sums, weights = [pixels * valid], [valid]
-        for _ in range(self.levels):
-            sums.append(self.pool(sums[-1]))
-            weights.append(self.pool(weights[-1]))
-        mean = keras.ops.sum(sums[0], axis=(1, 2), keepdims=True) / keras.ops.maximum(
-            keras.ops.sum(weights[0], axis=(1, 2), keepdims=True), 1e-6)
-        fill = keras.ops.where(weights[-1] > 1e-6, sums[-1] / keras.ops.maximum(weights[-1], 1e-6), mean)
-        for level in reversed(range(self.levels)):
-            upsampled = tf.image.resize(fill, tf.shape(sums[level])[1:3], method="bilinear")
-            fill = sums[level] + (1.0 - weights[level]) * upsampled
-        return fill
-
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], 3)
-
-    def get_config(self):
-        return {**super().get_config(), "levels": self.levels}
-
-
-def build_unet(depth: int = 4, base_filters: int = 16, prefill: bool = True) -> keras.Model:
+def build_unet(depth: int = 4, base_filters: int = 16) -> keras.Model:
     """U-Net: ``depth`` down-sampling blocks, a bottleneck, mirrored up-sampling with skips.
 
     Input ``(N, H, W, 4)`` float: RGB in [0, 1] with holes zeroed, then the mask.
     Output ``(N, H, W, 3)``: sigmoid colours, before compositing. H and W must
     be multiples of ``2**depth``; the serving graph pads to guarantee it.
 
-    With ``prefill`` the network also sees a push-pull fill of the holes as
-    three more input channels: a classical first guess to improve on.
+    Under a mixed-precision policy the output layer stays float32.
     """
     inputs = keras.Input((None, None, 4), name="masked_image_and_mask")
-    x = inputs
-    if prefill:
-        first_guess = PushPullFill(depth, name="push_pull_fill")(inputs)
-        x = layers.Concatenate(name="with_first_guess")([inputs, first_guess])
-    skips = []
+    x, skips = inputs, []
     for level in range(depth):
         x = _conv_block(x, base_filters * 2**level, f"down{level}")
         skips.append(x)
@@ -83,8 +42,8 @@ def build_unet(depth: int = 4, base_filters: int = 16, prefill: bool = True) -> 
         x = layers.Conv2DTranspose(base_filters * 2**level, 2, strides=2, name=f"up{level}_upsample")(x)
         x = layers.Concatenate(name=f"up{level}_skip")([x, skips[level]])
         x = _conv_block(x, base_filters * 2**level, f"up{level}")
-    outputs = layers.Conv2D(3, 1, activation="sigmoid", name="rgb")(x)
-    return keras.Model(inputs, outputs, name=f"unet_d{depth}_f{base_filters}" + ("_prefill" if prefill else ""))
+    outputs = layers.Conv2D(3, 1, activation="sigmoid", dtype="float32", name="rgb")(x)
+    return keras.Model(inputs, outputs, name=f"unet_d{depth}_f{base_filters}")
 
 
 def network_input(image, hole):

