@@ -43,7 +43,7 @@ INSTALLED := $(VENV)/.installed
 .PHONY: help install train export evaluate serve protos bench loadtest demo image k8s-validate test clean
 
 help:  ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 install: $(INSTALLED)  ## Create .venv and install inpaint with the train, serve and dev extras
 
@@ -72,18 +72,7 @@ protos: $(INSTALLED)  ## Regenerate serving/protos/*_pb2*.py from the .proto fil
 bench: $(INSTALLED)  ## Server vs in-process ONNX Runtime throughput (needs an exported model)
 	$(BIN)/python benchmarks/serving.py --model $(MODEL_BASE) --out $(REPORTS)/bench
 
-loadIMAGE_TAG     ?= cpu
-ORT_PACKAGE   ?= onnxruntime
-
-image:  ## docker build the serving image (ORT_PACKAGE="onnxruntime-gpu[cuda,cudnn]" IMAGE_TAG=gpu) and the trainer image
-	docker build -f serving/Dockerfile --build-arg ORT_PACKAGE="$(ORT_PACKAGE)" -t inpaint-serving:$(IMAGE_TAG) .
-	docker build -f trainer/Dockerfile -t inpaint-trainer:latest .
-
-k8s-validate: $(INSTALLED)  ## Render every kustomize overlay and validate it offline against Kubernetes 1.30
-	@command -v kubectl >/dev/null || { echo "kubectl not found: install it (https://kubernetes.io/docs/tasks/tools/) or apt-get install kubectl"; exit 1; }
-	$(BIN)/python -m pytest -q tests/test_deploy.py
-
-test: $(INSTALLED)  ## Load-test a running server (make serve) at TARGET; writes reports/load/
+loadtest: $(INSTALLED)  ## Load-test a running server (make serve) at TARGET; writes reports/load/
 	$(BIN)/inpaint-client --target $(TARGET) loadtest --concurrency $(CONCURRENCY) --duration $(DURATION) \
 		--metrics-url http://localhost:$(REST_PORT)/metrics --report $(REPORTS)/load $(LOAD_ARGS)
 
