@@ -30,7 +30,7 @@ from inpaint.serving.protos import (
 from inpaint.serving.tensors import from_numpy
 
 from ._errors import InvalidInput, from_rpc_error
-from ._images import ImageLike, as_image, as_mask, check_pair
+from .images import ImageLike, as_image, as_mask, check_pair
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20  # a 4K RGB image is 25 MB as uint8; room for batches of them
 STATE_NAMES = {0: "UNKNOWN", 10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "UNLOADING", 50: "END"}

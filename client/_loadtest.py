@@ -27,7 +27,7 @@ from inpaint.trainer.masks import generate_mask
 
 from ._client import predict_request
 from ._errors import InvalidInput
-from ._images import as_image
+from .images import as_image
 
 logger = logging.getLogger(__name__)
 

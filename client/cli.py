@@ -12,7 +12,7 @@ import numpy as np
 
 from ._client import InpaintClient
 from ._errors import InpaintError, InvalidInput
-from ._images import as_image, write_image
+from .images import as_image, write_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inpaint.client import images as image_io
+
 from .masks import generate_mask
 
 logger = logging.getLogger(__name__)
@@ -68,24 +70,13 @@ class Dataset:
 
 def read_image(path: Path) -> np.ndarray:
     """An image file as RGB uint8 ``(H, W, 3)``; alpha is dropped, grey is expanded."""
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise DataError(f"cannot read image {path}")
-    if image.dtype != np.uint8:
-        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    try:
+        return image_io.read_image(path)
+    except image_io.InvalidInput as error:
+        raise DataError(str(error)) from None
 
 
-def write_image(path: Path, image: np.ndarray) -> None:
-    """Write an RGB (or single-channel) uint8 image; the format follows the suffix."""
-    if image.ndim == 3 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), image):
-        raise OSError(f"cannot write image {path}")
+write_image = image_io.write_image
 
 
 def samples_dir() -> Path:

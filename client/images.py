@@ -1,4 +1,7 @@
-"""Images and masks from arrays or files, checked before anything is sent."""
+"""Image and mask files and arrays, checked before anything is sent.
+
+The one place image files are read and written: the trainer uses it too.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +28,9 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def to_rgb(image: np.ndarray, bgr: bool = False) -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)`` from grey, RGB, RGBA, 16-bit or [0, 1] float arrays."""
+    if image.dtype == np.uint16:
+        image = (image // 257).astype(np.uint8)
     if image.dtype != np.uint8:
         if np.issubdtype(image.dtype, np.floating) and image.size and image.min() >= 0 and image.max() <= 1:
             image = np.round(image * 255).astype(np.uint8)
