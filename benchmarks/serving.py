@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from inpaint.export.onnx_runtime import InferenceModel
 from inpaint.export.repository import ONNX_FILENAME, version_dir
-from inpaint.serving.protos import predict_pb2, prediction_service_pb2_grpc
+from inpaint.serving.protos import predict_pb2
 from inpaint.serving.tensors import from_numpy
 from inpaint.trainer.masks import mask_batch
 

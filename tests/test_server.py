@@ -19,7 +19,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpc_helpers import Stubs, code_of, images, predict_request
 from inpaint.serving.protos import types_pb2
-from inpaint.serving.tensors import from_numpy
 from onnx_models import expected_fill, wrong_signature_model, write_version
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

@@ -34,6 +34,7 @@ class TrainConfig:
     image_size: int = 64             # training crop side; the report used 32
     depth: int = 4                   # encoder levels; the report compared 2, 3 and 5
     base_filters: int = 16           # width of the first level; the report used 32 (7.8 M params)
+    colour_correction: bool = True   # match each fill to the known pixels around its hole
     precision: str = "auto"          # auto: bfloat16 compute where the CPU has it (2x faster here), else float32
     mask_kind: str = "mixed"         # lines | strokes | boxes | mixed
     hole_weight: float = 6.0         # L1 weight of hole pixels relative to known ones
@@ -60,7 +61,7 @@ def train(config: TrainConfig) -> Path:
     precision = resolve_precision(config.precision)
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     logger.info("training compute precision: %s", precision)
-    model = build_unet(config.depth, config.base_filters)
+    model = build_unet(config.depth, config.base_filters, config.colour_correction)
     total_steps = config.epochs * config.steps_per_epoch
     schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total_steps)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=HoleWeightedL1(config.hole_weight))
@@ -102,7 +103,7 @@ def float32_copy(model, config: TrainConfig):
     from .model import build_unet
 
     keras.mixed_precision.set_global_policy("float32")
-    copy = build_unet(config.depth, config.base_filters)
+    copy = build_unet(config.depth, config.base_filters, config.colour_correction)
     copy.set_weights(model.get_weights())
     return copy
 
@@ -160,6 +161,9 @@ _DEFAULTS = TrainConfig()
               help="U-Net encoder depth (the report compared 2, 3 and 5).")
 @click.option("--base-filters", default=_DEFAULTS.base_filters, callback=_positive, envvar="INPAINT_BASE_FILTERS",
               help="Filters in the first U-Net level; doubled at every level.")
+@click.option("--colour-correction/--no-colour-correction", default=_DEFAULTS.colour_correction,
+              envvar="INPAINT_COLOUR_CORRECTION",
+              help="Correct each fill to agree with the known pixels around its hole (seamless-cloning style).")
 @click.option("--precision", default=_DEFAULTS.precision, type=click.Choice(PRECISIONS), envvar="INPAINT_PRECISION",
               help="Training compute precision; auto picks bfloat16 on CPUs with native bf16, else float32. "
                    "The exported model is always float32.")
