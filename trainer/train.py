@@ -39,7 +39,7 @@ class TrainConfig:
     mask_kind: str = "mixed"         # lines | strokes | boxes | mixed
     hole_weight: float = 6.0         # L1 weight of hole pixels relative to known ones
     batch_size: int = 32
-    epochs: int = 15
+    epochs: int = 17
     steps_per_epoch: int = 200
     learning_rate: float = 2e-3      # peak; cosine-decayed to zero over the run
     validation_size: int = 256       # fixed crops scored after every epoch
