@@ -87,7 +87,7 @@ demo: $(INSTALLED)  ## Train+export if needed, serve, inpaint a held-out photo, 
 	$(BIN)/python -c "import sys, cv2; cv2.imwrite(sys.argv[2], cv2.resize(cv2.imread(sys.argv[1]), (256, 256), interpolation=cv2.INTER_AREA))" $$photo $$demo/photo.png; \
 	$(BIN)/inpaint-client mask $$demo/photo.png --kind strokes --seed 3 -o $$demo/photo_mask.png; \
 	$(BIN)/inpaint-client --target $(TARGET) predict $$demo/photo.png $$demo/photo_mask.png; \
-	$(BIN)/inpaint-client --target $(TARGET) loadtest --concurrency 1,8,32 --duration 3 --warmup 1 \
+	$(BIN)/inpaint-client --target $(TARGET) loadtest --concurrency 1,8,32 --duration 3 --warmup 0.3 \
 		--metrics-url http://localhost:$(REST_PORT)/metrics --report $$demo; \
 	echo "demo files in $$demo"
 

@@ -39,6 +39,11 @@ class ModelLoader:
         self.provider: str | None = None
 
     def __call__(self, path: Path) -> InferenceModel:
+        if self.provider is None and self.device == "auto":
+            import onnxruntime as ort
+
+            # Probing CUDA on a machine without it makes ORT log errors; we log the outcome ourselves.
+            ort.set_default_logger_severity(4)
         providers = [self.provider] if self.provider == CPU else providers_for(self.device)
         model = InferenceModel(path, providers=providers, intra_op_threads=self.intra_op_threads)
         if self.provider is None:

@@ -261,3 +261,92 @@ def test_loadtest_without_a_server_is_one_line(tmp_path):
         nobody = f"127.0.0.1:{sock.getsockname()[1]}"
     one_line_error(run_cli("--target", nobody, "--timeout", "0.3", "loadtest", "--report", str(tmp_path)),
                    "no server reachable")
+
+
+def test_cli_deadline_and_overload_are_one_line(onnx_repo, start_server, tmp_path):
+    from inpaint.serving.batching import BatchingOptions
+
+    server = start_server(onnx_repo, enable_batching=True,
+                          batching=BatchingOptions(max_batch_size=64, batch_timeout_micros=2_000_000,
+                                                   max_enqueued_batches=1))
+    image = write_png(tmp_path / "p.png", random_image(10, 10))
+    mask = write_png(tmp_path / "m.png", _mask(10, 10) * 255)
+    one_line_error(run_cli("--target", server.grpc_target, "--timeout", "0.3", "predict", str(image), str(mask)),
+                   "deadline exceeded")
+    time.sleep(2.2)  # the expired request's batch closes after its 2 s timeout and frees the queue slot
+
+    blocker = threading.Thread(target=lambda: InpaintClient(server.grpc_target, timeout=5).inpaint(
+        random_image(12, 12), _mask(12, 12)))
+    blocker.start()  # holds the only queue slot for 2 s
+    time.sleep(0.3)
+    one_line_error(run_cli("--target", server.grpc_target, "predict", str(image), str(mask)), "overloaded")
+    blocker.join()
+
+
+def test_client_against_a_tf_serving_shaped_peer():
+    """A server written with the official tensorflow-serving-api classes, as TF Serving would answer."""
+    from concurrent import futures
+
+    import grpc
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+    from tensorflow.core.protobuf import meta_graph_pb2
+    from tensorflow_serving.apis import (
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
+
+    def tensor(array):
+        return tensor_pb2.TensorProto(dtype=types_pb2.DT_UINT8, tensor_content=array.tobytes(),
+                                      tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                                          dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in array.shape]))
+
+    def array(proto):
+        return np.frombuffer(proto.tensor_content, np.uint8).reshape([d.size for d in proto.tensor_shape.dim])
+
+    class Prediction(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):
+            if request.model_spec.name != "inpaint":
+                context.abort(grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(x)")
+            image, mask = array(request.inputs["image"]), array(request.inputs["mask"])
+            response = predict_pb2.PredictResponse()
+            response.model_spec.name, response.model_spec.version.value = "inpaint", 7
+            response.outputs["inpainted"].CopyFrom(tensor(np.where(mask > 0, np.uint8(9), image)))
+            return response
+
+        def GetModelMetadata(self, request, context):
+            signature = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+            signature.inputs["image"].dtype = types_pb2.DT_UINT8
+            signatures = get_model_metadata_pb2.SignatureDefMap()
+            signatures.signature_def["serving_default"].CopyFrom(signature)
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name, response.model_spec.version.value = "inpaint", 7
+            response.metadata["signature_def"].Pack(signatures)
+            return response
+
+    class Models(model_service_pb2_grpc.ModelServiceServicer):
+        def GetModelStatus(self, request, context):
+            response = get_model_status_pb2.GetModelStatusResponse()
+            response.model_version_status.add(version=7, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+            return response
+
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Prediction(), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(Models(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        image, mask = random_image(9, 7), _mask(9, 7)
+        with InpaintClient(f"127.0.0.1:{port}") as client:
+            assert client.inpaint(image, mask).tolist() == np.where(mask[..., None] > 0, 9, image).tolist()
+            assert client.status() == [{"version": 7, "state": "AVAILABLE", "error": ""}]
+            info = client.metadata()
+            assert info["version"] == 7 and info["signatures"]["serving_default"]["inputs"]["image"]["dtype"] == \
+                "DT_UINT8"
+        with InpaintClient(f"127.0.0.1:{port}", model="x") as client:
+            with pytest.raises(ModelNotFound, match="Servable not found"):
+                client.inpaint(image, mask)
+    finally:
+        server.stop(None)
