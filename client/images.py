@@ -16,15 +16,20 @@ from ._errors import InvalidInput
 ImageLike = Union[np.ndarray, str, Path]
 
 
-def read_image(path: Path) -> np.ndarray:
-    """A file as RGB uint8; alpha dropped, grey expanded. InvalidInput if unreadable."""
+def _decode(path: Path, what: str) -> np.ndarray:
+    """The file's pixels as OpenCV reads them (BGR[A]); InvalidInput naming ``what`` if it can't."""
     path = Path(path)
     if not path.is_file():
-        raise InvalidInput(f"image {path} does not exist")
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise InvalidInput(f"cannot read image {path}: not an image file OpenCV can decode")
-    return to_rgb(image, bgr=True)
+        raise InvalidInput(f"{what} {path} does not exist")
+    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise InvalidInput(f"cannot read {what} {path}: not an image file OpenCV can decode")
+    return pixels
+
+
+def read_image(path: Path) -> np.ndarray:
+    """A file as RGB uint8; alpha dropped, grey expanded. InvalidInput if unreadable."""
+    return to_rgb(_decode(path, "image"), bgr=True)
 
 
 def to_rgb(image: np.ndarray, bgr: bool = False) -> np.ndarray:
@@ -53,12 +58,7 @@ def as_image(value: ImageLike) -> np.ndarray:
 def as_mask(value: ImageLike) -> np.ndarray:
     """A mask as uint8 HxW {0, 1}: any nonzero pixel (in any channel) is a hole."""
     if isinstance(value, (str, Path)):
-        path = Path(value)
-        if not path.is_file():
-            raise InvalidInput(f"mask {path} does not exist")
-        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if mask is None:
-            raise InvalidInput(f"cannot read mask {path}: not an image file OpenCV can decode")
+        mask = _decode(Path(value), "mask")
         if mask.ndim == 3 and mask.shape[2] == 4:
             mask = mask[..., :3]  # alpha is transparency, not damage
     else:
