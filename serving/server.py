@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from .batching import Batcher, BatchingOptions, DirectRunner
@@ -57,7 +57,7 @@ class ServerConfig:
     drain_seconds: float = 20.0
 
 
-def create_server(address: str, service: InferenceService, health: HealthServicer,
+def create_server(address: str, service: InferenceService, health: health_aio.HealthServicer,
                   max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
     """The gRPC server with every service registered, bound to ``address``; not started."""
     options = [
@@ -111,7 +111,7 @@ class InpaintServer:
         limits = Limits(config.max_pixels, config.batching.max_batch_size if config.enable_batching else None)
         self.service = InferenceService(self.manager, runner, limits, self.metrics)
 
-        self.health = HealthServicer()
+        self.health = health_aio.HealthServicer()
         for service_name in (OVERALL_HEALTH, config.model_name):
             await self.health.set(service_name, NOT_SERVING)
         self.manager.on_change.append(self._on_versions_changed)
@@ -125,7 +125,7 @@ class InpaintServer:
             await self.rest_runner.setup()
             site = web.TCPSite(self.rest_runner, config.host, config.rest_port)
             await site.start()
-            self.rest_port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - the port 0 resolved to
+            self.rest_port = self.rest_runner.addresses[0][1]  # what port 0 resolved to
         logger.info("serving model '%s' from %s: gRPC on %s:%s, REST on %s, batching %s", config.model_name,
                     config.model_base_path, config.host, self.grpc_port,
                     f"{config.host}:{self.rest_port}" if self.rest_port else "off",
