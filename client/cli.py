@@ -34,6 +34,15 @@ def fail(settings: Settings, error: Exception):
     raise click.ClickException(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
 
 
+def ask(settings: Settings, call):
+    """One call on a fresh client; an InpaintError becomes the one-line CLI error."""
+    try:
+        with settings.client() as client:
+            return call(client)
+    except InpaintError as error:
+        fail(settings, error)
+
+
 def _target(ctx, param, value: str) -> str:
     if not value or value.startswith(":") or value.endswith(":"):
         raise click.BadParameter("give HOST:PORT, e.g. localhost:8500")
@@ -141,11 +150,7 @@ def mask(settings: Settings, image: Path, kind: str, seed: int, output: Path | N
 @click.pass_obj
 def metadata(settings: Settings, as_json: bool):
     """The model's signature."""
-    try:
-        with settings.client() as client:
-            info = client.metadata()
-    except InpaintError as error:
-        fail(settings, error)
+    info = ask(settings, lambda client: client.metadata())
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -162,11 +167,7 @@ def metadata(settings: Settings, as_json: bool):
 @click.pass_obj
 def status(settings: Settings, as_json: bool):
     """The model's versions and their states."""
-    try:
-        with settings.client() as client:
-            versions = client.status()
-    except InpaintError as error:
-        fail(settings, error)
+    versions = ask(settings, lambda client: client.status())
     if as_json:
         click.echo(json.dumps(versions, indent=2))
         return
@@ -181,11 +182,7 @@ def status(settings: Settings, as_json: bool):
 @click.pass_obj
 def health(settings: Settings, service: str, as_json: bool):
     """grpc.health.v1 status; exits 1 unless SERVING."""
-    try:
-        with settings.client() as client:
-            state = client.health(service)
-    except InpaintError as error:
-        fail(settings, error)
+    state = ask(settings, lambda client: client.health(service))
     click.echo(json.dumps({"service": service, "status": state}) if as_json else state)
     if state != "SERVING":
         sys.exit(1)
@@ -245,9 +242,8 @@ def loadtest(settings: Settings, concurrency, rate, arrival, duration, warmup, m
                         batch_size=batch_size, image_size=image_size, mask_kind=mask_kind, images=images,
                         timeout=settings.timeout, metrics_url=metrics_url, seed=seed)
     levels = len(rate or concurrency)
+    ask(settings, lambda client: client.health(timeout=min(settings.timeout, 10)))  # fail fast if nobody is there
     try:
-        with settings.client() as client:
-            client.health(timeout=min(settings.timeout, 10))  # fail fast, in one line, if nobody is there
         with click.progressbar(length=levels, label="load levels", file=sys.stderr) as bar:
             results = asyncio.run(run(config, on_level=lambda result: bar.update(1)))
     except InpaintError as error:
