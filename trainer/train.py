@@ -37,7 +37,7 @@ class TrainConfig:
     colour_correction: bool = True   # match each fill to the known pixels around its hole
     precision: str = "auto"          # auto: bfloat16 compute where the CPU has it (2x faster here), else float32
     mask_kind: str = "mixed"         # lines | strokes | boxes | mixed
-    hole_weight: float = 6.0         # L1 weight of hole pixels relative to known ones
+    hole_weight: float = 10.0        # L1 weight of hole pixels relative to known ones (partial conv used 6)
     batch_size: int = 32
     epochs: int = 17
     steps_per_epoch: int = 200
