@@ -17,6 +17,7 @@ DEPTH         ?=
 BASE_FILTERS  ?=
 MASK_KIND     ?=
 LEARNING_RATE ?=
+HOLE_WEIGHT   ?=
 SEED          ?=
 VERSION       ?=
 PYTEST_ARGS   ?=
@@ -35,7 +36,8 @@ TRAIN_ARGS = $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS)) \
 	$(call opt,--steps-per-epoch,$(STEPS)) $(call opt,--image-size,$(IMAGE_SIZE)) \
 	$(call opt,--batch-size,$(BATCH_SIZE)) $(call opt,--depth,$(DEPTH)) \
 	$(call opt,--base-filters,$(BASE_FILTERS)) $(call opt,--mask-kind,$(MASK_KIND)) \
-	$(call opt,--learning-rate,$(LEARNING_RATE)) $(call opt,--seed,$(SEED))
+	$(call opt,--learning-rate,$(LEARNING_RATE)) $(call opt,--hole-weight,$(HOLE_WEIGHT)) \
+	$(call opt,--seed,$(SEED))
 VERSION_ARG = $(call opt,--version,$(VERSION))
 
 INSTALLED := $(VENV)/.installed
