@@ -7,7 +7,11 @@ its traceback by the caller.
 
 from __future__ import annotations
 
+import logging
+
 import grpc
+
+logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 1024  # TF Serving truncates error messages there too
 
@@ -47,3 +51,12 @@ def to_status(error: BaseException) -> tuple[grpc.StatusCode, int, str] | None:
         if isinstance(error, error_type):
             return code, http_status, str(error)[:MAX_MESSAGE_CHARS]
     return None
+
+
+def status_of(error: Exception, api: str, model_name: str) -> tuple[grpc.StatusCode, int, str]:
+    """The status for any failed request; an unexpected error is INTERNAL and logged with its traceback."""
+    status = to_status(error)
+    if status is None:
+        logger.error("%s on %s failed unexpectedly", api, model_name, exc_info=error)
+        return grpc.StatusCode.INTERNAL, 500, f"internal error: {type(error).__name__}: {error}"[:MAX_MESSAGE_CHARS]
+    return status

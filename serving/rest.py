@@ -10,19 +10,17 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 
 import numpy as np
 from aiohttp import web
 from google.protobuf import json_format
 
-from .errors import InvalidInput, to_status
+from .errors import InvalidInput, status_of
 from .inputs import OUTPUT
 from .models import ModelVersion
 from .service import SIGNATURE, InferenceService
 
-logger = logging.getLogger(__name__)
 
 _MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?P<rest>/metadata|:predict)?$")
 
@@ -96,13 +94,9 @@ class RestApi:
             try:
                 return web.json_response(await handler(outcome))
             except Exception as error:  # noqa: BLE001 - the same table as gRPC
-                status = to_status(error)
-                if status is None:
-                    logger.exception("REST %s on %s failed unexpectedly", api, name)
-                    outcome.status = "INTERNAL"
-                    return _error(500, f"internal error: {type(error).__name__}: {error}")
-                outcome.status = status[0].name
-                return _error(status[1], status[2])
+                code, http_status, message = status_of(error, f"REST {api}", name)
+                outcome.status = code.name
+                return _error(http_status, message)
 
     async def get_model(self, request: web.Request) -> web.Response:
         name, version, rest = self._parse(request)

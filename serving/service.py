@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
@@ -19,7 +18,7 @@ import grpc
 import numpy as np
 
 from .batching import Batcher, DirectRunner
-from .errors import InvalidInput, ServerUnavailable, to_status
+from .errors import InvalidInput, ServerUnavailable, status_of, to_status
 from .inputs import OUTPUT, Limits, prepare_inputs
 from .metrics import ServerMetrics
 from .models import ModelManager, ModelVersion
@@ -34,7 +33,6 @@ from .protos import (
 )
 from .tensors import from_numpy, to_numpy
 
-logger = logging.getLogger(__name__)
 
 SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -161,13 +159,8 @@ async def call(context: grpc.aio.ServicerContext, service: InferenceService, api
     async with service.request(api, model_name) as outcome:
         try:
             return await handler(outcome)
-        except Exception as error:  # noqa: BLE001 - mapped below; the request context records the status
-            status = to_status(error)
-            if status is None:
-                logger.exception("%s on %s failed unexpectedly", api, model_name)
-                code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
-            else:
-                code, message = status[0], status[2]
+        except Exception as error:  # noqa: BLE001 - every failure becomes a status
+            code, _, message = status_of(error, api, model_name)
             outcome.status = code.name
     await context.abort(code, message)
 

@@ -380,3 +380,30 @@ def test_request_over_the_size_limit_is_refused_by_grpc(onnx_repo, start_server)
     code, details = code_of(lambda: stubs.predict(predict_request(*images(1, 64, 64))))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details
     assert stubs.predict(predict_request(*images(1, 8, 8))).shape == (1, 8, 8, 3), "small requests still pass"
+
+
+def test_unexpected_errors_are_internal_and_the_server_survives(onnx_repo, start_server):
+    server = start_server(onnx_repo)
+    stubs = Stubs(server.grpc_target)
+    image, mask = images()
+    model_version = server.server.manager.versions[1]
+    real_runner = model_version.runner
+
+    class Broken:
+        def inpaint(self, images, masks):
+            raise ZeroDivisionError("boom")
+
+        def signature(self):
+            return real_runner.signature()
+
+    model_version.runner = Broken()  # a bug inside the model call, not a bad request
+    try:
+        code, details = code_of(lambda: stubs.predict(predict_request(image, mask)))
+        assert code == grpc.StatusCode.INTERNAL and "ZeroDivisionError: boom" in details
+        url = server.rest_url + "/v1/models/inpaint:predict"
+        status, body = http(url, {"inputs": {"image": image.tolist(), "mask": mask.tolist()}})
+        assert status == 500 and "ZeroDivisionError" in json.loads(body)["error"]
+    finally:
+        model_version.runner = real_runner
+    assert stubs.predict(predict_request(image, mask)).tolist() == expected_fill(image, mask).tolist()
+    assert 'status="INTERNAL"' in http(server.rest_url + "/metrics")[1].decode()

@@ -61,12 +61,8 @@ def opencv_method(flag: int) -> Method:
 
 
 def no_fill(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Holes left black: the baseline row, and the input column of the examples picture."""
     return np.where(masks[..., None] > 0, 0, images).astype(np.uint8)
-
-
-def masked_input(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """What the model is sent, holes shown black."""
-    return no_fill(images, masks)
 
 
 def evaluate(methods: dict[str, Method], sets: list[MaskSet]) -> dict[str, dict[str, dict[str, float]]]:
@@ -101,7 +97,7 @@ def model_vs_ns(results: dict) -> dict[str, float]:
 
 def example_grid(methods: dict[str, Method], sets: list[MaskSet], tile: int = 128) -> np.ndarray:
     """One row per mask set: masked input, model, Telea, NS, truth."""
-    columns = [("input", masked_input), ("model", methods["model"]), ("telea", methods["telea"]),
+    columns = [("input", no_fill), ("model", methods["model"]), ("telea", methods["telea"]),
                ("ns", methods["ns"]), ("truth", lambda images, masks: images)]
     header = np.full((24, tile * len(columns), 3), 255, np.uint8)
     for index, (title, _) in enumerate(columns):
