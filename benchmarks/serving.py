@@ -5,7 +5,8 @@
 (a) ``InferenceSession.run`` in this process; (b) ``inpaint-serve`` over
 loopback gRPC, batching off; (c) the same with batching on. Image sizes 64 and
 256, batch sizes 1 and 32, concurrency 1, 8 and 64. The server runs as its own
-process; the load comes from one asyncio event loop with pre-built requests.
+process; the load comes from the client library's load tester (one asyncio
+event loop, pre-built requests).
 Prints a Markdown table and writes ``serving.json``.
 """
 
@@ -26,11 +27,11 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from inpaint.export.onnx_runtime import InferenceModel
-from inpaint.export.repository import ONNX_FILENAME, version_dir
-from inpaint.serving.protos import predict_pb2
-from inpaint.serving.tensors import from_numpy
-from inpaint.trainer.masks import mask_batch
+from inpaint.client.loadtest import LoadConfig
+from inpaint.client.loadtest import run as run_load
+from inpaint.core.masks import mask_batch
+from inpaint.core.onnx_model import OnnxModel
+from inpaint.core.repository import ONNX_FILENAME, version_dir
 
 SIZES = (64, 256)
 CASES = ((1, 1), (1, 8), (1, 64), (32, 1))  # (images per request, concurrent clients)
@@ -47,7 +48,7 @@ def summarize(latencies: list[float], images: int, seconds: float) -> dict:
             "p99_ms": float(np.percentile(ms, 99)), "requests": len(latencies)}
 
 
-def in_process(model: InferenceModel, batch: int, size: int, seconds: float) -> dict:
+def in_process(model: OnnxModel, batch: int, size: int, seconds: float) -> dict:
     images, masks = inputs(batch, size)
     model.inpaint(images, masks)  # warm up
     latencies, start = [], time.perf_counter()
@@ -58,38 +59,14 @@ def in_process(model: InferenceModel, batch: int, size: int, seconds: float) -> 
     return summarize(latencies, batch * len(latencies), time.perf_counter() - start)
 
 
-async def over_grpc(target: str, batch: int, size: int, concurrency: int, seconds: float) -> dict:
-    images, masks = inputs(batch, size)
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "inpaint"
-    request.inputs["image"].CopyFrom(from_numpy(images))
-    request.inputs["mask"].CopyFrom(from_numpy(masks))
-    payload = request.SerializeToString()  # built once: the generator must not be the bottleneck
-    options = [("grpc.max_receive_message_length", 256 * 2**20), ("grpc.max_send_message_length", 256 * 2**20)]
-    async with grpc.aio.insecure_channel(target, options=options) as channel:
-        predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict",
-                                      request_serializer=lambda raw: raw,
-                                      response_deserializer=predict_pb2.PredictResponse.FromString)
-        await predict(payload, timeout=60)  # warm up
-        latencies, errors = [], 0
-        stop_at = time.perf_counter() + seconds
-
-        async def client():
-            nonlocal errors
-            while time.perf_counter() < stop_at:
-                began = time.perf_counter()
-                try:
-                    await predict(payload, timeout=60)
-                    latencies.append(time.perf_counter() - began)
-                except grpc.aio.AioRpcError:
-                    errors += 1
-
-        start = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    result = summarize(latencies, batch * len(latencies), elapsed)
-    result["errors"] = errors
-    return result
+def over_grpc(target: str, batch: int, size: int, concurrency: int, seconds: float) -> dict:
+    """The client library's load tester, closed loop at ``concurrency``: the request path users have."""
+    config = LoadConfig(target=target, concurrency=(concurrency,), duration=seconds, warmup=min(1.0, seconds / 4),
+                        batch_size=batch, image_size=size, mask_kind="strokes", timeout=60)
+    level = asyncio.run(run_load(config))[0]
+    return {"images_per_s": level.images_per_s, "p50_ms": level.latency_ms.get("p50", float("nan")),
+            "p99_ms": level.latency_ms.get("p99", float("nan")), "requests": level.ok,
+            "errors": sum(level.errors.values())}
 
 
 def free_port() -> int:
@@ -135,7 +112,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("reports/bench"), help="where serving.json goes")
     args = parser.parse_args()
     version = version_dir(args.model)
-    model = InferenceModel(version / ONNX_FILENAME)
+    model = OnnxModel(version / ONNX_FILENAME)
     results: dict = {"model": str(version), "cpu_count": os.cpu_count(), "cells": []}
 
     for size in SIZES:
@@ -150,7 +127,7 @@ def main() -> int:
             for size in SIZES:
                 for batch, concurrency in CASES:
                     cell = {"size": size, "mode": mode, "batch": batch, "concurrency": concurrency,
-                            **asyncio.run(over_grpc(server.target, batch, size, concurrency, args.seconds))}
+                            **over_grpc(server.target, batch, size, concurrency, args.seconds)}
                     results["cells"].append(cell)
                     print(cell, flush=True)
         finally:

@@ -19,21 +19,18 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from inpaint.serving.protos import (
+from inpaint.core.contract import MAX_MESSAGE_BYTES, SIGNATURE_NAME, VersionState, dtype_name
+from inpaint.core.images import ImageError, ImageLike, as_image, as_mask, check_pair
+from inpaint.core.protos import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
-    types_pb2,
 )
-from inpaint.serving.tensors import from_numpy
+from inpaint.core.tensors import TensorError, output_of, predict_request
 
-from ._errors import InvalidInput, from_rpc_error
-from .images import ImageLike, as_image, as_mask, check_pair
-
-DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20  # a 4K RGB image is 25 MB as uint8; room for batches of them
-STATE_NAMES = {0: "UNKNOWN", 10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "UNLOADING", 50: "END"}
+from ._errors import InvalidInput, ServerError, from_rpc_error
 
 
 @dataclass(frozen=True)
@@ -67,28 +64,14 @@ def channel_credentials(ca_cert: str | Path | None) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(root_certificates=root)
 
 
-def predict_request(images: np.ndarray, masks: np.ndarray, model: str, version: int | None = None,
-                    signature: str = "serving_default") -> predict_pb2.PredictRequest:
-    """A PredictRequest for uint8 ``(N, H, W, 3)`` images and ``(N, H, W)`` {0, 1} masks."""
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    if version is not None:
-        request.model_spec.version.value = version
-    request.model_spec.signature_name = signature
-    request.inputs["image"].CopyFrom(from_numpy(images))
-    request.inputs["mask"].CopyFrom(from_numpy(masks[..., None]))
-    request.output_filter.append("inpainted")
-    return request
-
-
-def _tensor_dtype(value: int) -> str:
-    return types_pb2.DataType.Name(value) if value in types_pb2.DataType.values() else str(value)
+def _state_name(value: int) -> str:
+    return VersionState(value).name if value in VersionState._value2member_map_ else str(value)
 
 
 class _ClientBase:
     def __init__(self, target: str, *, model: str = "inpaint", version: int | None = None,
-                 signature: str = "serving_default", timeout: float = 30.0, tls: bool = False,
-                 ca_cert: str | Path | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 signature: str = SIGNATURE_NAME, timeout: float = 30.0, tls: bool = False,
+                 ca_cert: str | Path | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES,
                  retry: RetryPolicy = RetryPolicy()):
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -106,16 +89,12 @@ class _ClientBase:
     def _predict_request(self, images: np.ndarray, masks: np.ndarray) -> predict_pb2.PredictRequest:
         return predict_request(images, masks, self.model, self.version, self.signature)
 
-    @staticmethod
-    def _output(response: predict_pb2.PredictResponse, shape: tuple[int, ...]) -> np.ndarray:
-        tensor = response.outputs["inpainted"]
-        if tensor.tensor_content:
-            array = np.frombuffer(tensor.tensor_content, np.uint8)
-        else:  # a peer that answers with int_val
-            array = np.asarray(tensor.int_val, np.uint8)
-        if array.size != int(np.prod(shape)):
-            raise InvalidInput(f"server answered {array.size} values for a batch of shape {shape}")
-        return array.reshape(shape)
+    def _output(self, response: predict_pb2.PredictResponse, shape: tuple[int, ...]) -> np.ndarray:
+        """The batch's fills; a malformed reply is the server's fault, not the caller's."""
+        try:
+            return output_of(response, shape)
+        except TensorError as error:
+            raise ServerError(f"malformed reply from {self.target}: {error}") from None
 
     @staticmethod
     def _pairs(images: Sequence[ImageLike], masks: Sequence[ImageLike]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -123,8 +102,11 @@ class _ClientBase:
             raise InvalidInput(f"{len(images)} images but {len(masks)} masks")
         pairs = []
         for index, (image, mask) in enumerate(zip(images, masks)):
-            image, mask = as_image(image), as_mask(mask)
-            check_pair(image, mask, f"image #{index}" if len(images) > 1 else "image")
+            try:
+                image, mask = as_image(image), as_mask(mask)
+                check_pair(image, mask, f"image #{index}" if len(images) > 1 else "image")
+            except ImageError as error:
+                raise InvalidInput(str(error)) from None
             pairs.append((image, mask))
         return pairs
 
@@ -153,7 +135,7 @@ class _ClientBase:
         response.metadata["signature_def"].Unpack(signatures)
 
         def describe(infos):
-            return {name: {"dtype": _tensor_dtype(info.dtype), "shape": [d.size for d in info.tensor_shape.dim]}
+            return {name: {"dtype": dtype_name(info.dtype), "shape": [d.size for d in info.tensor_shape.dim]}
                     for name, info in infos.items()}
 
         return {"model": response.model_spec.name, "version": response.model_spec.version.value,
@@ -162,7 +144,7 @@ class _ClientBase:
 
     @staticmethod
     def _status_list(response) -> list[dict]:
-        return [{"version": s.version, "state": STATE_NAMES.get(s.state, str(s.state)),
+        return [{"version": s.version, "state": _state_name(s.state),
                  "error": s.status.error_message} for s in response.model_version_status]
 
 
@@ -288,10 +270,6 @@ class AsyncInpaintClient(_ClientBase):
         await asyncio.gather(*(send(indices) for indices in self._groups(pairs, batch_size)))
         return results
 
-    async def predict_raw(self, request: predict_pb2.PredictRequest, *, timeout: float | None = None):
-        """Send a pre-built request (the load tester's path: no per-call encoding)."""
-        return await self._call(self._prediction.Predict, request, timeout)
-
     async def metadata(self, *, timeout: float | None = None) -> dict:
         return self._metadata_dict(
             await self._call(self._prediction.GetModelMetadata, self._metadata_request(), timeout))
@@ -302,6 +280,3 @@ class AsyncInpaintClient(_ClientBase):
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         response = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-
-
-

@@ -10,11 +10,11 @@ from pathlib import Path
 import click
 import numpy as np
 
+from inpaint.core.images import IMAGE_SUFFIXES, ImageError, as_image, write_image
+from inpaint.core.masks import MASK_KINDS, generate_mask
+
 from ._client import InpaintClient
 from ._errors import InpaintError, InvalidInput
-from .images import as_image, write_image
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class Settings:
@@ -119,13 +119,13 @@ def predict(settings: Settings, paths, output, mask_suffix, batch_size):
                     write_image(target, result)
                     click.echo(f"wrote {target}")
                 bar.update(len(chunk))
-    except InpaintError as error:
+    except (InpaintError, ImageError) as error:
         fail(settings, error)
 
 
 @main.command()
 @click.argument("image", type=click.Path(path_type=Path))
-@click.option("--kind", type=click.Choice(["lines", "strokes", "boxes", "mixed"]), default="strokes",
+@click.option("--kind", type=click.Choice(MASK_KINDS), default="strokes",
               envvar="INPAINT_MASK_KIND", help="Mask generator (the ones training and evaluation use).")
 @click.option("--seed", type=int, default=0, envvar="INPAINT_SEED", help="Seed: the same seed, the same mask.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
@@ -133,14 +133,12 @@ def predict(settings: Settings, paths, output, mask_suffix, batch_size):
 @click.pass_obj
 def mask(settings: Settings, image: Path, kind: str, seed: int, output: Path | None):
     """Write a test mask (255 = hole) the size of IMAGE."""
-    from inpaint.trainer.masks import generate_mask
-
     try:
         height, width = as_image(image).shape[:2]
         holes = generate_mask(kind, height, width, np.random.default_rng(seed))
         target = output or image.with_name(f"{image.stem}_mask.png")
         write_image(target, holes * np.uint8(255))
-    except InpaintError as error:
+    except ImageError as error:
         fail(settings, error)
     click.echo(f"wrote {target} ({holes.mean():.1%} hole)")
 
@@ -220,7 +218,7 @@ def _levels(kind):
               help="Images per request.")
 @click.option("--image-size", type=click.IntRange(min=1), default=64, envvar="INPAINT_IMAGE_SIZE",
               help="Square image side.")
-@click.option("--mask-kind", type=click.Choice(["lines", "strokes", "boxes", "mixed"]), default="strokes",
+@click.option("--mask-kind", type=click.Choice(MASK_KINDS), default="strokes",
               envvar="INPAINT_MASK_KIND", help="Mask generator.")
 @click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               envvar="INPAINT_IMAGES", help="Crop real photos from this folder instead of random pixels.")
@@ -235,7 +233,7 @@ def loadtest(settings: Settings, concurrency, rate, arrival, duration, warmup, m
     """Sweep concurrency (closed loop) or request rate (open loop); report throughput and latency."""
     import asyncio
 
-    from ._loadtest import LoadConfig, format_table, run, write_report
+    from .loadtest import LoadConfig, format_table, run, write_report
 
     config = LoadConfig(target=settings.target, model=settings.model, concurrency=concurrency, rates=rate,
                         arrival=arrival, duration=duration, warmup=warmup, max_requests=max_requests,

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 
+from inpaint.core.repository import RepositoryError, version_dir
+
 from .onnx_export import OPSET, ExportError
-from .repository import RepositoryError, version_dir
 
 
 @click.command(context_settings={"show_default": True})

@@ -3,6 +3,8 @@
 The ONNX file is written beside the SavedModel, in the same version folder, as
 ``model.onnx``. It is renamed into place only after ``onnx.checker`` and the
 parity check pass, so a server polling the repository never sees a broken one.
+tf2onnx runs as a child process that dies with the exporter, and temporaries a
+killed export left behind are removed by the next one.
 """
 
 from __future__ import annotations
@@ -10,17 +12,17 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import signal
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from inpaint.trainer.masks import mask_batch
-
-from .repository import ONNX_FILENAME
+from inpaint.core.contract import OUTPUT, SIGNATURE_NAME, check_signature
+from inpaint.core.masks import mask_batch
+from inpaint.core.repository import ONNX_FILENAME, atomic_file, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +51,13 @@ def convert(saved_model: Path, output: Path, opset: int = OPSET) -> None:
     command = [
         sys.executable, "-m", "tf2onnx.convert",
         "--saved-model", str(saved_model),
-        "--signature_def", "serving_default",
+        "--signature_def", SIGNATURE_NAME,
         "--opset", str(opset),
         "--output", str(output),
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False,
+                            preexec_fn=_die_with_parent)
     if result.returncode != 0 or not output.is_file():
         lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
         raise ExportError(f"tf2onnx failed on {saved_model}: {lines[-1] if lines else 'no output'}")
@@ -62,17 +65,18 @@ def convert(saved_model: Path, output: Path, opset: int = OPSET) -> None:
 
 
 def check_onnx(path: Path) -> int:
-    """``onnx.checker`` plus the interface we promise; returns the parameter count."""
+    """``onnx.checker`` plus the contract's interface; returns the parameter count."""
     import onnx
+
+    from inpaint.core.contract import ContractError
+    from inpaint.core.onnx_model import OnnxModel
 
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
-    inputs = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
-    outputs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
-    uint8 = onnx.TensorProto.UINT8
-    if inputs != {"image": uint8, "mask": uint8} or outputs != {"inpainted": uint8}:
-        raise ExportError(f"ONNX interface is inputs {inputs}, outputs {outputs}; "
-                          "expected uint8 image and mask in, uint8 inpainted out")
+    try:
+        check_signature(OnnxModel(path).signature())
+    except ContractError as error:
+        raise ExportError(f"ONNX interface: {error}") from None
     return int(sum(np.prod(t.dims, dtype=np.int64) for t in model.graph.initializer))
 
 
@@ -107,25 +111,38 @@ def check_parity(reference: InpaintFn, candidate: InpaintFn,
 
 def export_version(version_path: Path, opset: int = OPSET) -> ExportReport:
     """Convert, check and publish ``model.onnx`` for one version folder."""
+    from inpaint.core.onnx_model import OnnxModel
     from inpaint.trainer.savedmodel import load_serving_signature
-
-    from .onnx_runtime import InferenceModel
 
     signature = load_serving_signature(version_path)  # fails early on a SavedModel without it
 
     def run_tensorflow(images, masks):
-        return signature(image=images, mask=masks)["inpainted"].numpy()
+        return signature(image=images, mask=masks)[OUTPUT].numpy()
 
-    handle, temporary = tempfile.mkstemp(prefix=f".{ONNX_FILENAME}.", suffix=".tmp", dir=version_path)
-    os.close(handle)
-    temporary = Path(temporary)
-    try:
+    for stale in remove_stale_temporaries(version_path, ONNX_FILENAME):
+        logger.info("removed %s, left by an export that did not finish", stale)
+    target = version_path / ONNX_FILENAME
+    with atomic_file(target) as temporary:
         convert(version_path, temporary, opset)
         parameters = check_onnx(temporary)
-        difference = check_parity(run_tensorflow, InferenceModel(temporary).inpaint)
-        target = version_path / ONNX_FILENAME
-        temporary.chmod(0o644)  # mkstemp makes it private; servers may run as another user
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
+        difference = check_parity(run_tensorflow, OnnxModel(temporary).inpaint)
     return ExportReport(target, target.stat().st_size, parameters, difference, PARITY_SHAPES)
+
+
+def _die_with_parent() -> None:
+    """In the tf2onnx child: ask Linux to SIGKILL it when the exporter dies, even by SIGKILL."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _libc_prctl():
+    """prctl, looked up before any fork: the child then only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
+_PR_SET_PDEATHSIG = 1
+_PRCTL = _libc_prctl()

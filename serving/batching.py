@@ -5,7 +5,11 @@ A batch is closed when it is full or ``batch_timeout_micros`` after its first
 request arrived, then waits in a bounded queue for one of
 ``num_batch_threads`` workers. A full queue refuses new requests at once
 (RESOURCE_EXHAUSTED), so memory stays bounded. Requests whose deadline has
-passed, or whose caller went away, are dropped before the model runs.
+passed, or whose caller went away, are dropped before the model runs. With
+``allowed_batch_sizes`` a batch is padded up to the next allowed size, as TF
+Serving does, so a GPU backend sees only a few distinct shapes.
+
+``DirectScheduler`` is the same interface without batching.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ import numpy as np
 from google.protobuf import text_format
 
 from .errors import DeadlineExpired, QueueFull
+from inpaint.core.protos import session_bundle_config_pb2
+
 from .models import ModelVersion
-from .protos import session_bundle_config_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +98,7 @@ class _Batch:
 Observer = Callable[[ModelVersion, int, list[float], float], None]
 
 
-class Batcher:
+class BatchScheduler:
     """Merges concurrent same-size requests into one model call and splits the result back."""
 
     def __init__(self, options: BatchingOptions, executor: Executor, observe: Observer | None = None):
@@ -186,8 +191,9 @@ class Batcher:
         started = loop.time()
         images = np.concatenate([t.image for t in tasks]) if len(tasks) > 1 else tasks[0].image
         masks = np.concatenate([t.mask for t in tasks]) if len(tasks) > 1 else tasks[0].mask
+        images, masks = self._pad(images), self._pad(masks)
         try:
-            output = await loop.run_in_executor(self.executor, model_version.runner.inpaint, images, masks)
+            output = await loop.run_in_executor(self.executor, model_version.servable.inpaint, images, masks)
         except Exception as error:  # noqa: BLE001 - handed to every caller; they report it
             for task in tasks:
                 if not task.future.done():
@@ -202,12 +208,20 @@ class Batcher:
             offset += task.size
 
 
+    def _pad(self, batch: np.ndarray) -> np.ndarray:
+        """``batch`` with zero images appended up to the next allowed batch size (the caller slices them off)."""
+        size = next((s for s in self.options.allowed_batch_sizes if s >= len(batch)), len(batch))
+        if size == len(batch):
+            return batch
+        return np.concatenate([batch, np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)])
+
+
 def image_key(image: np.ndarray) -> tuple[int, int]:
     """Requests can share a batch only when their images have the same H and W."""
     return image.shape[1], image.shape[2]
 
 
-class DirectRunner:
+class DirectScheduler:
     """No batching: every request runs on its own in a worker thread."""
 
     def __init__(self, executor: Executor, observe: Observer | None = None):
@@ -234,7 +248,7 @@ class DirectRunner:
 
         def run_model():
             started.append(time.monotonic())  # the event loop's clock
-            return model_version.runner.inpaint(image, mask)
+            return model_version.servable.inpaint(image, mask)
 
         self._running += 1
         try:

@@ -17,6 +17,11 @@ from .server import ServerConfig, serve
 _DEFAULT_BATCHING = BatchingOptions()
 
 
+def _default(name: str):
+    """``ServerConfig``'s default for a field: the one place server defaults are set."""
+    return ServerConfig.__dataclass_fields__[name].default
+
+
 def _policy(ctx, param, value: str) -> str:
     try:
         VersionPolicy.parse(value)
@@ -34,16 +39,16 @@ def _port(ctx, param, value: int) -> int:
 @click.command(context_settings={"show_default": True, "max_content_width": 110})
 @click.option("--model-base-path", required=True, type=click.Path(file_okay=False, path_type=Path),
               envvar="MODEL_BASE_PATH", help="Model repository: BASE/<version>/model.onnx.")
-@click.option("--model-name", default="inpaint", envvar="MODEL_NAME", help="Name clients ask for.")
-@click.option("--host", default="0.0.0.0", envvar="INPAINT_HOST", help="Address to listen on.")
-@click.option("--port", default=8500, callback=_port, envvar="INPAINT_PORT", help="gRPC port (0: any free port).")
-@click.option("--rest-port", default=8501, callback=_port, envvar="INPAINT_REST_PORT",
+@click.option("--model-name", default=_default("model_name"), envvar="MODEL_NAME", help="Name clients ask for.")
+@click.option("--host", default=_default("host"), envvar="INPAINT_HOST", help="Address to listen on.")
+@click.option("--port", default=_default("port"), callback=_port, envvar="INPAINT_PORT", help="gRPC port (0: any free port).")
+@click.option("--rest-port", default=_default("rest_port"), callback=_port, envvar="INPAINT_REST_PORT",
               help="REST and metrics port (0: any free port, -1: no REST).")
-@click.option("--model-version-policy", default="latest:1", callback=_policy, envvar="INPAINT_VERSION_POLICY",
+@click.option("--model-version-policy", default=_default("version_policy"), callback=_policy, envvar="INPAINT_VERSION_POLICY",
               help="Versions to serve: latest:N, all or specific:1,3.")
-@click.option("--file-system-poll-wait-seconds", default=2.0, type=click.FloatRange(min=0.05),
+@click.option("--file-system-poll-wait-seconds", default=_default("poll_seconds"), type=click.FloatRange(min=0.05),
               envvar="INPAINT_POLL_SECONDS", help="How often to look for new or removed versions.")
-@click.option("--enable-batching/--no-enable-batching", default=False, envvar="INPAINT_ENABLE_BATCHING",
+@click.option("--enable-batching/--no-enable-batching", default=_default("enable_batching"), envvar="INPAINT_ENABLE_BATCHING",
               help="Merge concurrent same-size requests into one model run.")
 @click.option("--max-batch-size", default=_DEFAULT_BATCHING.max_batch_size, type=click.IntRange(min=1),
               envvar="INPAINT_MAX_BATCH_SIZE", help="Most images in one model run.")
@@ -57,15 +62,15 @@ def _port(ctx, param, value: int) -> int:
 @click.option("--batching-parameters-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               envvar="INPAINT_BATCHING_PARAMETERS_FILE",
               help="TF Serving's batching parameters text file; overrides the batching flags it sets.")
-@click.option("--max-request-bytes", default=64 * 2**20, type=click.IntRange(min=1024),
+@click.option("--max-request-bytes", default=_default("max_request_bytes"), type=click.IntRange(min=1024),
               envvar="INPAINT_MAX_REQUEST_BYTES", help="Largest request (also the gRPC max message size).")
-@click.option("--max-pixels", default=4096 * 4096, type=click.IntRange(min=1), envvar="INPAINT_MAX_PIXELS",
+@click.option("--max-pixels", default=_default("max_pixels"), type=click.IntRange(min=1), envvar="INPAINT_MAX_PIXELS",
               help="Largest H x W per image.")
-@click.option("--device", default="auto", type=click.Choice(DEVICES), envvar="INPAINT_DEVICE",
+@click.option("--device", default=_default("device"), type=click.Choice(DEVICES), envvar="INPAINT_DEVICE",
               help="auto: CUDA when it really works, else CPU.")
-@click.option("--intra-op-threads", default=0, type=click.IntRange(min=0), envvar="INPAINT_INTRA_OP_THREADS",
+@click.option("--intra-op-threads", default=_default("intra_op_threads"), type=click.IntRange(min=0), envvar="INPAINT_INTRA_OP_THREADS",
               help="ONNX Runtime threads per model run (0: ORT's choice).")
-@click.option("--drain-seconds", default=20.0, type=click.FloatRange(min=0), envvar="INPAINT_DRAIN_SECONDS",
+@click.option("--drain-seconds", default=_default("drain_seconds"), type=click.FloatRange(min=0), envvar="INPAINT_DRAIN_SECONDS",
               help="On SIGTERM, how long queued and in-flight requests get to finish.")
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
               envvar="INPAINT_LOG_LEVEL", help="Logging level.")

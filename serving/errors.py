@@ -1,6 +1,7 @@
 """The server's domain errors and the one table that maps them to gRPC and HTTP codes.
 
-Servicers raise these; ``to_status`` is the only place that turns an exception
+The data plane raises these (and the core's ``TensorError`` and ``ImageError``
+for malformed inputs); ``to_status`` is the only place that turns an exception
 into a status. Anything else is a bug: it becomes INTERNAL and is logged with
 its traceback by the caller.
 """
@@ -10,6 +11,9 @@ from __future__ import annotations
 import logging
 
 import grpc
+
+from inpaint.core.images import ImageError
+from inpaint.core.tensors import TensorError
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +43,8 @@ class DeadlineExpired(RuntimeError):
 _STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode, int], ...] = (
     (ModelNotFound, grpc.StatusCode.NOT_FOUND, 404),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT, 400),
+    (TensorError, grpc.StatusCode.INVALID_ARGUMENT, 400),
+    (ImageError, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (ServerUnavailable, grpc.StatusCode.UNAVAILABLE, 503),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
     (DeadlineExpired, grpc.StatusCode.DEADLINE_EXCEEDED, 504),

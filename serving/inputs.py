@@ -6,10 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InvalidInput
+from inpaint.core.contract import IMAGE, INPUT_CHANNELS, MASK
 
-IMAGE, MASK, OUTPUT = "image", "mask", "inpainted"
-CHANNELS = {IMAGE: 3, MASK: 1}
+from .errors import InvalidInput
 
 
 @dataclass(frozen=True)
@@ -28,12 +27,12 @@ def _to_uint8(name: str, array: np.ndarray) -> np.ndarray:
 
 def prepare_inputs(arrays: dict[str, np.ndarray], limits: Limits) -> tuple[np.ndarray, np.ndarray]:
     """``(image, mask)`` as uint8 ``[N,H,W,3]`` and ``[N,H,W,1]``, or InvalidInput naming the problem."""
-    missing = sorted(set(CHANNELS) - set(arrays))
-    extra = sorted(set(arrays) - set(CHANNELS))
+    missing = sorted(set(INPUT_CHANNELS) - set(arrays))
+    extra = sorted(set(arrays) - set(INPUT_CHANNELS))
     if missing or extra:
         parts = [f"missing {', '.join(missing)}" if missing else "", f"unexpected {', '.join(extra)}" if extra else ""]
         raise InvalidInput(f"inputs do not match signature (image, mask): {'; '.join(p for p in parts if p)}")
-    for name, channels in CHANNELS.items():
+    for name, channels in INPUT_CHANNELS.items():
         shape = arrays[name].shape
         if len(shape) != 4:
             raise InvalidInput(f"input '{name}' must have rank 4 [N,H,W,{channels}], got shape {list(shape)}")

@@ -10,7 +10,6 @@ and leaves everything else serving.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import re
 from concurrent.futures import Executor
@@ -20,34 +19,24 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from inpaint.export.repository import ONNX_FILENAME, list_versions
+from inpaint.core.contract import VersionState, check_signature
+from inpaint.core.onnx_model import Signature
+from inpaint.core.repository import ONNX_FILENAME, list_versions
 
 from .errors import ModelNotFound, ServerUnavailable
-from .inputs import CHANNELS, IMAGE, MASK
 
 logger = logging.getLogger(__name__)
 
 
-class State(enum.IntEnum):
-    """TF Serving's ``ModelVersionStatus.State``, same numbers."""
-
-    UNKNOWN = 0
-    START = 10
-    LOADING = 20
-    AVAILABLE = 30
-    UNLOADING = 40
-    END = 50
-
-
-class Runner(Protocol):
-    """What the manager needs of a loaded model."""
+class Servable(Protocol):
+    """What the manager needs of a loaded model (TF Serving's word for it)."""
 
     def inpaint(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray: ...
 
-    def signature(self) -> dict[str, dict[str, tuple[str, list[int]]]]: ...
+    def signature(self) -> Signature: ...
 
 
-Loader = Callable[[Path], Runner]
+Loader = Callable[[Path], Servable]
 
 
 @dataclass
@@ -82,8 +71,8 @@ class VersionPolicy:
 class ModelVersion:
     version: int
     path: Path
-    state: State = State.START
-    runner: Runner | None = None
+    state: VersionState = VersionState.START
+    servable: Servable | None = None
     error: str = ""
     in_flight: int = 0
     mtime: float = 0.0
@@ -107,7 +96,7 @@ class ModelManager:
         if name != self.name:
             raise ModelNotFound(f"Servable not found for request: model '{name}' is not served "
                                 f"(this server serves '{self.name}')")
-        available = [v for v in self.versions.values() if v.state == State.AVAILABLE]
+        available = [v for v in self.versions.values() if v.state == VersionState.AVAILABLE]
         if version is None:
             if not available:
                 raise ServerUnavailable(f"model '{name}' has no available version yet")
@@ -137,11 +126,7 @@ class ModelManager:
         return [self.versions[version]]
 
     def is_available(self) -> bool:
-        return any(v.state == State.AVAILABLE for v in self.versions.values())
-
-    def latest_available(self) -> ModelVersion | None:
-        available = [v for v in self.versions.values() if v.state == State.AVAILABLE]
-        return max(available, key=lambda v: v.version, default=None)
+        return any(v.state == VersionState.AVAILABLE for v in self.versions.values())
 
     # -- the file system --------------------------------------------------------------------------
 
@@ -163,47 +148,47 @@ class ModelManager:
         loads = []
         for version in sorted(wanted):
             current = self.versions.get(version)
-            if current is None or (current.state == State.END and current.mtime != on_disk[version]):
+            if current is None or (current.state == VersionState.END and current.mtime != on_disk[version]):
                 loads.append(self._load(version, on_disk[version]))
         if loads:
             await asyncio.gather(*loads)
         if self.is_available() or not wanted:
             for model_version in list(self.versions.values()):
-                if model_version.version not in wanted and model_version.state == State.AVAILABLE:
+                if model_version.version not in wanted and model_version.state == VersionState.AVAILABLE:
                     asyncio.get_running_loop().create_task(self._unload(model_version))
 
     async def _load(self, version: int, mtime: float) -> None:
-        model_version = ModelVersion(version, self.base_path / str(version), State.LOADING, mtime=mtime)
+        model_version = ModelVersion(version, self.base_path / str(version), VersionState.LOADING, mtime=mtime)
         self.versions[version] = model_version
         self._changed()
         logger.info("loading %s version %d from %s", self.name, version, model_version.path)
         loop = asyncio.get_running_loop()
         try:
-            model_version.runner = await loop.run_in_executor(self.load_executor, self._load_and_warm_up,
+            model_version.servable = await loop.run_in_executor(self.load_executor, self._load_and_warm_up,
                                                               model_version.path)
         except Exception as error:  # noqa: BLE001 - any load failure is reported, never fatal
-            model_version.state, model_version.error = State.END, f"{type(error).__name__}: {error}"
+            model_version.state, model_version.error = VersionState.END, f"{type(error).__name__}: {error}"
             logger.error("version %d of %s failed to load: %s", version, self.name, model_version.error)
         else:
-            model_version.state = State.AVAILABLE
+            model_version.state = VersionState.AVAILABLE
             logger.info("%s version %d is AVAILABLE", self.name, version)
         self._changed()
 
-    def _load_and_warm_up(self, path: Path) -> Runner:
-        runner = self.loader(path / ONNX_FILENAME)
-        check_signature(runner)
+    def _load_and_warm_up(self, path: Path) -> Servable:
+        servable = self.loader(path / ONNX_FILENAME)
+        check_signature(servable.signature())
         # One inference before AVAILABLE, as TF Serving's warmup does: the first request pays no setup.
-        runner.inpaint(np.zeros((1, 16, 16, 3), np.uint8), np.ones((1, 16, 16, 1), np.uint8))
-        return runner
+        servable.inpaint(np.zeros((1, 16, 16, 3), np.uint8), np.ones((1, 16, 16, 1), np.uint8))
+        return servable
 
     async def _unload(self, model_version: ModelVersion) -> None:
-        model_version.state = State.UNLOADING
+        model_version.state = VersionState.UNLOADING
         self._changed()
         logger.info("unloading %s version %d once %d in-flight request(s) finish", self.name,
                     model_version.version, model_version.in_flight)
         if model_version.in_flight:
             await model_version.drained.wait()
-        model_version.runner, model_version.state = None, State.END
+        model_version.servable, model_version.state = None, VersionState.END
         self._changed()
         logger.info("%s version %d unloaded", self.name, model_version.version)
 
@@ -218,15 +203,3 @@ class ModelManager:
     def _changed(self) -> None:
         for callback in self.on_change:
             callback()
-
-
-def check_signature(runner: Runner) -> None:
-    """The ONNX model must take uint8 image [N,H,W,3] and mask [N,H,W,1] and give 'inpainted'."""
-    signature = runner.signature()
-    names = set(signature["inputs"])
-    if names != {IMAGE, MASK}:
-        raise ValueError(f"model inputs are {sorted(names)}; expected ['image', 'mask']")
-    for name, channels in CHANNELS.items():
-        dtype, shape = signature["inputs"][name]
-        if dtype != "uint8" or len(shape) != 4 or shape[3] not in (channels, -1):
-            raise ValueError(f"model input '{name}' is {dtype} {shape}; expected uint8 [N,H,W,{channels}]")

@@ -5,6 +5,8 @@
 * ``POST /v1/models/NAME[/versions/V]:predict`` with ``instances`` (row) or ``inputs`` (columnar)
 * ``GET /monitoring/prometheus/metrics`` and ``/metrics``
 * ``GET /healthz`` (alive) and ``/readyz`` (a version AVAILABLE and not draining)
+
+A thin adapter: JSON to numpy, the data plane, numpy to JSON.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import numpy as np
 from aiohttp import web
 from google.protobuf import json_format
 
+from inpaint.core.contract import OUTPUT, SIGNATURE_NAME
+from inpaint.core.tensors import signature_def
+
+from .dataplane import DataPlane
 from .errors import InvalidInput, status_of
-from .inputs import OUTPUT
 from .models import ModelVersion
-from .service import SIGNATURE, InferenceService
 
 
 _MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?P<rest>/metadata|:predict)?$")
@@ -69,8 +73,8 @@ def _to_array(name: str, value) -> np.ndarray:
 
 
 class RestApi:
-    def __init__(self, service: InferenceService, max_request_bytes: int):
-        self.service = service
+    def __init__(self, dataplane: DataPlane, max_request_bytes: int):
+        self.dataplane = dataplane
         self.app = web.Application(client_max_size=max_request_bytes)
         self.app.add_routes([
             web.get("/v1/models/{path:.+}", self.get_model),
@@ -90,7 +94,7 @@ class RestApi:
         return match["name"], version, match["rest"] or ""
 
     async def _respond(self, api: str, name: str, handler) -> web.Response:
-        async with self.service.request(api, name) as outcome:
+        async with self.dataplane.request(api, name) as outcome:
             try:
                 return web.json_response(await handler(outcome))
             except Exception as error:  # noqa: BLE001 - the same table as gRPC
@@ -104,17 +108,16 @@ class RestApi:
             return _error(405, "use POST for :predict")
         if rest == "/metadata":
             async def metadata(outcome):
-                served, definition = self.service.signature_def(name, version)
-                outcome.version = str(served)
-                return {"model_spec": {"name": name, "signature_name": "", "version": str(served)},
-                        "metadata": {"signature_def": {"signature_def": {
-                            SIGNATURE: json_format.MessageToDict(definition)}}}}
+                served = self.dataplane.signature(outcome, name, version)
+                definition = json_format.MessageToDict(signature_def(served.signature))
+                return {"model_spec": {"name": name, "signature_name": "", "version": str(served.version)},
+                        "metadata": {"signature_def": {"signature_def": {SIGNATURE_NAME: definition}}}}
 
             return await self._respond("metadata", name, metadata)
 
         async def status(outcome):
             return {"model_version_status": [version_status_json(v)
-                                             for v in self.service.version_statuses(name, version)]}
+                                             for v in self.dataplane.version_statuses(name, version)]}
 
         return await self._respond("status", name, status)
 
@@ -132,23 +135,23 @@ class RestApi:
                 raise InvalidInput("request body must be a JSON object")
             arrays, row_form = _arrays_from_json(body)
             output_filter = []
-            _, outputs = await self.service.predict(outcome, name, version, body.get("signature_name", ""),
-                                                    arrays, output_filter, None)
-            result = outputs[OUTPUT]
+            prediction = await self.dataplane.predict(outcome, name, version, body.get("signature_name", ""),
+                                                      arrays, output_filter, None)
+            result = prediction.outputs[OUTPUT]
             # TF Serving drops the output's name when the signature has a single output.
             return {"predictions": result.tolist()} if row_form else {"outputs": result.tolist()}
 
         return await self._respond("predict", name, predict)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.service.metrics.render(), content_type="text/plain", charset="utf-8")
+        return web.Response(body=self.dataplane.metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        if self.service.draining:
+        if self.dataplane.draining:
             return web.json_response({"status": "draining"}, status=503)
-        if not self.service.manager.is_available():
+        if not self.dataplane.manager.is_available():
             return web.json_response({"status": "no model version available"}, status=503)
         return web.json_response({"status": "ready"})

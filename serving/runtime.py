@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from inpaint.export.onnx_runtime import InferenceModel
+from inpaint.core.onnx_model import OnnxModel
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +38,14 @@ class ModelLoader:
         self.device, self.intra_op_threads = device, intra_op_threads
         self.provider: str | None = None
 
-    def __call__(self, path: Path) -> InferenceModel:
+    def __call__(self, path: Path) -> OnnxModel:
         if self.provider is None and self.device == "auto":
             import onnxruntime as ort
 
             # Probing CUDA on a machine without it makes ORT log errors; we log the outcome ourselves.
             ort.set_default_logger_severity(4)
         providers = [self.provider] if self.provider == CPU else providers_for(self.device)
-        model = InferenceModel(path, providers=providers, intra_op_threads=self.intra_op_threads)
+        model = OnnxModel(path, providers=providers, intra_op_threads=self.intra_op_threads)
         if self.provider is None:
             self.provider = model.provider
             if self.device == "cuda" and self.provider != CUDA:

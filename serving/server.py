@@ -1,9 +1,8 @@
 """The ONNX Runtime model server: gRPC (TF Serving API, health, reflection) and REST on one event loop.
 
 ``create_server`` builds the gRPC server and returns its bound port;
-``InpaintServer`` owns the whole lifecycle (models, batching, REST, drain);
-``serve`` runs one until SIGTERM or SIGINT; ``ServerThread`` runs one in a
-background thread for tests, benchmarks and the demo.
+``InpaintServer`` owns the whole lifecycle (models, scheduling, REST, drain);
+``serve`` runs one until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,15 +20,23 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from .batching import Batcher, BatchingOptions, DirectRunner
+from inpaint.core.contract import VersionState
+from inpaint.core.protos import (
+    model_service_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2,
+    prediction_service_pb2_grpc,
+)
+from inpaint.core.protos._pool import POOL
+
+from .batching import BatchingOptions, BatchScheduler, DirectScheduler
+from .dataplane import DataPlane
+from .grpc_api import ModelServicer, PredictionServicer
 from .inputs import Limits
 from .metrics import ServerMetrics
 from .models import ModelManager, ModelVersion, VersionPolicy
-from .protos import model_service_pb2, model_service_pb2_grpc, prediction_service_pb2, prediction_service_pb2_grpc
-from .protos._pool import POOL
 from .rest import RestApi
 from .runtime import ModelLoader
-from .service import InferenceService, ModelServicer, PredictionServicer
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +63,7 @@ class ServerConfig:
     drain_seconds: float = 20.0
 
 
-def create_server(address: str, service: InferenceService, health: health_aio.HealthServicer,
+def create_server(address: str, dataplane: DataPlane, health: health_aio.HealthServicer,
                   max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
     """The gRPC server with every service registered, bound to ``address``; not started."""
     options = [
@@ -66,8 +72,8 @@ def create_server(address: str, service: InferenceService, health: health_aio.He
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(service), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(dataplane), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(dataplane), server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for descriptor_file in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
         try:
@@ -92,40 +98,41 @@ class InpaintServer:
 
     def __init__(self, config: ServerConfig):
         self.config = config
-        self.grpc_port: int | None = None
-        self.rest_port: int | None = None
-        self.stopped = asyncio.Event()
-
-    async def start(self) -> None:
-        config = self.config
-        policy = VersionPolicy.parse(config.version_policy)
         self.metrics = ServerMetrics()
         threads = config.batching.num_batch_threads if config.enable_batching else config.compute_threads
         self.compute = ThreadPoolExecutor(threads, thread_name_prefix="inference")
         self.loading = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
-        loader = ModelLoader(config.device, config.intra_op_threads)
-        self.manager = ModelManager(config.model_name, config.model_base_path, policy, loader, self.loading)
-        runner = (Batcher(config.batching, self.compute, self._observe) if config.enable_batching
-                  else DirectRunner(self.compute, self._observe))
-        runner.start()
+        self.manager = ModelManager(config.model_name, config.model_base_path,
+                                    VersionPolicy.parse(config.version_policy),
+                                    ModelLoader(config.device, config.intra_op_threads), self.loading)
+        self.manager.on_change.append(self._on_versions_changed)
+        self.scheduler = (BatchScheduler(config.batching, self.compute, self._observe) if config.enable_batching
+                          else DirectScheduler(self.compute, self._observe))
         limits = Limits(config.max_pixels, config.batching.max_batch_size if config.enable_batching else None)
-        self.service = InferenceService(self.manager, runner, limits, self.metrics)
-
+        self.dataplane = DataPlane(self.manager, self.scheduler, limits, self.metrics)
         self.health = health_aio.HealthServicer()
+        self.rest = RestApi(self.dataplane, config.max_request_bytes) if config.rest_port is not None else None
+        self.rest_app_runner: web.AppRunner | None = None
+        self.grpc_server: grpc.aio.Server | None = None
+        self.grpc_port: int | None = None
+        self.rest_port: int | None = None
+        self.poller: asyncio.Task | None = None
+        self.stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        config = self.config
+        self.scheduler.start()
         for service_name in (OVERALL_HEALTH, config.model_name):
             await self.health.set(service_name, NOT_SERVING)
-        self.manager.on_change.append(self._on_versions_changed)
-
         address = f"{config.host}:{config.port}"
-        self.grpc_server, self.grpc_port = create_server(address, self.service, self.health, config.max_request_bytes)
+        self.grpc_server, self.grpc_port = create_server(address, self.dataplane, self.health,
+                                                         config.max_request_bytes)
         await self.grpc_server.start()
-        if config.rest_port is not None:
-            self.rest = RestApi(self.service, config.max_request_bytes)
-            self.rest_runner = web.AppRunner(self.rest.app, access_log=None)
-            await self.rest_runner.setup()
-            site = web.TCPSite(self.rest_runner, config.host, config.rest_port)
-            await site.start()
-            self.rest_port = self.rest_runner.addresses[0][1]  # what port 0 resolved to
+        if self.rest is not None:
+            self.rest_app_runner = web.AppRunner(self.rest.app, access_log=None)
+            await self.rest_app_runner.setup()
+            await web.TCPSite(self.rest_app_runner, config.host, config.rest_port).start()
+            self.rest_port = self.rest_app_runner.addresses[0][1]  # what port 0 resolved to
         logger.info("serving model '%s' from %s: gRPC on %s:%s, REST on %s, batching %s", config.model_name,
                     config.model_base_path, config.host, self.grpc_port,
                     f"{config.host}:{self.rest_port}" if self.rest_port else "off",
@@ -140,9 +147,10 @@ class InpaintServer:
             self.metrics.queuing_latency.labels(name).observe(seconds * 1e6)
 
     def _on_versions_changed(self) -> None:
-        loaded = sum(1 for v in self.manager.versions.values() if v.state.name == "AVAILABLE")
+        available = self.manager.is_available()
+        loaded = sum(1 for v in self.manager.versions.values() if v.state == VersionState.AVAILABLE)
         self.metrics.versions_loaded.labels(self.config.model_name).set(loaded)
-        status = SERVING if loaded else NOT_SERVING
+        status = SERVING if available else NOT_SERVING
         loop = asyncio.get_running_loop()
         for service_name in (OVERALL_HEALTH, self.config.model_name):
             loop.create_task(self.health.set(service_name, status))
@@ -152,14 +160,16 @@ class InpaintServer:
         logger.info("draining: health NOT_SERVING, new requests refused, up to %.0f s for in-flight ones",
                     self.config.drain_seconds)
         await self.health.enter_graceful_shutdown()
-        finished = await self.service.drain(self.config.drain_seconds)
+        finished = await self.dataplane.drain(self.config.drain_seconds)
         if not finished:
             logger.warning("drain period over with requests still running; stopping anyway")
-        self.poller.cancel()
-        await self.grpc_server.stop(grace=1.0)
-        if self.config.rest_port is not None:
-            await self.rest_runner.cleanup()
-        await self.service.runner.stop()
+        if self.poller is not None:
+            self.poller.cancel()
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace=1.0)
+        if self.rest_app_runner is not None:
+            await self.rest_app_runner.cleanup()
+        await self.scheduler.stop()
         self.compute.shutdown(wait=False, cancel_futures=True)
         self.loading.shutdown(wait=False, cancel_futures=True)
         self.stopped.set()
@@ -177,52 +187,3 @@ async def serve(config: ServerConfig) -> None:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await server.drain_and_stop()
-
-
-class ServerThread:
-    """An ``InpaintServer`` on its own event loop in a background thread."""
-
-    def __init__(self, config: ServerConfig):
-        self.config = config
-        self.loop = asyncio.new_event_loop()
-        self.server: InpaintServer | None = None
-        self._thread = threading.Thread(target=self.loop.run_forever, name="inpaint-server", daemon=True)
-
-    def __enter__(self) -> "ServerThread":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def start(self) -> "ServerThread":
-        self._thread.start()
-        self.server = InpaintServer(self.config)
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=60)
-        return self
-
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.server.grpc_port}"
-
-    @property
-    def rest_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.rest_port}"
-
-    def run(self, coroutine, timeout: float = 60):
-        """Run a coroutine on the server's loop (to poll now, say) and return its result."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=timeout)
-
-    def wait_until_available(self, timeout: float = 60) -> None:
-        async def wait():
-            while not self.server.manager.is_available():
-                await asyncio.sleep(0.02)
-
-        self.run(asyncio.wait_for(wait(), timeout), timeout + 1)
-
-    def stop(self) -> bool:
-        finished = True
-        if self.server is not None and not self.server.stopped.is_set():
-            finished = self.run(self.server.drain_and_stop(), self.config.drain_seconds + 30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        return finished

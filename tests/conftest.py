@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def write_png(path: Path, image: np.ndarray) -> Path:
-    from inpaint.trainer.data import write_image
+    from inpaint.core.images import write_image
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_image(path, image)
@@ -47,6 +47,14 @@ def tiny_version(tiny_config) -> Path:
     return version
 
 
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on."""
+    from helpers import free_port as find
+
+    return find()
+
+
 # -- the server ------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -62,7 +70,9 @@ def onnx_repo(tmp_path) -> Path:
 @pytest.fixture
 def start_server():
     """``start_server(base, **config)``: a real server on 127.0.0.1 with free ports, stopped afterwards."""
-    from inpaint.serving.server import ServerConfig, ServerThread
+    from helpers import ServerThread
+
+    from inpaint.serving.server import ServerConfig
 
     running = []
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import grpc
 import numpy as np
 
-from inpaint.serving.protos import (
+from inpaint.core.protos import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from inpaint.serving.tensors import from_numpy, to_numpy
+from inpaint.core.tensors import from_numpy, to_numpy
 
 
 def images(n=2, h=6, w=5, seed=0):

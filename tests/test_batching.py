@@ -9,9 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from inpaint.serving.batching import Batcher, BatchingOptions
+from inpaint.serving.batching import BatchingOptions, BatchScheduler
 from inpaint.serving.errors import DeadlineExpired, QueueFull
-from inpaint.serving.models import ModelVersion, State
+from inpaint.core.contract import VersionState
+from inpaint.serving.models import ModelVersion
 
 
 class SlowModel:
@@ -27,7 +28,7 @@ class SlowModel:
 
 
 def _version(model) -> ModelVersion:
-    return ModelVersion(1, None, State.AVAILABLE, runner=model)
+    return ModelVersion(1, None, VersionState.AVAILABLE, servable=model)
 
 
 def _run(coroutine):
@@ -42,7 +43,7 @@ def test_same_size_requests_merge_and_split_back():
     model = SlowModel(0.01)
 
     async def main():
-        batcher = Batcher(BatchingOptions(max_batch_size=8, batch_timeout_micros=50_000), ThreadPoolExecutor(1))
+        batcher = BatchScheduler(BatchingOptions(max_batch_size=8, batch_timeout_micros=50_000), ThreadPoolExecutor(1))
         batcher.start()
         version = _version(model)
         outputs = await asyncio.gather(*(batcher.run(version, *_image(value=i), None) for i in range(8)))
@@ -60,7 +61,7 @@ def test_different_sizes_never_share_a_batch():
     model = SlowModel(0.0)
 
     async def main():
-        batcher = Batcher(BatchingOptions(max_batch_size=8, batch_timeout_micros=20_000), ThreadPoolExecutor(1))
+        batcher = BatchScheduler(BatchingOptions(max_batch_size=8, batch_timeout_micros=20_000), ThreadPoolExecutor(1))
         batcher.start()
         version = _version(model)
         await asyncio.gather(batcher.run(version, *_image(h=4), None), batcher.run(version, *_image(h=5), None))
@@ -75,7 +76,7 @@ def test_full_queue_refuses_at_once():
 
     async def main():
         options = BatchingOptions(max_batch_size=1, batch_timeout_micros=0, max_enqueued_batches=2, num_batch_threads=1)
-        batcher = Batcher(options, ThreadPoolExecutor(1))
+        batcher = BatchScheduler(options, ThreadPoolExecutor(1))
         batcher.start()
         version = _version(model)
         first = asyncio.ensure_future(batcher.run(version, *_image(), None))
@@ -100,7 +101,7 @@ def test_expired_requests_are_dropped_before_the_model():
 
     async def main():
         options = BatchingOptions(max_batch_size=1, batch_timeout_micros=0, num_batch_threads=1)
-        batcher = Batcher(options, ThreadPoolExecutor(1))
+        batcher = BatchScheduler(options, ThreadPoolExecutor(1))
         batcher.start()
         version, loop = _version(model), asyncio.get_running_loop()
         blocker = asyncio.ensure_future(batcher.run(version, *_image(), None))

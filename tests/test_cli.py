@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from conftest import random_image, write_png
 from inpaint.export.cli import main as export_main
-from inpaint.trainer.evaluate import main as eval_main
+from inpaint.export.evaluate import main as eval_main
 from inpaint.trainer.train import main as train_main
 
 TINY = ["--image-size", "32", "--depth", "2", "--base-filters", "8", "--batch-size", "4",

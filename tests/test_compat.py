@@ -6,7 +6,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from grpc_helpers import Stubs, images, predict_request
-from inpaint.serving.protos import get_model_status_pb2, predict_pb2
+from inpaint.core.protos import get_model_status_pb2, predict_pb2
 from onnx_models import expected_fill
 
 
@@ -83,7 +83,7 @@ def test_every_message_matches_the_official_field_numbers():
     from tensorflow_serving.apis import predict_pb2 as tf_predict
     from tensorflow_serving.apis import status_pb2 as tf_status_proto
 
-    from inpaint.serving.protos import (
+    from inpaint.core.protos import (
         get_model_metadata_pb2,
         meta_graph_pb2,
         model_pb2,

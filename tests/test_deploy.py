@@ -136,7 +136,7 @@ def test_tf_serving_config_files_parse_with_tf_serving_protos():
     from tensorflow_serving.config import model_server_config_pb2
 
     from inpaint.serving.batching import BatchingOptions
-    from inpaint.serving.protos import monitoring_config_pb2
+    from inpaint.core.protos import monitoring_config_pb2
 
     folder = ROOT / "serving" / "tfserving"
     config = text_format.Parse((folder / "models.config").read_text(), model_server_config_pb2.ModelServerConfig())

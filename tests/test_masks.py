@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from inpaint.trainer import masks
+from inpaint.core import masks
 
 
 @pytest.mark.parametrize("kind", masks.MASK_KINDS)
@@ -47,7 +47,7 @@ def test_light_modules_import_without_tensorflow():
     import subprocess
     import sys
 
-    code = ("import sys, inpaint.trainer.masks, inpaint.trainer.data, inpaint.trainer.metrics, "
-            "inpaint.export.repository; "
+    code = ("import sys, inpaint.core.masks, inpaint.trainer.data, inpaint.trainer.metrics, "
+            "inpaint.core.repository; "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'heavy import'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import random_image
-from inpaint.trainer.masks import mask_batch
+from inpaint.core.masks import mask_batch
 
 
 def _inputs(n, h, w, seed=0):
@@ -75,11 +75,11 @@ def test_onnx_interface(tiny_version):
 
 @pytest.mark.parametrize("shape", [(1, 32, 32), (2, 37, 53), (1, 1, 1), (3, 61, 20)])
 def test_known_pixels_are_bit_exact_and_sizes_are_free(tiny_version, shape):
-    from inpaint.export.onnx_runtime import InferenceModel
+    from inpaint.core.onnx_model import OnnxModel
     from inpaint.trainer.savedmodel import load_serving_signature
 
     images, masks = _inputs(*shape, seed=sum(shape))
-    onnx_out = InferenceModel(tiny_version / "model.onnx").inpaint(images, masks)
+    onnx_out = OnnxModel(tiny_version / "model.onnx").inpaint(images, masks)
     tf_out = load_serving_signature(tiny_version)(image=images, mask=masks)["inpainted"].numpy()
     known = masks[..., 0] == 0
     assert onnx_out.shape == images.shape and onnx_out.dtype == np.uint8
@@ -89,11 +89,11 @@ def test_known_pixels_are_bit_exact_and_sizes_are_free(tiny_version, shape):
 
 
 def test_holes_are_filled_not_left_black(tiny_version):
-    from inpaint.export.onnx_runtime import InferenceModel
+    from inpaint.core.onnx_model import OnnxModel
 
     images, masks = _inputs(2, 48, 48, seed=5)
     images[masks[..., 0] > 0] = 0  # what the client sends does not matter under the hole
-    out = InferenceModel(tiny_version / "model.onnx").inpaint(images, masks)
+    out = OnnxModel(tiny_version / "model.onnx").inpaint(images, masks)
     assert out[masks[..., 0] > 0].mean() > 5
 
 
@@ -114,7 +114,7 @@ def test_parity_check_fails_loudly():
 def test_evaluation_report(tiny_version, tmp_path):
     from click.testing import CliRunner
 
-    from inpaint.trainer.evaluate import main
+    from inpaint.export.evaluate import main
 
     result = CliRunner().invoke(main, [str(tiny_version.parent), "--report", str(tmp_path), "--count", "3"])
     assert result.exit_code == 0, result.output

@@ -1,6 +1,6 @@
 import pytest
 
-from inpaint.export import repository
+from inpaint.core import repository
 
 
 def test_versions_are_numbered_in_order(tmp_path):

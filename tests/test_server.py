@@ -18,7 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpc_helpers import Stubs, code_of, images, predict_request
-from inpaint.serving.protos import types_pb2
+from inpaint.core.protos import types_pb2
 from onnx_models import expected_fill, wrong_signature_model, write_version
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -335,7 +335,7 @@ def test_malformed_requests_never_hurt_the_server(onnx_repo, start_server):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from inpaint.serving.protos import predict_pb2
+    from inpaint.core.protos import predict_pb2
 
     stubs = Stubs(start_server(onnx_repo, max_pixels=4096).grpc_target)
     allowed = {grpc.StatusCode.OK, INVALID, grpc.StatusCode.NOT_FOUND}
@@ -387,16 +387,16 @@ def test_unexpected_errors_are_internal_and_the_server_survives(onnx_repo, start
     stubs = Stubs(server.grpc_target)
     image, mask = images()
     model_version = server.server.manager.versions[1]
-    real_runner = model_version.runner
+    real_servable = model_version.servable
 
     class Broken:
         def inpaint(self, images, masks):
             raise ZeroDivisionError("boom")
 
         def signature(self):
-            return real_runner.signature()
+            return real_servable.signature()
 
-    model_version.runner = Broken()  # a bug inside the model call, not a bad request
+    model_version.servable = Broken()  # a bug inside the model call, not a bad request
     try:
         code, details = code_of(lambda: stubs.predict(predict_request(image, mask)))
         assert code == grpc.StatusCode.INTERNAL and "ZeroDivisionError: boom" in details
@@ -404,6 +404,6 @@ def test_unexpected_errors_are_internal_and_the_server_survives(onnx_repo, start
         status, body = http(url, {"inputs": {"image": image.tolist(), "mask": mask.tolist()}})
         assert status == 500 and "ZeroDivisionError" in json.loads(body)["error"]
     finally:
-        model_version.runner = real_runner
+        model_version.servable = real_servable
     assert stubs.predict(predict_request(image, mask)).tolist() == expected_fill(image, mask).tolist()
     assert 'status="INTERNAL"' in http(server.rest_url + "/metrics")[1].decode()

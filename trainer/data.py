@@ -24,13 +24,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inpaint.client import images as image_io
-
-from .masks import generate_mask
+from inpaint.core import images as image_io
+from inpaint.core.images import IMAGE_SUFFIXES
+from inpaint.core.masks import generate_mask
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 # scikit-image's bundled colour photographs. The two stereo motorcycle views show
 # one scene, so they stay on the same side of the split.
@@ -72,7 +70,7 @@ def read_image(path: Path) -> np.ndarray:
     """An image file as RGB uint8 ``(H, W, 3)``; alpha is dropped, grey is expanded."""
     try:
         return image_io.read_image(path)
-    except image_io.InvalidInput as error:
+    except image_io.ImageError as error:
         raise DataError(str(error)) from None
 
 

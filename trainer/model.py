@@ -12,8 +12,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-SIGNATURE_NAME = "serving_default"
-INPUT_IMAGE, INPUT_MASK, OUTPUT_NAME = "image", "mask", "inpainted"
+from inpaint.core.contract import IMAGE, MASK, OUTPUT
+
 
 
 def _conv_block(x, filters: int, name: str):
@@ -122,8 +122,8 @@ def serving_function(model: keras.Model, depth: int) -> tf.types.experimental.Ge
     multiple = 2**depth
 
     @tf.function(input_signature=[
-        tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_IMAGE),
-        tf.TensorSpec([None, None, None, 1], tf.uint8, name=INPUT_MASK),
+        tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGE),
+        tf.TensorSpec([None, None, None, 1], tf.uint8, name=MASK),
     ])
     def serve(image, mask):
         height, width = tf.shape(image)[1], tf.shape(image)[2]
@@ -138,6 +138,6 @@ def serving_function(model: keras.Model, depth: int) -> tf.types.experimental.Ge
         prediction = model(padded, training=False)[:, :height, :width, :]
         predicted = tf.cast(tf.round(tf.clip_by_value(prediction, 0.0, 1.0) * 255.0), tf.uint8)
         # Composite in uint8 so known pixels are copied, not recomputed.
-        return {OUTPUT_NAME: tf.where(is_hole, predicted, image)}
+        return {OUTPUT: tf.where(is_hole, predicted, image)}
 
     return serve

@@ -8,8 +8,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .masks import mask_batch
-from .model import INPUT_IMAGE, INPUT_MASK, SIGNATURE_NAME, serving_function
+from inpaint.core.contract import SIGNATURE_NAME
+from inpaint.core.masks import mask_batch
+from inpaint.core.tensors import predict_request
+
+from .model import serving_function
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 
@@ -32,12 +35,9 @@ def write_warmup_requests(version_path: Path, model_name: str, image_size: int, 
 
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (1, image_size, image_size, 3), dtype=np.uint8)
-    mask = mask_batch("strokes", 1, image_size, image_size, seed)[..., None]
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model_name
-    request.model_spec.signature_name = SIGNATURE_NAME
-    request.inputs[INPUT_IMAGE].CopyFrom(tf.make_tensor_proto(image))
-    request.inputs[INPUT_MASK].CopyFrom(tf.make_tensor_proto(mask))
+    mask = mask_batch("strokes", 1, image_size, image_size, seed)
+    # Our request, read back as the official class: same wire format, one request builder.
+    request = predict_pb2.PredictRequest.FromString(predict_request(image, mask, model_name).SerializeToString())
     log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
     path = version_path / WARMUP_FILE
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import click
 
-from inpaint.export.repository import RUN_RECORD, staged_version
+from inpaint.core.masks import MASK_KINDS
+from inpaint.core.repository import RUN_RECORD, staged_version
 
 from .data import Dataset, DataError, check_dataset_image_size, load_dataset
-from .masks import MASK_KINDS
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,108 @@
+"""``tensorflow.TensorProto`` <-> numpy for the contract's dtypes, and the messages they travel in.
+
+uint8 arrives as ``tensor_content`` (raw little-endian bytes, what we send) or
+as ``int_val`` (what ``tf.make_tensor_proto`` of a list gives); float32 as
+``tensor_content`` or ``float_val``. A malformed tensor raises ``TensorError``,
+which each side reports its own way: the server as the caller's invalid input,
+the client as a bad reply from the server.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .contract import DTYPES, IMAGE, MASK, OUTPUT, PREDICT_METHOD, SIGNATURE_NAME, dtype_enum, dtype_name
+from .protos import meta_graph_pb2, predict_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+
+_VALUE_FIELDS = {types_pb2.DT_UINT8: "int_val", types_pb2.DT_FLOAT: "float_val"}
+
+
+class TensorError(ValueError):
+    """A TensorProto that does not hold what it claims, or holds a dtype outside the contract."""
+
+
+def tensor_shape(name: str, proto: tensor_pb2.TensorProto) -> tuple[int, ...]:
+    """The declared shape, checked for rank and sign before anything is allocated."""
+    if proto.tensor_shape.unknown_rank:
+        raise TensorError(f"tensor '{name}' has unknown rank")
+    shape = tuple(int(d.size) for d in proto.tensor_shape.dim)
+    if any(size < 0 for size in shape):
+        raise TensorError(f"tensor '{name}' has a negative dimension in shape {list(shape)}")
+    return shape
+
+
+def to_numpy(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """The array a TensorProto holds; TensorError names ``name`` when it is malformed."""
+    if proto.dtype not in DTYPES:
+        raise TensorError(f"tensor '{name}' has dtype {dtype_name(proto.dtype)}; "
+                          "expected DT_UINT8 (or DT_FLOAT in [0, 1])")
+    shape = tensor_shape(name, proto)
+    dtype = DTYPES[proto.dtype]
+    count = int(np.prod(shape, dtype=np.int64))
+    if proto.tensor_content:
+        if len(proto.tensor_content) != count * dtype.itemsize:
+            raise TensorError(f"tensor '{name}' has {len(proto.tensor_content)} bytes of tensor_content; "
+                              f"shape {list(shape)} needs {count * dtype.itemsize}")
+        return np.frombuffer(proto.tensor_content, dtype).reshape(shape)
+    values = getattr(proto, _VALUE_FIELDS[proto.dtype])
+    wide = np.int64 if proto.dtype == types_pb2.DT_UINT8 else np.float32
+    if len(values) == count:
+        array = np.asarray(values, dtype=wide)
+    elif len(values) == 1 and count > 0:  # TensorProto's fill-with-one-value form
+        array = np.full(count, values[0], dtype=wide)
+    else:
+        raise TensorError(f"tensor '{name}' has {len(values)} values; shape {list(shape)} needs {count}")
+    if proto.dtype == types_pb2.DT_UINT8 and array.size and (array.min() < 0 or array.max() > 255):
+        raise TensorError(f"tensor '{name}' has int_val outside 0..255")
+    return array.astype(dtype).reshape(shape)
+
+
+def from_numpy(array: np.ndarray) -> tensor_pb2.TensorProto:
+    """A TensorProto with ``tensor_content``: the compact form."""
+    array = np.ascontiguousarray(array)
+    enum_value = dtype_enum(array.dtype)
+    if enum_value == types_pb2.DT_INVALID:
+        raise TensorError(f"dtype {array.dtype} is outside the contract (uint8 or float32)")
+    proto = tensor_pb2.TensorProto(dtype=enum_value, tensor_content=array.tobytes())
+    proto.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in array.shape)
+    return proto
+
+
+def predict_request(images: np.ndarray, masks: np.ndarray, model: str, version: int | None = None,
+                    signature: str = SIGNATURE_NAME) -> predict_pb2.PredictRequest:
+    """A PredictRequest for uint8 ``(N, H, W, 3)`` images and ``(N, H, W)`` or ``(N, H, W, 1)`` masks."""
+    if masks.ndim == 3:
+        masks = masks[..., None]
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    if version is not None:
+        request.model_spec.version.value = version
+    request.model_spec.signature_name = signature
+    request.inputs[IMAGE].CopyFrom(from_numpy(images))
+    request.inputs[MASK].CopyFrom(from_numpy(masks))
+    request.output_filter.append(OUTPUT)
+    return request
+
+
+def output_of(response: predict_pb2.PredictResponse, shape: tuple[int, ...]) -> np.ndarray:
+    """The ``inpainted`` tensor of a reply, checked against the batch it answers."""
+    if OUTPUT not in response.outputs:
+        raise TensorError(f"reply has no '{OUTPUT}' output (has {sorted(response.outputs)})")
+    array = to_numpy(OUTPUT, response.outputs[OUTPUT])
+    if array.dtype != np.uint8 or array.shape != tuple(shape):
+        raise TensorError(f"reply '{OUTPUT}' is {array.dtype} {list(array.shape)}; expected uint8 {list(shape)}")
+    return array
+
+
+def signature_def(signature: dict[str, dict[str, tuple[str, list[int]]]]) -> meta_graph_pb2.SignatureDef:
+    """TF Serving's SignatureDef for ``{"inputs"|"outputs": {name: (dtype name, shape)}}``; N is always -1."""
+    definition = meta_graph_pb2.SignatureDef(method_name=PREDICT_METHOD)
+    for kind, infos in (("inputs", definition.inputs), ("outputs", definition.outputs)):
+        for tensor_name, (dtype, shape) in signature[kind].items():
+            info = infos[tensor_name]
+            info.name = f"{tensor_name}:0"
+            info.dtype = dtype_enum(dtype) if dtype in ("uint8", "float32") else types_pb2.DT_INVALID
+            info.tensor_shape.dim.add().size = -1
+            for size in shape[1:]:
+                info.tensor_shape.dim.add().size = size
+    return definition

@@ -1,0 +1,147 @@
+"""The protocol-neutral data plane: predict, metadata and status for one model, in numpy and dataclasses.
+
+The gRPC adapter (``grpc_api``) and the REST adapter (``rest``) convert their
+wire formats to these calls and back, and nothing more. Every request passes
+through ``request``, which counts it, times it and labels its metrics with its
+outcome; domain errors raised here become statuses in ``errors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from inpaint.core.contract import OUTPUT, SIGNATURE_NAME
+from inpaint.core.onnx_model import Signature
+
+from .errors import InvalidInput, ServerUnavailable, to_status
+from .inputs import Limits, prepare_inputs
+from .metrics import ServerMetrics
+from .models import ModelManager, ModelVersion
+
+
+class Scheduler(Protocol):
+    """Runs a request's images on a model version: batched (``BatchScheduler``) or not (``DirectScheduler``)."""
+
+    busy: bool
+
+    async def run(self, model_version: ModelVersion, image: np.ndarray, mask: np.ndarray,
+                  deadline: float | None) -> np.ndarray: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass
+class Outcome:
+    """What ``request`` records once a request ends."""
+
+    version: str = ""
+    status: str = "OK"
+
+
+@dataclass
+class Prediction:
+    version: int
+    outputs: dict[str, np.ndarray]
+
+
+@dataclass
+class ModelSignature:
+    version: int
+    signature: Signature
+
+
+class DataPlane:
+    """Predict, metadata and status for one model, whatever the protocol."""
+
+    def __init__(self, manager: ModelManager, scheduler: Scheduler, limits: Limits, metrics: ServerMetrics):
+        self.manager, self.scheduler, self.limits, self.metrics = manager, scheduler, limits, metrics
+        self.draining = False
+        self.active = 0
+        self.last_request_at = 0.0
+
+    @contextlib.asynccontextmanager
+    async def request(self, api: str, model_name: str):
+        """Counts the request as active, times it, and labels its metrics with its outcome."""
+        outcome, started = Outcome(), time.perf_counter()
+        self.active += 1
+        self.last_request_at = asyncio.get_running_loop().time()
+        try:
+            yield outcome
+        except BaseException as error:
+            status = to_status(error)
+            outcome.status = status[0].name if status else ("CANCELLED" if isinstance(error, asyncio.CancelledError)
+                                                            else "INTERNAL")
+            raise
+        finally:
+            self.active -= 1
+            self.metrics.request_count.labels(model_name, outcome.version, api, outcome.status).inc()
+            self.metrics.request_latency.labels(model_name, api).observe((time.perf_counter() - started) * 1e6)
+
+    def _check_open(self) -> None:
+        if self.draining:
+            raise ServerUnavailable("server is shutting down; retry on another replica")
+
+    async def predict(self, outcome: Outcome, name: str, version: int | None, signature: str,
+                      arrays: dict[str, np.ndarray], output_filter: list[str],
+                      deadline: float | None) -> Prediction:
+        self._check_open()
+        check_signature_name(signature)
+        unknown = sorted(set(output_filter) - {OUTPUT})
+        if unknown:
+            raise InvalidInput(f"output_filter names unknown output(s) {', '.join(unknown)}; the signature has "
+                               f"'{OUTPUT}'")
+        image, mask = prepare_inputs(arrays, self.limits)
+        model_version = self.manager.acquire(name, version)
+        outcome.version = str(model_version.version)
+        try:
+            output = await self.scheduler.run(model_version, image, mask, deadline)
+        finally:
+            self.manager.release(model_version)
+        return Prediction(model_version.version, {OUTPUT: output})
+
+    def signature(self, outcome: Outcome, name: str, version: int | None) -> ModelSignature:
+        self._check_open()
+        model_version = self.manager.acquire(name, version)
+        outcome.version = str(model_version.version)
+        try:
+            return ModelSignature(model_version.version, model_version.servable.signature())
+        finally:
+            self.manager.release(model_version)
+
+    def version_statuses(self, name: str, version: int | None) -> list[ModelVersion]:
+        return self.manager.statuses(name, version)
+
+    def is_ready(self) -> bool:
+        return not self.draining and self.manager.is_available()
+
+    async def drain(self, seconds: float, quiet: float = 0.25) -> bool:
+        """Refuse new work, then wait up to ``seconds`` for queued and in-flight work; True if all done.
+
+        It also waits for ``quiet`` seconds without any new request: callers still
+        arriving get a clean UNAVAILABLE (and retry elsewhere) instead of a
+        connection cut by the shutdown that follows.
+        """
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + seconds
+
+        last_busy = loop.time()
+        while loop.time() < give_up:
+            now = loop.time()
+            if self.active or self.scheduler.busy:
+                last_busy = now
+            elif now - max(last_busy, self.last_request_at) >= quiet:
+                break
+            await asyncio.sleep(0.01)
+        return not (self.active or self.scheduler.busy)
+
+
+def check_signature_name(signature: str) -> None:
+    if signature not in ("", SIGNATURE_NAME):
+        raise InvalidInput(f"Serving signature key \"{signature}\" not found; the model has '{SIGNATURE_NAME}'")
