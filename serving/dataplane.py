@@ -33,6 +33,8 @@ class Scheduler(Protocol):
     async def run(self, model_version: ModelVersion, image: np.ndarray, mask: np.ndarray,
                   deadline: float | None) -> np.ndarray: ...
 
+    def flush(self) -> None: ...
+
     async def stop(self) -> None: ...
 
 
@@ -128,6 +130,7 @@ class DataPlane:
         connection cut by the shutdown that follows.
         """
         self.draining = True
+        self.scheduler.flush()
         loop = asyncio.get_running_loop()
         give_up = loop.time() + seconds
 

@@ -13,7 +13,7 @@ from .errors import InvalidInput
 
 @dataclass(frozen=True)
 class Limits:
-    max_pixels: int = 4096 * 4096  # per image, H x W
+    max_pixels: int                 # per image, H x W
     max_batch: int | None = None    # images per request, when batching caps it
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 import threading
 import time
 from typing import Callable, TypeVar
@@ -34,6 +35,33 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def health_status(target: str, service: str = "") -> int | None:
+    """The grpc.health.v1 status at ``target``, or None when nobody answers."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
+                                                             timeout=1).status
+        except grpc.RpcError:
+            return None
+
+
+def wait_serving(target: str, process: subprocess.Popen | None = None, service: str = "",
+                 timeout: float = 60) -> None:
+    """Wait until ``target`` reports SERVING; fail at once with its output if ``process`` exits first."""
+    from grpc_health.v1 import health_pb2
+
+    def serving() -> bool:
+        if process is not None and process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"server exited with {process.returncode}: {output[-3000:]}")
+        return health_status(target, service) == health_pb2.HealthCheckResponse.SERVING
+
+    wait_for(serving, timeout, f"{target} to report SERVING")
 
 
 class ServerThread:

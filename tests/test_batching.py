@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -15,16 +15,26 @@ from inpaint.core.contract import VersionState
 from inpaint.serving.models import ModelVersion
 
 
-class SlowModel:
-    """Stands in for a heavy network: the batcher only sees how long a call takes."""
+class GatedModel:
+    """Stands in for a heavy network: each call waits until the test opens the gate."""
 
-    def __init__(self, seconds: float):
-        self.seconds, self.calls = seconds, []
+    def __init__(self, open_gate: bool = True):
+        self.calls: list[int] = []
+        self.running = threading.Event()
+        self.gate = threading.Event()
+        if open_gate:
+            self.gate.set()
 
     def inpaint(self, images, masks):
         self.calls.append(len(images))
-        time.sleep(self.seconds)
+        self.running.set()
+        assert self.gate.wait(timeout=30), "the test never opened the gate"
         return images + 1
+
+
+async def _until(event: threading.Event, timeout: float = 10) -> None:
+    """Wait for a thread's event without blocking the event loop."""
+    assert await asyncio.to_thread(event.wait, timeout), "the model never started"
 
 
 def _version(model) -> ModelVersion:
@@ -40,7 +50,7 @@ def _image(n=1, h=4, w=4, value=0):
 
 
 def test_same_size_requests_merge_and_split_back():
-    model = SlowModel(0.01)
+    model = GatedModel()
 
     async def main():
         batcher = BatchScheduler(BatchingOptions(max_batch_size=8, batch_timeout_micros=50_000), ThreadPoolExecutor(1))
@@ -58,7 +68,7 @@ def test_same_size_requests_merge_and_split_back():
 
 
 def test_different_sizes_never_share_a_batch():
-    model = SlowModel(0.0)
+    model = GatedModel()
 
     async def main():
         batcher = BatchScheduler(BatchingOptions(max_batch_size=8, batch_timeout_micros=20_000), ThreadPoolExecutor(1))
@@ -72,7 +82,7 @@ def test_different_sizes_never_share_a_batch():
 
 
 def test_full_queue_refuses_at_once():
-    model = SlowModel(0.3)
+    model = GatedModel(open_gate=False)
 
     async def main():
         options = BatchingOptions(max_batch_size=1, batch_timeout_micros=0, max_enqueued_batches=2, num_batch_threads=1)
@@ -80,24 +90,23 @@ def test_full_queue_refuses_at_once():
         batcher.start()
         version = _version(model)
         first = asyncio.ensure_future(batcher.run(version, *_image(), None))
-        await asyncio.sleep(0.05)  # the first batch is running now
+        await _until(model.running)  # the only worker is busy with the first batch
         queued = [asyncio.ensure_future(batcher.run(version, *_image(), None)) for _ in range(2)]
-        await asyncio.sleep(0)
-        started = time.monotonic()
+        await asyncio.sleep(0)  # let both enqueue: the queue now holds its 2 batches
+        assert batcher.queued_batches == 2
         with pytest.raises(QueueFull, match="queue is full"):
-            await batcher.run(version, *_image(), None)
-        refused_after = time.monotonic() - started
+            await batcher.run(version, *_image(), None)  # refused while the model is still held
+        model.gate.set()
         results = await asyncio.gather(first, *queued)
         await batcher.stop()
-        return refused_after, results
+        return results
 
-    refused_after, results = _run(main())
-    assert refused_after < 0.05, "refused without waiting"
-    assert len(results) == 3, "the queued requests still complete"
+    assert len(_run(main())) == 3, "the queued requests still complete"
+    assert model.calls == [1, 1, 1], "the refused request never reached the model"
 
 
 def test_expired_requests_are_dropped_before_the_model():
-    model = SlowModel(0.2)
+    model = GatedModel(open_gate=False)
 
     async def main():
         options = BatchingOptions(max_batch_size=1, batch_timeout_micros=0, num_batch_threads=1)
@@ -105,14 +114,34 @@ def test_expired_requests_are_dropped_before_the_model():
         batcher.start()
         version, loop = _version(model), asyncio.get_running_loop()
         blocker = asyncio.ensure_future(batcher.run(version, *_image(), None))
-        await asyncio.sleep(0.02)
+        await _until(model.running)
+        expired = asyncio.ensure_future(batcher.run(version, *_image(), loop.time()))  # due the moment it queues
+        await asyncio.sleep(0)
+        model.gate.set()
         with pytest.raises(DeadlineExpired):
-            await batcher.run(version, *_image(), loop.time() + 0.05)
+            await expired
         await blocker
         await batcher.stop()
 
     _run(main())
     assert model.calls == [1], "the expired request never reached the model"
+
+
+def test_allowed_batch_sizes_pad_the_batch_and_callers_get_their_own_rows():
+    model = GatedModel()
+
+    async def main():
+        options = BatchingOptions(max_batch_size=8, batch_timeout_micros=20_000, allowed_batch_sizes=(4, 8))
+        batcher = BatchScheduler(options, ThreadPoolExecutor(1))
+        batcher.start()
+        version = _version(model)
+        outputs = await asyncio.gather(*(batcher.run(version, *_image(value=i), None) for i in range(3)))
+        await batcher.stop()
+        return outputs
+
+    outputs = _run(main())
+    assert model.calls == [4], "3 images padded to the allowed size 4"
+    assert [o.shape[0] for o in outputs] == [1, 1, 1] and [int(o[0, 0, 0, 0]) for o in outputs] == [1, 2, 3]
 
 
 def test_batching_parameters_file(tmp_path):

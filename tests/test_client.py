@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import threading
-import time
 
 import cv2
 import numpy as np
@@ -23,6 +21,7 @@ from inpaint.client import (
     InvalidInput,
     ModelNotFound,
     Overloaded,
+    RetryPolicy,
     ServerUnavailable,
 )
 from inpaint.client.cli import main
@@ -101,26 +100,51 @@ def test_errors_map_to_the_hierarchy(onnx_repo, start_server):
             client.inpaint("/nonexistent.png", mask)
 
 
-def test_no_server_is_unavailable_within_the_deadline():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    started = time.monotonic()
-    with InpaintClient(f"127.0.0.1:{port}", timeout=0.5) as client:
-        with pytest.raises(ServerUnavailable, match=f"127.0.0.1:{port}"):
+class CountingRetries(RetryPolicy):
+    """The default policy, counting the retries it grants."""
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        object.__setattr__(self, "granted", [])  # frozen dataclass: set once, then appended to
+        object.__setattr__(self, "first", threading.Event())
+
+    def delays(self):
+        for delay in super().delays():
+            self.granted.append(delay)
+            self.first.set()
+            yield delay
+
+
+def test_a_dead_target_is_given_up_on_after_bounded_retries(free_port):
+    retry = CountingRetries(max_attempts=4)
+    with InpaintClient(f"127.0.0.1:{free_port}", timeout=60, retry=retry) as client:
+        with pytest.raises(ServerUnavailable, match=f"no server reachable at 127.0.0.1:{free_port}"):
             client.health()
-    assert time.monotonic() - started < 3
+    assert len(retry.granted) == 4, "4 tries, not a 60 s deadline of them"
 
 
-def test_a_server_started_late_is_reached_by_retries(onnx_repo, start_server):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    threading.Timer(0.7, lambda: start_server(onnx_repo, port=port, wait=False)).start()
-    with InpaintClient(f"127.0.0.1:{port}", timeout=20) as client:
-        started = time.monotonic()
-        out = client.inpaint(random_image(8, 8), _mask(8, 8))  # UNAVAILABLE until loaded: retried
-        assert out.shape == (8, 8, 3) and time.monotonic() - started > 0.5
+def test_a_server_started_late_is_reached_by_retries(onnx_repo, start_server, free_port):
+    retry = CountingRetries(max_attempts=100, initial_backoff=0.05, max_backoff=0.2)
+    result = {}
+
+    def call():
+        with InpaintClient(f"127.0.0.1:{free_port}", timeout=60, retry=retry) as client:
+            result["out"] = client.inpaint(random_image(8, 8), _mask(8, 8))
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    assert retry.first.wait(timeout=30), "the first try was refused and retried"
+    start_server(onnx_repo, port=free_port, wait=False)  # UNAVAILABLE until a version loads: retried too
+    caller.join(timeout=60)
+    assert result["out"].shape == (8, 8, 3)
+
+
+def test_no_version_loaded_reports_the_servers_reason(tmp_path, start_server):
+    (tmp_path / "empty").mkdir()
+    server = start_server(tmp_path / "empty", wait=False)
+    with InpaintClient(server.grpc_target, timeout=0.5, retry=RetryPolicy(max_attempts=1000)) as client:
+        with pytest.raises(ServerUnavailable, match="no available version"):
+            client.inpaint(random_image(8, 8), _mask(8, 8))
 
 
 def test_deadline_and_overload_are_reported(onnx_repo, start_server):
@@ -199,15 +223,13 @@ def test_cli_metadata_status_health(onnx_repo, start_server):
     assert result.exit_code == 0 and result.output.strip() == "SERVING"
 
 
-def test_cli_bad_inputs_are_one_line_errors(onnx_repo, start_server, tmp_path):
+def test_cli_bad_inputs_are_one_line_errors(onnx_repo, start_server, tmp_path, free_port):
     target = start_server(onnx_repo).grpc_target
     image = write_png(tmp_path / "p.png", random_image(10, 10))
     mask = write_png(tmp_path / "m.png", _mask(9, 10) * 255)
     garbage = tmp_path / "g.png"
     garbage.write_bytes(b"not a png")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        nobody = f"127.0.0.1:{sock.getsockname()[1]}"
+    nobody = f"127.0.0.1:{free_port}"
     one_line_error(run_cli("--target", target, "predict", str(tmp_path / "missing.png"), str(mask)), "does not exist")
     one_line_error(run_cli("--target", target, "predict", str(garbage), str(mask)), "cannot read image")
     one_line_error(run_cli("--target", target, "predict", str(image), str(mask)), "mask is 10x9 but image is 10x10")
@@ -255,10 +277,8 @@ def test_loadtest_open_loop_and_max_requests(onnx_repo, start_server, tmp_path):
     assert level["mode"] == "rate" and level["sent"] == 30 and level["ok"] == 30
 
 
-def test_loadtest_without_a_server_is_one_line(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        nobody = f"127.0.0.1:{sock.getsockname()[1]}"
+def test_loadtest_without_a_server_is_one_line(tmp_path, free_port):
+    nobody = f"127.0.0.1:{free_port}"
     one_line_error(run_cli("--target", nobody, "--timeout", "0.3", "loadtest", "--report", str(tmp_path)),
                    "no server reachable")
 
@@ -266,21 +286,18 @@ def test_loadtest_without_a_server_is_one_line(tmp_path):
 def test_cli_deadline_and_overload_are_one_line(onnx_repo, start_server, tmp_path):
     from inpaint.serving.batching import BatchingOptions
 
-    server = start_server(onnx_repo, enable_batching=True,
-                          batching=BatchingOptions(max_batch_size=64, batch_timeout_micros=2_000_000,
+    # A batch stays open for a minute and the queue holds one: the first request's batch fills it.
+    server = start_server(onnx_repo, enable_batching=True, drain_seconds=1.0,
+                          batching=BatchingOptions(max_batch_size=64, batch_timeout_micros=60_000_000,
                                                    max_enqueued_batches=1))
     image = write_png(tmp_path / "p.png", random_image(10, 10))
     mask = write_png(tmp_path / "m.png", _mask(10, 10) * 255)
     one_line_error(run_cli("--target", server.grpc_target, "--timeout", "0.3", "predict", str(image), str(mask)),
                    "deadline exceeded")
-    time.sleep(2.2)  # the expired request's batch closes after its 2 s timeout and frees the queue slot
-
-    blocker = threading.Thread(target=lambda: InpaintClient(server.grpc_target, timeout=5).inpaint(
-        random_image(12, 12), _mask(12, 12)))
-    blocker.start()  # holds the only queue slot for 2 s
-    time.sleep(0.3)
-    one_line_error(run_cli("--target", server.grpc_target, "predict", str(image), str(mask)), "overloaded")
-    blocker.join()
+    assert server.call(lambda: server.server.scheduler.queued_batches) == 1, "its batch still holds the queue"
+    other = write_png(tmp_path / "q.png", random_image(12, 12))
+    other_mask = write_png(tmp_path / "q_mask.png", _mask(12, 12) * 255)
+    one_line_error(run_cli("--target", server.grpc_target, "predict", str(other), str(other_mask)), "overloaded")
 
 
 def test_client_against_a_tf_serving_shaped_peer():

@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import copy
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
-import grpc
 import pytest
 import yaml
 from google.protobuf import text_format
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from helpers import free_port, wait_serving
 from onnx_models import write_version
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,12 +166,6 @@ def test_dockerfiles_pass_hadolint():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @needs_kubectl
 def test_rendered_deployment_really_starts_and_passes_its_probes(tmp_path):
     """The decisive test: the manifest's own args and env, paths mapped to a temporary repository."""
@@ -183,7 +174,7 @@ def test_rendered_deployment_really_starts_and_passes_its_probes(tmp_path):
     models_mount = mounts["models"]
     write_version(tmp_path / "models" / "inpaint", 1)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    free = {"grpc": _free_port(), "http": _free_port()}
+    free = {"grpc": free_port(), "http": free_port()}
 
     args = []
     for arg in container["args"]:
@@ -200,15 +191,7 @@ def test_rendered_deployment_really_starts_and_passes_its_probes(tmp_path):
     try:
         probe = container["readinessProbe"]["grpc"]
         assert probe["port"] == ports["grpc"]
-        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{free['grpc']}"))
-        deadline, status = time.monotonic() + 60, None
-        while time.monotonic() < deadline and status != health_pb2.HealthCheckResponse.SERVING:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                status = health.Check(health_pb2.HealthCheckRequest(service=probe["service"]), timeout=1).status
-            except grpc.RpcError:
-                time.sleep(0.1)
-        assert status == health_pb2.HealthCheckResponse.SERVING, "readiness probe never passed"
+        wait_serving(f"127.0.0.1:{free['grpc']}", process, service=probe["service"])  # the readiness probe
         liveness = container["livenessProbe"]["httpGet"]
         assert liveness["port"] == "http"
         with urllib.request.urlopen(f"http://127.0.0.1:{free['http']}{liveness['path']}", timeout=5) as response:

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +17,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grpc_helpers import Stubs, code_of, images, predict_request
+from helpers import wait_for
+from inpaint.core.contract import VersionState
 from inpaint.core.protos import types_pb2
 from onnx_models import expected_fill, wrong_signature_model, write_version
 
@@ -157,11 +158,8 @@ def test_nothing_loaded_is_unavailable_until_a_version_appears(tmp_path, start_s
 
     write_version(base, 3)
     server.wait_until_available()
-    deadline = time.monotonic() + 5
-    while health.Check(health_pb2.HealthCheckRequest(service="inpaint"), timeout=5).status != \
-            health_pb2.HealthCheckResponse.SERVING:
-        assert time.monotonic() < deadline, "health never turned SERVING"
-        time.sleep(0.02)
+    wait_for(lambda: health.Check(health_pb2.HealthCheckRequest(service="inpaint"), timeout=5).status ==
+             health_pb2.HealthCheckResponse.SERVING, 5, "health to turn SERVING")
     assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == \
         health_pb2.HealthCheckResponse.SERVING
     assert http(server.rest_url + "/readyz")[0] == 200
@@ -176,13 +174,12 @@ def test_a_broken_version_is_reported_and_does_not_stop_the_others(onnx_repo, st
     (onnx_repo / "3" / "model.onnx").write_bytes(b"not an onnx file")
     server = start_server(onnx_repo, version_policy="all")
     stubs = Stubs(server.grpc_target)
-    deadline = time.monotonic() + 10
-    while True:
+
+    def settled():
         states = {s.version: s for s in stubs.status().model_version_status}
-        if len(states) == 3 and all(s.state in (30, 50) for s in states.values()):
-            break
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+        return states if len(states) == 3 and all(s.state in (30, 50) for s in states.values()) else None
+
+    states = wait_for(settled, 10, "all three versions to load or fail")
     assert states[1].state == 30 and states[1].status.error_message == ""
     assert states[2].state == 50 and "expected ['image', 'mask']" in states[2].status.error_message
     assert states[3].state == 50 and states[3].status.error_message
@@ -314,14 +311,15 @@ def test_hot_reload_under_load_fails_no_request(onnx_repo, start_server):
     threads = [threading.Thread(target=client) for _ in range(8)]
     for thread in threads:
         thread.start()
-    time.sleep(0.3)
+    wait_for(lambda: len(seen) >= 20, 10, "clients to be served by version 1")
     write_version(onnx_repo, 2, fill=200)
-    deadline = time.monotonic() + 10
-    while not (seen and seen[-1] == 2):
-        assert time.monotonic() < deadline, "version 2 never served"
-        time.sleep(0.02)
+    wait_for(lambda: seen and seen[-1] == 2, 10, "version 2 to serve")
     shutil.rmtree(onnx_repo / "1")
-    time.sleep(0.5)
+    wait_for(lambda: server.call(lambda: 1 not in server.server.manager.versions
+                                 or server.server.manager.versions[1].state == VersionState.END), 10,
+             "version 1 to be unloaded")
+    served_before = len(seen)
+    wait_for(lambda: len(seen) >= served_before + 20, 10, "clients to go on being served")
     stop.set()
     for thread in threads:
         thread.join()

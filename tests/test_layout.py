@@ -1,0 +1,106 @@
+"""The package layout: no import cycles, and a light client that loads nothing heavy."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("tensorflow", "keras", "onnxruntime", "onnx", "aiohttp", "inpaint.trainer", "inpaint.export",
+         "inpaint.serving", "tf2onnx")
+
+
+def package_dirs() -> dict[str, Path]:
+    """``inpaint.X`` -> its folder, from pyproject's package-dir table (as the build sees it)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    mapping = config["tool"]["setuptools"]["package-dir"]
+    return {name: ROOT / folder for name, folder in mapping.items() if name.count(".") == 1}
+
+
+def imported_packages(package: str, folder: Path) -> dict[str, set[str]]:
+    """Which other top-level ``inpaint.*`` packages each module of ``package`` imports (at any depth)."""
+    edges: dict[str, set[str]] = {}
+    for path in folder.rglob("*.py"):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                match = re.match(r"inpaint\.(\w+)", name)
+                if match and f"inpaint.{match.group(1)}" != package:
+                    edges.setdefault(f"inpaint.{match.group(1)}", set()).add(str(path.relative_to(ROOT)))
+    return edges
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    visiting, done = set(), set()
+
+    def visit(node, path):
+        if node in visiting:
+            return path[path.index(node):] + [node]
+        if node in done:
+            return None
+        visiting.add(node)
+        for target in sorted(graph.get(node, ())):
+            if cycle := visit(target, path + [node]):
+                return cycle
+        visiting.discard(node)
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        if cycle := visit(start, []):
+            return cycle
+    return None
+
+
+def test_no_import_cycle_between_packages():
+    graph = {package: set(imported_packages(package, folder)) for package, folder in package_dirs().items()}
+    assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
+    assert graph["inpaint.core"] == set(), "the core imports no other inpaint package"
+    assert graph["inpaint.client"] <= {"inpaint.core"} and graph["inpaint.serving"] <= {"inpaint.core"}
+    assert "inpaint.export" not in graph["inpaint.trainer"]
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_shared_import_graph_tool_agrees():
+    tool = ROOT.parent / "shared" / "tools" / "import_graph.py"
+    if not tool.is_file():
+        pytest.skip("../shared/tools/import_graph.py is not beside this checkout")
+    result = subprocess.run([sys.executable, str(tool)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0 and "0 cycle(s)" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("module", ["inpaint.client", "inpaint.client.cli", "inpaint.client.loadtest",
+                                    "inpaint.core.contract", "inpaint.core.tensors", "inpaint.core.images",
+                                    "inpaint.core.masks", "inpaint.core.repository", "inpaint.core.onnx_model"])
+def test_light_modules_load_nothing_heavy(module):
+    code = f"import json, sys, {module}; print(json.dumps(sorted(sys.modules)))"
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                       check=True).stdout)
+    heavy = sorted(name for name in loaded if name.split(".")[0] in HEAVY or name.startswith(HEAVY))
+    assert not heavy, f"importing {module} loaded {heavy[:8]}"
+
+
+def test_each_contract_constant_is_defined_once():
+    """The names of the serving contract are spelled in inpaint.core.contract and nowhere else."""
+    spelled = re.compile(r"""^\s*[A-Z_]+\s*=\s*["'](serving_default|inpainted|tensorflow/serving/predict)["']""")
+    offenders = [f"{path.relative_to(ROOT)}:{number}"
+                 for folder in package_dirs().values() for path in folder.rglob("*.py")
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if spelled.match(line) and path.name != "contract.py"]
+    assert not offenders, offenders
