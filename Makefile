@@ -42,6 +42,10 @@ VERSION_ARG = $(call opt,--version,$(VERSION))
 
 INSTALLED := $(VENV)/.installed
 
+# The demo's sub-make. GNU make runs any recipe line that mentions $(MAKE) even under -n, -t and -q;
+# through this name `make -n demo` only prints the demo (`make demo` runs the same command as before).
+SUBMAKE := $(MAKE)
+
 PHOTOS_DIR    ?= data/photos
 PHOTOS_ARGS   ?=
 
@@ -86,7 +90,7 @@ loadtest: $(INSTALLED)  ## Load-test a running server (make serve) at TARGET; wr
 
 demo: $(INSTALLED)  ## Train+export if needed, serve, inpaint a held-out photo, load-test, stop: reports/demo/
 	@set -eu; demo=$(REPORTS)/demo; mkdir -p $$demo; \
-	if [ -z "$$(ls $(MODEL_BASE)/*/model.onnx 2>/dev/null)" ]; then $(MAKE) train export; fi; \
+	if [ -z "$$(ls $(MODEL_BASE)/*/model.onnx 2>/dev/null)" ]; then $(SUBMAKE) train export; fi; \
 	$(BIN)/inpaint-serve --model-base-path $(MODEL_BASE) --port $(PORT) --rest-port $(REST_PORT) \
 		--enable-batching > $$demo/server.log 2>&1 & server=$$!; \
 	trap 'kill -TERM $$server 2>/dev/null; wait $$server 2>/dev/null || true' EXIT; \

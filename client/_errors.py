@@ -49,8 +49,8 @@ def from_rpc_error(error: grpc.RpcError, target: str) -> InpaintError:
     if error_type is ServerUnavailable and ("connect" in details.lower() or "dns" in details.lower()):
         return ServerUnavailable(f"no server reachable at {target}: {details}")
     if error_type is Overloaded and "message larger than max" in details.lower():
-        side = "the server's --max-request-bytes" if details.lower().startswith("received") else \
-            "this client's max_message_bytes"
+        side = "this client's max_message_bytes" if "sent message" in details.lower() else \
+            "the server's --max-request-bytes"
         return InvalidInput(f"request too large for {target}: {details}; send fewer or smaller images, or raise "
                             f"{side}")
     if error_type is Overloaded:

@@ -14,7 +14,7 @@ from inpaint.core.images import IMAGE_SUFFIXES, ImageError, as_image, write_imag
 from inpaint.core.masks import MASK_KINDS, generate_mask
 
 from ._client import InpaintClient
-from ._errors import InpaintError, InvalidInput
+from ._errors import InpaintError, InvalidInput, ModelNotFound, ServerUnavailable
 
 
 class Settings:
@@ -88,6 +88,15 @@ def pair_inputs(paths: tuple[Path, ...], mask_suffix: str) -> list[tuple[Path, P
     return [(paths[i], paths[i + 1]) for i in range(0, len(paths), 2)]
 
 
+def _output(ctx, param, value: Path | None) -> Path | None:
+    """``-o``: a file whose suffix is an image format, or a folder (no suffix, or one that exists)."""
+    if value is None or value.is_dir() or not value.suffix or value.suffix.lower() in IMAGE_SUFFIXES:
+        return value
+    # A one-line error with exit 1, like every other bad input of this CLI, rather than click's usage block.
+    raise click.ClickException(f"-o {value}: '{value.suffix}' is not an image format; give a file ending in one "
+                               f"of {', '.join(IMAGE_SUFFIXES)}, or a folder (no suffix, or an existing one)")
+
+
 def output_path(image: Path, output: Path | None, many: bool) -> Path:
     if output is None:
         return image.with_name(f"{image.stem}.inpainted.png")
@@ -99,7 +108,9 @@ def output_path(image: Path, output: Path | None, many: bool) -> Path:
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, envvar="INPAINT_OUTPUT",
-              help="Output file (one pair) or folder [default: NAME.inpainted.png beside each image].")
+              callback=_output,
+              help="Output image file (one pair; its suffix picks the format) or folder (no suffix, or an "
+                   "existing folder) [default: NAME.inpainted.png beside each image].")
 @click.option("--mask-suffix", default="_mask", envvar="INPAINT_MASK_SUFFIX",
               help="In folder mode, x.png pairs with x<suffix>.png.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, envvar="INPAINT_BATCH_SIZE",
@@ -164,14 +175,27 @@ def metadata(settings: Settings, as_json: bool):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def status(settings: Settings, as_json: bool):
-    """The model's versions and their states."""
+    """The model's versions and their states; exits 1 unless one is AVAILABLE.
+
+    No version at all (say, an empty model base path) is a one-line error.
+    Versions that exist but none AVAILABLE (loading, failed, unloaded) are
+    listed, then a one-line error says so. --json prints the list (maybe
+    empty) first in both cases; the error goes to stderr.
+    """
     versions = ask(settings, lambda client: client.status())
     if as_json:
         click.echo(json.dumps(versions, indent=2))
-        return
-    for entry in versions:
-        error = f"  {entry['error']}" if entry["error"] else ""
-        click.echo(f"version {entry['version']}: {entry['state']}{error}")
+    else:
+        for entry in versions:
+            error = f"  {entry['error']}" if entry["error"] else ""
+            click.echo(f"version {entry['version']}: {entry['state']}{error}")
+    model = f"model '{settings.model}'"
+    if not versions:
+        fail(settings, ModelNotFound(f"{model} has no versions at {settings.target}"))
+    if not any(entry["state"] == "AVAILABLE" for entry in versions):
+        missing = f"version {settings.version} of {model} is not AVAILABLE" if settings.version else \
+            f"{model} has no AVAILABLE version"
+        fail(settings, ServerUnavailable(f"{missing} at {settings.target}"))
 
 
 @main.command()

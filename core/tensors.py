@@ -9,6 +9,8 @@ the client as a bad reply from the server.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .contract import DTYPES, IMAGE, MASK, OUTPUT, PREDICT_METHOD, SIGNATURE_NAME, dtype_enum, dtype_name
@@ -31,14 +33,21 @@ def tensor_shape(name: str, proto: tensor_pb2.TensorProto) -> tuple[int, ...]:
     return shape
 
 
-def to_numpy(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
-    """The array a TensorProto holds; TensorError names ``name`` when it is malformed."""
+def to_numpy(name: str, proto: tensor_pb2.TensorProto, max_elements: int | None = None) -> np.ndarray:
+    """The array a TensorProto holds; TensorError names ``name`` when it is malformed.
+
+    With ``max_elements`` a tensor declaring more values is refused before
+    anything is allocated (the one-value fill form could otherwise claim gigabytes).
+    """
     if proto.dtype not in DTYPES:
         raise TensorError(f"tensor '{name}' has dtype {dtype_name(proto.dtype)}; "
                           "expected DT_UINT8 (or DT_FLOAT in [0, 1])")
     shape = tensor_shape(name, proto)
     dtype = DTYPES[proto.dtype]
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # Python integers: no overflow, whatever the header claims
+    if max_elements is not None and count > max_elements:
+        raise TensorError(f"tensor '{name}' declares shape {list(shape)} = {count} values, over the limit of "
+                          f"{max_elements}")
     if proto.tensor_content:
         if len(proto.tensor_content) != count * dtype.itemsize:
             raise TensorError(f"tensor '{name}' has {len(proto.tensor_content)} bytes of tensor_content; "
@@ -88,7 +97,7 @@ def output_of(response: predict_pb2.PredictResponse, shape: tuple[int, ...]) -> 
     """The ``inpainted`` tensor of a reply, checked against the batch it answers."""
     if OUTPUT not in response.outputs:
         raise TensorError(f"reply has no '{OUTPUT}' output (has {sorted(response.outputs)})")
-    array = to_numpy(OUTPUT, response.outputs[OUTPUT])
+    array = to_numpy(OUTPUT, response.outputs[OUTPUT], max_elements=math.prod(shape))
     if array.dtype != np.uint8 or array.shape != tuple(shape):
         raise TensorError(f"reply '{OUTPUT}' is {array.dtype} {list(array.shape)}; expected uint8 {list(shape)}")
     return array

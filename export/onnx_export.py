@@ -9,6 +9,7 @@ killed export left behind are removed by the next one.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
@@ -57,7 +58,7 @@ def convert(saved_model: Path, output: Path, opset: int = OPSET) -> None:
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False,
-                            preexec_fn=_die_with_parent)
+                            preexec_fn=functools.partial(_die_with_parent, os.getpid()))
     if result.returncode != 0 or not output.is_file():
         lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
         raise ExportError(f"tf2onnx failed on {saved_model}: {lines[-1] if lines else 'no output'}")
@@ -129,10 +130,15 @@ def export_version(version_path: Path, opset: int = OPSET) -> ExportReport:
     return ExportReport(target, target.stat().st_size, parameters, difference, PARITY_SHAPES)
 
 
-def _die_with_parent() -> None:
-    """In the tf2onnx child: ask Linux to SIGKILL it when the exporter dies, even by SIGKILL."""
+def _die_with_parent(parent: int) -> None:
+    """In the tf2onnx child: ask Linux to SIGKILL it when the exporter dies, even by SIGKILL.
+
+    An exporter that died between the fork and this call is caught by the parent check.
+    """
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 def _libc_prctl():

@@ -81,6 +81,10 @@ class _Task:
     def size(self) -> int:
         return len(self.image)
 
+    @property
+    def pixels(self) -> int:
+        return self.image.shape[0] * self.image.shape[1] * self.image.shape[2]
+
 
 @dataclass(eq=False)
 class _Batch:
@@ -93,6 +97,10 @@ class _Batch:
     def size(self) -> int:
         return sum(task.size for task in self.tasks)
 
+    @property
+    def pixels(self) -> int:
+        return sum(task.pixels for task in self.tasks)
+
 
 # (version, images in the batch, seconds each request queued, seconds the model ran)
 Observer = Callable[[ModelVersion, int, list[float], float], None]
@@ -101,8 +109,10 @@ Observer = Callable[[ModelVersion, int, list[float], float], None]
 class BatchScheduler:
     """Merges concurrent same-size requests into one model call and splits the result back."""
 
-    def __init__(self, options: BatchingOptions, executor: Executor, observe: Observer | None = None):
+    def __init__(self, options: BatchingOptions, executor: Executor, observe: Observer | None = None,
+                 max_run_pixels: int | None = None):
         self.options, self.executor, self.observe = options, executor, observe
+        self.max_run_pixels = max_run_pixels  # bounds one model run's memory, whatever the batch size
         self._open: dict[tuple, _Batch] = {}
         self._ready: collections.deque[_Batch] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -137,7 +147,7 @@ class BatchScheduler:
     def _enqueue(self, model_version: ModelVersion, task: _Task) -> None:
         key = (id(model_version), image_key(task.image))
         batch = self._open.get(key)
-        if batch is not None and batch.size + task.size > self.options.max_batch_size:
+        if batch is not None and not self._fits(batch, task):
             self._close(batch)
             batch = None
         if batch is None:
@@ -150,6 +160,11 @@ class BatchScheduler:
         batch.tasks.append(task)
         if batch.size >= self.options.max_batch_size:
             self._close(batch)
+
+    def _fits(self, batch: _Batch, task: _Task) -> bool:
+        if batch.size + task.size > self.options.max_batch_size:
+            return False
+        return self.max_run_pixels is None or batch.pixels + task.pixels <= self.max_run_pixels
 
     def flush(self) -> None:
         """Close every open batch now: when draining, no request will come to fill them."""
@@ -239,6 +254,11 @@ class DirectScheduler:
 
     def start(self) -> None:
         pass
+
+    def _fits(self, batch: _Batch, task: _Task) -> bool:
+        if batch.size + task.size > self.options.max_batch_size:
+            return False
+        return self.max_run_pixels is None or batch.pixels + task.pixels <= self.max_run_pixels
 
     def flush(self) -> None:
         pass

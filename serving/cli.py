@@ -62,14 +62,23 @@ def _port(ctx, param, value: int) -> int:
 @click.option("--batching-parameters-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               envvar="INPAINT_BATCHING_PARAMETERS_FILE",
               help="TF Serving's batching parameters text file; overrides the batching flags it sets.")
-@click.option("--max-request-bytes", default=_default("max_request_bytes"), type=click.IntRange(min=1024),
-              envvar="INPAINT_MAX_REQUEST_BYTES", help="Largest request (also the gRPC max message size).")
 @click.option("--max-pixels", default=_default("max_pixels"), type=click.IntRange(min=1), envvar="INPAINT_MAX_PIXELS",
               help="Largest H x W per image.")
+@click.option("--max-images-per-request", default=_default("max_images_per_request"), type=click.IntRange(min=1),
+              envvar="INPAINT_MAX_IMAGES_PER_REQUEST", help="Most images (N) in one request.")
+@click.option("--max-request-pixels", default=_default("max_request_pixels"), type=click.IntRange(min=1),
+              envvar="INPAINT_MAX_REQUEST_PIXELS",
+              help="Most pixels (N x H x W) in one request and in one batched model run: bounds memory.")
+@click.option("--max-request-bytes", default=_default("max_request_bytes"), type=click.IntRange(min=1024),
+              envvar="INPAINT_MAX_REQUEST_BYTES",
+              help="Largest message, gRPC and REST [default: 40 bytes per --max-request-pixels + 1 MiB].")
 @click.option("--device", default=_default("device"), type=click.Choice(DEVICES), envvar="INPAINT_DEVICE",
               help="auto: CUDA when it really works, else CPU.")
 @click.option("--intra-op-threads", default=_default("intra_op_threads"), type=click.IntRange(min=0), envvar="INPAINT_INTRA_OP_THREADS",
               help="ONNX Runtime threads per model run (0: ORT's choice).")
+@click.option("--compute-threads", default=_default("compute_threads"), type=click.IntRange(min=1),
+              envvar="INPAINT_COMPUTE_THREADS",
+              help="Model runs at once when batching is off (each may use --max-request-pixels of memory).")
 @click.option("--drain-seconds", default=_default("drain_seconds"), type=click.FloatRange(min=0), envvar="INPAINT_DRAIN_SECONDS",
               help="On SIGTERM, how long queued and in-flight requests get to finish.")
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
@@ -77,8 +86,9 @@ def _port(ctx, param, value: int) -> int:
 def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port: int, model_version_policy: str,
          file_system_poll_wait_seconds: float, enable_batching: bool, max_batch_size: int,
          batch_timeout_micros: int, max_enqueued_batches: int, num_batch_threads: int,
-         batching_parameters_file: Path | None, max_request_bytes: int, max_pixels: int, device: str,
-         intra_op_threads: int, drain_seconds: float, log_level: str) -> None:
+         batching_parameters_file: Path | None, max_pixels: int, max_images_per_request: int,
+         max_request_pixels: int, max_request_bytes: int | None, device: str,
+         intra_op_threads: int, compute_threads: int, drain_seconds: float, log_level: str) -> None:
     """Serve MODEL_BASE_PATH's ONNX versions over TF Serving's gRPC and REST APIs."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -96,8 +106,9 @@ def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port
         model_base_path=model_base_path, model_name=model_name, host=host, port=port,
         rest_port=None if rest_port == -1 else rest_port, version_policy=model_version_policy,
         poll_seconds=file_system_poll_wait_seconds, enable_batching=enable_batching, batching=batching,
-        max_request_bytes=max_request_bytes, max_pixels=max_pixels, device=device,
-        intra_op_threads=intra_op_threads, drain_seconds=drain_seconds,
+        max_pixels=max_pixels, max_images_per_request=max_images_per_request,
+        max_request_pixels=max_request_pixels, max_request_bytes=max_request_bytes, device=device,
+        intra_op_threads=intra_op_threads, compute_threads=compute_threads, drain_seconds=drain_seconds,
     )
     try:
         asyncio.run(serve(config))

@@ -28,6 +28,10 @@ class InvalidInput(ValueError):
     """A request that can never succeed as sent: wrong inputs, dtypes, shapes or sizes."""
 
 
+class RequestTooLarge(ValueError):
+    """A message over the size limit (as gRPC's own limit answers: RESOURCE_EXHAUSTED; HTTP 413)."""
+
+
 class ServerUnavailable(RuntimeError):
     """Nothing is loaded yet, or the server is draining."""
 
@@ -45,6 +49,7 @@ _STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode, int], ...] = (
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (TensorError, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (ImageError, grpc.StatusCode.INVALID_ARGUMENT, 400),
+    (RequestTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
     (ServerUnavailable, grpc.StatusCode.UNAVAILABLE, 503),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
     (DeadlineExpired, grpc.StatusCode.DEADLINE_EXCEEDED, 504),

@@ -1,6 +1,10 @@
 """The TF Serving gRPC API over the data plane: protos in, numpy to the data plane, protos out.
 
-``call`` is the one place where a gRPC request's failure becomes its status.
+Requests arrive as raw bytes and are parsed here, so a body that is not the
+message it should be is the caller's INVALID_ARGUMENT, not gRPC's UNKNOWN.
+Input shapes are checked against the limits from the tensors' headers before
+any value is decoded. ``call`` is the one place where a gRPC request's failure
+becomes its status.
 """
 
 from __future__ import annotations
@@ -9,19 +13,15 @@ import asyncio
 from typing import Awaitable, Callable, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from inpaint.core.contract import SIGNATURE_NAME
-from inpaint.core.protos import (
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
-from inpaint.core.tensors import from_numpy, signature_def, to_numpy
+from inpaint.core.protos import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
+from inpaint.core.tensors import from_numpy, signature_def, tensor_shape, to_numpy
 
 from .dataplane import DataPlane, Outcome
 from .errors import InvalidInput, status_of
+from .inputs import Limits, check_shapes
 
 T = TypeVar("T")
 UNKNOWN_ERROR_CODE = 2  # tensorflow.error.UNKNOWN, in a version's load status
@@ -33,17 +33,38 @@ def requested_version(model_spec) -> int | None:
     return model_spec.version.value if model_spec.HasField("version") else None
 
 
-async def call(context: grpc.aio.ServicerContext, dataplane: DataPlane, api: str, model_name: str,
-               handler: Callable[[Outcome], Awaitable[T]]) -> T:
-    """Run ``handler``; a domain error aborts with its status, anything else with INTERNAL."""
+def parse(message_class, raw: bytes):
+    """The request message in ``raw``; InvalidInput when the bytes are not one."""
+    try:
+        return message_class.FromString(raw)
+    except (DecodeError, RuntimeError, ValueError) as error:
+        raise InvalidInput(f"request body is not a valid {message_class.DESCRIPTOR.full_name}: {error}") from None
+
+
+async def call(context: grpc.aio.ServicerContext, dataplane: DataPlane, api: str, raw: bytes, message_class,
+               handler: Callable[[object, Outcome], Awaitable[T]]) -> T:
+    """Parse ``raw`` and run ``handler``; a domain error aborts with its status, anything else with INTERNAL."""
     code = message = None
+    try:
+        request, problem = parse(message_class, raw), None
+    except InvalidInput as error:
+        request, problem = None, error
+    model_name = request.model_spec.name if request is not None else ""
     async with dataplane.request(api, model_name) as outcome:
         try:
-            return await handler(outcome)
+            if problem is not None:
+                raise problem
+            return await handler(request, outcome)
         except Exception as error:  # noqa: BLE001 - every failure becomes a status
             code, _, message = status_of(error, api, model_name)
             outcome.status = code.name
     await context.abort(code, message)
+
+
+def input_arrays(request: predict_pb2.PredictRequest, limits: Limits) -> dict:
+    """The request's tensors as numpy, after their declared shapes passed the limits."""
+    check_shapes({name: tensor_shape(name, tensor) for name, tensor in request.inputs.items()}, limits)
+    return {name: to_numpy(name, tensor) for name, tensor in request.inputs.items()}
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
@@ -51,17 +72,16 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else asyncio.get_running_loop().time() + remaining
 
 
-class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """``tensorflow.serving.PredictionService``: Predict and GetModelMetadata."""
+class PredictionServicer:
+    """``tensorflow.serving.PredictionService``: Predict and GetModelMetadata (others are UNIMPLEMENTED)."""
 
     def __init__(self, dataplane: DataPlane):
         self.dataplane = dataplane
 
-    async def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
-        spec = request.model_spec
-
-        async def handle(outcome: Outcome) -> predict_pb2.PredictResponse:
-            arrays = {name: to_numpy(name, tensor) for name, tensor in request.inputs.items()}
+    async def Predict(self, raw: bytes, context) -> predict_pb2.PredictResponse:
+        async def handle(request: predict_pb2.PredictRequest, outcome: Outcome) -> predict_pb2.PredictResponse:
+            spec = request.model_spec
+            arrays = input_arrays(request, self.dataplane.limits)
             prediction = await self.dataplane.predict(
                 outcome, spec.name, requested_version(spec), spec.signature_name, arrays,
                 list(request.output_filter), deadline_of(context))
@@ -73,12 +93,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 response.outputs[name].CopyFrom(from_numpy(prediction.outputs[name]))
             return response
 
-        return await call(context, self.dataplane, "predict", spec.name, handle)
+        return await call(context, self.dataplane, "predict", raw, predict_pb2.PredictRequest, handle)
 
-    async def GetModelMetadata(self, request, context) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        spec = request.model_spec
-
-        async def handle(outcome: Outcome) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    async def GetModelMetadata(self, raw: bytes, context) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        async def handle(request, outcome: Outcome) -> get_model_metadata_pb2.GetModelMetadataResponse:
+            spec = request.model_spec
             fields = set(request.metadata_field)
             if fields != {"signature_def"}:
                 raise InvalidInput(f"metadata_field must be ['signature_def'], got {sorted(fields)}")
@@ -91,19 +110,19 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.metadata["signature_def"].Pack(signatures)
             return response
 
-        return await call(context, self.dataplane, "metadata", spec.name, handle)
+        return await call(context, self.dataplane, "metadata", raw, get_model_metadata_pb2.GetModelMetadataRequest,
+                          handle)
 
 
-class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """``tensorflow.serving.ModelService``: GetModelStatus."""
+class ModelServicer:
+    """``tensorflow.serving.ModelService``: GetModelStatus (HandleReloadConfigRequest is UNIMPLEMENTED)."""
 
     def __init__(self, dataplane: DataPlane):
         self.dataplane = dataplane
 
-    async def GetModelStatus(self, request, context) -> get_model_status_pb2.GetModelStatusResponse:
-        spec = request.model_spec
-
-        async def handle(outcome: Outcome) -> get_model_status_pb2.GetModelStatusResponse:
+    async def GetModelStatus(self, raw: bytes, context) -> get_model_status_pb2.GetModelStatusResponse:
+        async def handle(request, outcome: Outcome) -> get_model_status_pb2.GetModelStatusResponse:
+            spec = request.model_spec
             response = get_model_status_pb2.GetModelStatusResponse()
             for model_version in self.dataplane.version_statuses(spec.name, requested_version(spec)):
                 status = response.model_version_status.add(version=model_version.version,
@@ -113,4 +132,26 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                     status.status.error_message = model_version.error
             return response
 
-        return await call(context, self.dataplane, "status", spec.name, handle)
+        return await call(context, self.dataplane, "status", raw, get_model_status_pb2.GetModelStatusRequest,
+                          handle)
+
+
+def _raw_unary(method, response_class) -> grpc.RpcMethodHandler:
+    """A handler that receives the request's bytes unparsed (``parse`` reads them)."""
+    return grpc.unary_unary_rpc_method_handler(method, request_deserializer=None,
+                                               response_serializer=response_class.SerializeToString)
+
+
+def add_tf_serving_services(server: grpc.aio.Server, dataplane: DataPlane) -> None:
+    """Register PredictionService and ModelService under TF Serving's names."""
+    prediction, models = PredictionServicer(dataplane), ModelServicer(dataplane)
+    server.add_generic_rpc_handlers((
+        grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
+            "Predict": _raw_unary(prediction.Predict, predict_pb2.PredictResponse),
+            "GetModelMetadata": _raw_unary(prediction.GetModelMetadata,
+                                           get_model_metadata_pb2.GetModelMetadataResponse),
+        }),
+        grpc.method_handlers_generic_handler("tensorflow.serving.ModelService", {
+            "GetModelStatus": _raw_unary(models.GetModelStatus, get_model_status_pb2.GetModelStatusResponse),
+        }),
+    ))

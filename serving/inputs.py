@@ -1,7 +1,15 @@
-"""Check a request's inputs against the model's signature and bring them to uint8."""
+"""Check a request's inputs against the signature and the server's limits, then bring them to uint8.
+
+Shapes are checked first, from what the request *declares* (a TensorProto's
+header, a JSON array's nesting), with Python integers that cannot overflow, so
+nothing is allocated for a request the server would refuse: an 80-byte request
+claiming ``[8, 4096, 4096, 3]`` is answered INVALID_ARGUMENT without touching
+memory.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,11 +18,51 @@ from inpaint.core.contract import IMAGE, INPUT_CHANNELS, MASK
 
 from .errors import InvalidInput
 
+Shape = tuple[int, ...]
+
 
 @dataclass(frozen=True)
 class Limits:
-    max_pixels: int                 # per image, H x W
-    max_batch: int | None = None    # images per request, when batching caps it
+    """What one request may hold. Together they bound the memory a request can cost (README, Errors)."""
+
+    max_pixels: int          # per image, H x W
+    max_images: int          # images per request (N)
+    max_request_pixels: int  # N x H x W over the whole request
+
+    def __post_init__(self):
+        for name in ("max_pixels", "max_images", "max_request_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+def check_shapes(shapes: dict[str, Shape], limits: Limits) -> None:
+    """The declared shapes against the signature and ``limits``; InvalidInput naming the first problem."""
+    missing = sorted(set(INPUT_CHANNELS) - set(shapes))
+    extra = sorted(set(shapes) - set(INPUT_CHANNELS))
+    if missing or extra:
+        parts = [f"missing {', '.join(missing)}" if missing else "", f"unexpected {', '.join(extra)}" if extra else ""]
+        raise InvalidInput(f"inputs do not match signature (image, mask): {'; '.join(p for p in parts if p)}")
+    for name, channels in INPUT_CHANNELS.items():
+        shape = shapes[name]
+        if len(shape) != 4:
+            raise InvalidInput(f"input '{name}' must have rank 4 [N,H,W,{channels}], got shape {list(shape)}")
+        if shape[3] != channels:
+            raise InvalidInput(f"input '{name}' must have {channels} channel(s), got shape {list(shape)}")
+    image, mask = shapes[IMAGE], shapes[MASK]
+    if image[:3] != mask[:3]:
+        raise InvalidInput(f"image and mask differ in N, H or W: image {list(image)}, mask {list(mask)}")
+    batch, height, width = image[:3]
+    if batch == 0 or height == 0 or width == 0:
+        raise InvalidInput(f"empty input: shape {list(image)}")
+    if height * width > limits.max_pixels:
+        raise InvalidInput(f"image is {width}x{height} = {height * width} pixels, over the limit of "
+                           f"{limits.max_pixels} per image (--max-pixels)")
+    if batch > limits.max_images:
+        raise InvalidInput(f"request holds {batch} images, over the limit of {limits.max_images} per request "
+                           "(--max-images-per-request)")
+    if math.prod(image[:3]) > limits.max_request_pixels:
+        raise InvalidInput(f"request holds {batch} images of {width}x{height} = {math.prod(image[:3])} pixels, "
+                           f"over the limit of {limits.max_request_pixels} per request (--max-request-pixels)")
 
 
 def _to_uint8(name: str, array: np.ndarray) -> np.ndarray:
@@ -27,25 +75,5 @@ def _to_uint8(name: str, array: np.ndarray) -> np.ndarray:
 
 def prepare_inputs(arrays: dict[str, np.ndarray], limits: Limits) -> tuple[np.ndarray, np.ndarray]:
     """``(image, mask)`` as uint8 ``[N,H,W,3]`` and ``[N,H,W,1]``, or InvalidInput naming the problem."""
-    missing = sorted(set(INPUT_CHANNELS) - set(arrays))
-    extra = sorted(set(arrays) - set(INPUT_CHANNELS))
-    if missing or extra:
-        parts = [f"missing {', '.join(missing)}" if missing else "", f"unexpected {', '.join(extra)}" if extra else ""]
-        raise InvalidInput(f"inputs do not match signature (image, mask): {'; '.join(p for p in parts if p)}")
-    for name, channels in INPUT_CHANNELS.items():
-        shape = arrays[name].shape
-        if len(shape) != 4:
-            raise InvalidInput(f"input '{name}' must have rank 4 [N,H,W,{channels}], got shape {list(shape)}")
-        if shape[3] != channels:
-            raise InvalidInput(f"input '{name}' must have {channels} channel(s), got shape {list(shape)}")
-    image, mask = arrays[IMAGE], arrays[MASK]
-    if image.shape[:3] != mask.shape[:3]:
-        raise InvalidInput(f"image and mask differ in N, H or W: image {list(image.shape)}, mask {list(mask.shape)}")
-    batch, height, width = image.shape[:3]
-    if batch == 0 or height == 0 or width == 0:
-        raise InvalidInput(f"empty input: shape {list(image.shape)}")
-    if height * width > limits.max_pixels:
-        raise InvalidInput(f"image is {width}x{height} = {height * width} pixels, over the limit of {limits.max_pixels}")
-    if limits.max_batch is not None and batch > limits.max_batch:
-        raise InvalidInput(f"request holds {batch} images, over the maximum batch size {limits.max_batch}")
-    return _to_uint8(IMAGE, image), _to_uint8(MASK, mask)
+    check_shapes({name: tuple(array.shape) for name, array in arrays.items()}, limits)
+    return _to_uint8(IMAGE, arrays[IMAGE]), _to_uint8(MASK, arrays[MASK])

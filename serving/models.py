@@ -1,10 +1,34 @@
 """Model versions on disk -> loaded ONNX Runtime sessions, the way TF Serving manages servables.
 
-The base path is polled. A new version is loaded and warmed up before it is
-AVAILABLE; a version leaving the policy is UNLOADING until its in-flight
-requests finish, and only once a newer version is available, so no request
-fails during a swap. A version that fails to load is reported with its error
-and leaves everything else serving.
+The base path is polled. Each poll converges what is loaded on what is on disk:
+
+* **Candidates** are the versions whose ``model.onnx`` is *settled* and is not a
+  known failure. A file is settled once its (size, mtime_ns) stamp is the same
+  at two consecutive polls, or its mtime is already ``settle_seconds`` (5 s)
+  old, so a server starting on an existing repository loads it at once; a new
+  file waits one poll. A file still being written by a non-atomic copier
+  therefore waits; one that stalls long enough to look settled is tried, fails,
+  and costs no request (see below).
+* A version that failed to load stays END with its error and is not retried
+  until its file's stamp changes (or the version folder is removed and comes
+  back).
+* The **target** is ``policy.select(candidates)``. Target versions that are not
+  loaded (new, failed with a since-changed file, or END after an unload) are
+  loaded and warmed up with one inference before they are AVAILABLE. After the
+  loads the target is computed again (a failure drops out, so under latest:N an
+  older loadable version becomes the target) until nothing is left to load.
+* An AVAILABLE version outside the target is unloaded only once every target
+  version is AVAILABLE, so nothing is unloaded before its replacement serves, and
+  a version that fails to load or is still being written leaves the serving
+  ones untouched. When the policy wants nothing that is on disk (say, every
+  version folder was removed), everything is unloaded.
+* Unloading drains: the version is UNLOADING (no new requests) until its
+  in-flight requests finish, then END without an error.
+
+A loaded version's file is read once; to change a model, publish a new version
+number. Publish atomically (write under a hidden name, then rename) and no
+truncated file is ever tried; the rules above make non-atomic writers safe, at
+worst with a failed attempt logged when a writer stalls mid-file.
 """
 
 from __future__ import annotations
@@ -12,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +92,11 @@ class VersionPolicy:
         return set(versions) & set(self.versions)
 
 
+FileStamp = tuple[int, int]  # a model.onnx's (size, mtime_ns): when it changes, the file changed
+
+SETTLE_SECONDS = 5.0  # a file whose mtime is this old is taken as complete on first sight
+
+
 @dataclass
 class ModelVersion:
     version: int
@@ -75,19 +105,28 @@ class ModelVersion:
     servable: Servable | None = None
     error: str = ""
     in_flight: int = 0
-    mtime: float = 0.0
+    stamp: FileStamp | None = None  # the model.onnx this entry loaded, or failed to load
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def failed(self) -> bool:
+        return self.state == VersionState.END and bool(self.error)
 
 
 class ModelManager:
     """All versions of one model. Lives on the event loop; loading runs in ``load_executor``."""
 
     def __init__(self, name: str, base_path: Path, policy: VersionPolicy, loader: Loader,
-                 load_executor: Executor | None = None):
+                 load_executor: Executor | None = None, settle_seconds: float = SETTLE_SECONDS):
         self.name, self.base_path, self.policy, self.loader = name, Path(base_path), policy, loader
         self.load_executor = load_executor
+        self.settle_seconds = settle_seconds
         self.versions: dict[int, ModelVersion] = {}
         self.on_change: list[Callable[[], None]] = []
+        self.polls = 0  # finished polls, for tests and diagnostics
+        self._seen_last_poll: dict[int, FileStamp] = {}
+        self._poll_lock = asyncio.Lock()
+        self._draining: set[asyncio.Task] = set()
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -130,35 +169,77 @@ class ModelManager:
 
     # -- the file system --------------------------------------------------------------------------
 
-    def _on_disk(self) -> dict[int, float]:
-        """Versions with a model.onnx, and that file's modification time."""
+    def _on_disk(self) -> dict[int, FileStamp]:
+        """Versions with a model.onnx, and that file's stamp."""
         found = {}
         for version in list_versions(self.base_path):
-            onnx = self.base_path / str(version) / ONNX_FILENAME
             try:
-                found[version] = onnx.stat().st_mtime
+                stat = (self.base_path / str(version) / ONNX_FILENAME).stat()
             except OSError:
-                continue  # a SavedModel-only version: TF Serving's, not ours
+                continue  # a SavedModel-only version: TF Serving's, not ours (or one removed just now)
+            found[version] = (stat.st_size, stat.st_mtime_ns)
         return found
 
-    async def poll(self) -> None:
-        """Load what the policy wants and is new or changed, unload what it no longer wants."""
-        on_disk = self._on_disk()
-        wanted = self.policy.select(list(on_disk))
-        loads = []
-        for version in sorted(wanted):
-            current = self.versions.get(version)
-            if current is None or (current.state == VersionState.END and current.mtime != on_disk[version]):
-                loads.append(self._load(version, on_disk[version]))
-        if loads:
-            await asyncio.gather(*loads)
-        if self.is_available() or not wanted:
-            for model_version in list(self.versions.values()):
-                if model_version.version not in wanted and model_version.state == VersionState.AVAILABLE:
-                    asyncio.get_running_loop().create_task(self._unload(model_version))
+    def _settled(self, on_disk: dict[int, FileStamp]) -> set[int]:
+        """Versions whose file looked the same at the last poll, or has not been modified for a while."""
+        oldest_fresh_mtime = time.time_ns() - int(self.settle_seconds * 1e9)
+        settled = {version for version, stamp in on_disk.items()
+                   if self._seen_last_poll.get(version) == stamp or stamp[1] <= oldest_fresh_mtime}
+        for version in sorted(set(on_disk) - settled):
+            logger.debug("%s version %d: model.onnx is still changing (%d bytes); waiting for it to settle",
+                         self.name, version, on_disk[version][0])
+        return settled
 
-    async def _load(self, version: int, mtime: float) -> None:
-        model_version = ModelVersion(version, self.base_path / str(version), VersionState.LOADING, mtime=mtime)
+    def _forget_failures_of_removed_versions(self, on_disk: dict[int, FileStamp]) -> None:
+        """A failed version whose file is gone is tried again if one re-appears, whatever its stamp."""
+        for model_version in self.versions.values():
+            if model_version.failed and model_version.version not in on_disk:
+                model_version.stamp = None
+
+    def _is_known_failure(self, version: int, stamp: FileStamp) -> bool:
+        current = self.versions.get(version)
+        return current is not None and current.failed and current.stamp == stamp
+
+    def _target(self, on_disk: dict[int, FileStamp], settled: set[int]) -> set[int]:
+        """What the policy selects among the settled versions not known to fail."""
+        candidates = [version for version in settled if not self._is_known_failure(version, on_disk[version])]
+        return self.policy.select(candidates)
+
+    def _needs_load(self, version: int) -> bool:
+        """Never loaded, failed (with a file changed since) or unloaded; not while LOADING or draining."""
+        current = self.versions.get(version)
+        return current is None or current.state in (VersionState.START, VersionState.END)
+
+    def _replacements_ready(self, target: set[int], wanted_on_disk: set[int]) -> bool:
+        """May versions outside ``target`` be unloaded? Only once all of it serves, or nothing is wanted."""
+        if target:
+            return all(version in self.versions and self.versions[version].state == VersionState.AVAILABLE
+                       for version in target)
+        # Nothing loadable: keep serving while a version the policy wants is being written or fails.
+        return not wanted_on_disk
+
+    async def poll(self) -> None:
+        """Look at the base path once; load and unload until what serves is the best the policy allows."""
+        async with self._poll_lock:
+            on_disk = self._on_disk()
+            settled = self._settled(on_disk)
+            self._seen_last_poll = on_disk
+            self._forget_failures_of_removed_versions(on_disk)
+            target = self._target(on_disk, settled)
+            while loads := [version for version in sorted(target) if self._needs_load(version)]:
+                await asyncio.gather(*(self._load(version, on_disk[version]) for version in loads))
+                target = self._target(on_disk, settled)  # failures drop out; an older version may step in
+            if self._replacements_ready(target, self.policy.select(list(on_disk))):
+                self._unload_all_but(target)
+            self.polls += 1
+
+    # -- loading and unloading ----------------------------------------------------------------------
+
+    async def _load(self, version: int, stamp: FileStamp) -> None:
+        previous = self.versions.get(version)
+        if previous is not None and previous.failed:
+            logger.info("%s version %d failed before; its model.onnx changed, loading it again", self.name, version)
+        model_version = ModelVersion(version, self.base_path / str(version), VersionState.LOADING, stamp=stamp)
         self.versions[version] = model_version
         self._changed()
         logger.info("loading %s version %d from %s", self.name, version, model_version.path)
@@ -168,7 +249,8 @@ class ModelManager:
                                                               model_version.path)
         except Exception as error:  # noqa: BLE001 - any load failure is reported, never fatal
             model_version.state, model_version.error = VersionState.END, f"{type(error).__name__}: {error}"
-            logger.error("version %d of %s failed to load: %s", version, self.name, model_version.error)
+            logger.error("version %d of %s failed to load (not retried until its model.onnx changes): %s",
+                         version, self.name, model_version.error)
         else:
             model_version.state = VersionState.AVAILABLE
             logger.info("%s version %d is AVAILABLE", self.name, version)
@@ -181,13 +263,29 @@ class ModelManager:
         servable.inpaint(np.zeros((1, 16, 16, 3), np.uint8), np.ones((1, 16, 16, 1), np.uint8))
         return servable
 
-    async def _unload(self, model_version: ModelVersion) -> None:
+    def _unload_all_but(self, keep: set[int]) -> None:
+        for model_version in list(self.versions.values()):
+            if model_version.state == VersionState.AVAILABLE and model_version.version not in keep:
+                self._unload(model_version)
+
+    def _unload(self, model_version: ModelVersion) -> None:
+        """UNLOADING at once (no new requests), END once its in-flight requests have finished."""
         model_version.state = VersionState.UNLOADING
         self._changed()
         logger.info("unloading %s version %d once %d in-flight request(s) finish", self.name,
                     model_version.version, model_version.in_flight)
         if model_version.in_flight:
-            await model_version.drained.wait()
+            task = asyncio.get_running_loop().create_task(self._finish_unload_when_drained(model_version))
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
+        else:
+            self._finish_unload(model_version)
+
+    async def _finish_unload_when_drained(self, model_version: ModelVersion) -> None:
+        await model_version.drained.wait()
+        self._finish_unload(model_version)
+
+    def _finish_unload(self, model_version: ModelVersion) -> None:
         model_version.servable, model_version.state = None, VersionState.END
         self._changed()
         logger.info("%s version %d unloaded", self.name, model_version.version)

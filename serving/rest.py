@@ -6,24 +6,38 @@
 * ``GET /monitoring/prometheus/metrics`` and ``/metrics``
 * ``GET /healthz`` (alive) and ``/readyz`` (a version AVAILABLE and not draining)
 
-A thin adapter: JSON to numpy, the data plane, numpy to JSON.
+A thin adapter: JSON to numpy (``rest_codec``), the data plane, numpy to JSON.
+Bodies over ``INLINE_BODY_BYTES`` are decoded and answers encoded in a worker
+process, so the event loop keeps answering health checks while they are parsed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import multiprocessing
 import re
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
+import aiohttp
 import numpy as np
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
 
 from inpaint.core.contract import OUTPUT, SIGNATURE_NAME
 from inpaint.core.tensors import signature_def
 
 from .dataplane import DataPlane
-from .errors import InvalidInput, status_of
+from .errors import InvalidInput, RequestTooLarge, status_of
 from .models import ModelVersion
+from .rest_codec import decode_predict, encode_predictions
+
+logger = logging.getLogger(__name__)
+
+INLINE_BODY_BYTES = 2**20  # parsed on the event loop: a few milliseconds at most
 
 
 _MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?P<rest>/metadata|:predict)?$")
@@ -40,41 +54,10 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def _arrays_from_json(body: dict) -> tuple[dict[str, np.ndarray], bool]:
-    """Inputs from ``instances`` (row form) or ``inputs`` (columnar form); True when row form."""
-    if ("instances" in body) == ("inputs" in body):
-        raise InvalidInput("the request body needs exactly one of 'instances' or 'inputs'")
-    if "instances" in body:
-        instances = body["instances"]
-        if not isinstance(instances, list) or not instances or not all(isinstance(i, dict) for i in instances):
-            raise InvalidInput("'instances' must be a non-empty list of objects with 'image' and 'mask'")
-        names = set(instances[0])
-        if any(set(i) != names for i in instances):
-            raise InvalidInput("every instance must have the same named inputs")
-        return {name: _to_array(name, [i[name] for i in instances]) for name in names}, True
-    inputs = body["inputs"]
-    if not isinstance(inputs, dict):
-        raise InvalidInput("'inputs' must be an object mapping input names to tensors")
-    return {name: _to_array(name, value) for name, value in inputs.items()}, False
-
-
-def _to_array(name: str, value) -> np.ndarray:
-    try:
-        array = np.asarray(value)
-    except ValueError:
-        raise InvalidInput(f"input '{name}' is not a rectangular array") from None
-    if array.dtype.kind in "iu":
-        if array.size and (array.min() < 0 or array.max() > 255):
-            raise InvalidInput(f"input '{name}' has integers outside 0..255")
-        return array.astype(np.uint8)
-    if array.dtype.kind == "f":
-        return array.astype(np.float32)
-    raise InvalidInput(f"input '{name}' must hold numbers (uint8 0..255 or float in [0, 1]), got {array.dtype}")
-
-
 class RestApi:
     def __init__(self, dataplane: DataPlane, max_request_bytes: int):
-        self.dataplane = dataplane
+        self.dataplane, self.max_request_bytes = dataplane, max_request_bytes
+        self.codec: ProcessPoolExecutor | None = None  # started on the first large body
         self.app = web.Application(client_max_size=max_request_bytes)
         self.app.add_routes([
             web.get("/v1/models/{path:.+}", self.get_model),
@@ -85,6 +68,42 @@ class RestApi:
             web.get("/readyz", self.readyz),
         ])
 
+    async def start_codec(self) -> None:
+        """Start the codec process now, so the first large body does not pay its start-up on the event loop."""
+        self.codec = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
+        await asyncio.get_running_loop().run_in_executor(self.codec, encode_predictions,
+                                                         np.zeros((1, 1, 1, 3), np.uint8), True)
+
+    def close(self) -> None:
+        if self.codec is not None:
+            self.codec.shutdown(wait=False, cancel_futures=True)
+
+    async def _in_codec(self, size: int, function, *args):
+        """``function(*args)`` inline for small bodies, in the codec process for large ones."""
+        if size < INLINE_BODY_BYTES:
+            return function(*args)
+        if self.codec is None:
+            self.codec = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.codec, function, *args)
+        except BrokenProcessPool:
+            self.codec = None  # the next large body starts a new one
+            raise
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The body, decompressed; over-limit and undecodable bodies are the caller's errors."""
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise RequestTooLarge(f"request body is larger than the limit of {self.max_request_bytes} bytes "
+                                  "(--max-request-bytes)") from None
+        except web.HTTPException as error:
+            raise InvalidInput(f"cannot read the request body: {error.reason}") from None
+        except (RequestPayloadError, aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError,
+                ValueError) as error:
+            reason = " ".join(str(error).split())
+            raise InvalidInput(f"cannot read the request body: {reason}") from None
+
     def _parse(self, request: web.Request) -> tuple[str, int | None, str]:
         match = _MODEL_PATH.match(request.match_info["path"])
         if match is None:
@@ -94,9 +113,13 @@ class RestApi:
         return match["name"], version, match["rest"] or ""
 
     async def _respond(self, api: str, name: str, handler) -> web.Response:
+        """``handler``'s dict (or encoded JSON bytes) as the answer; a failure as ``{"error": ...}``."""
         async with self.dataplane.request(api, name) as outcome:
             try:
-                return web.json_response(await handler(outcome))
+                answer = await handler(outcome)
+                if isinstance(answer, bytes):
+                    return web.Response(body=answer, content_type="application/json")
+                return web.json_response(answer)
             except Exception as error:  # noqa: BLE001 - the same table as gRPC
                 code, http_status, message = status_of(error, f"REST {api}", name)
                 outcome.status = code.name
@@ -127,19 +150,12 @@ class RestApi:
             return _error(404, f"unknown REST method {request.path}; use .../models/{name}:predict")
 
         async def predict(outcome):
-            try:
-                body = await request.json()
-            except (ValueError, UnicodeDecodeError):
-                raise InvalidInput("request body is not valid JSON") from None
-            if not isinstance(body, dict):
-                raise InvalidInput("request body must be a JSON object")
-            arrays, row_form = _arrays_from_json(body)
-            output_filter = []
-            prediction = await self.dataplane.predict(outcome, name, version, body.get("signature_name", ""),
-                                                      arrays, output_filter, None)
-            result = prediction.outputs[OUTPUT]
-            # TF Serving drops the output's name when the signature has a single output.
-            return {"predictions": result.tolist()} if row_form else {"outputs": result.tolist()}
+            body = await self._read_body(request)
+            arrays, row_form, signature = await self._in_codec(len(body), decode_predict, body,
+                                                               self.dataplane.limits)
+            prediction = await self.dataplane.predict(outcome, name, version, signature, arrays, [], None)
+            output = prediction.outputs[OUTPUT]
+            return await self._in_codec(output.nbytes * 4, encode_predictions, output, row_form)
 
         return await self._respond("predict", name, predict)
 

@@ -45,7 +45,7 @@ class ModelLoader:
             # Probing CUDA on a machine without it makes ORT log errors; we log the outcome ourselves.
             ort.set_default_logger_severity(4)
         providers = [self.provider] if self.provider == CPU else providers_for(self.device)
-        model = OnnxModel(path, providers=providers, intra_op_threads=self.intra_op_threads)
+        model = OnnxModel(path, providers=providers, intra_op_threads=self.intra_op_threads, memory_arena=False)
         if self.provider is None:
             self.provider = model.provider
             if self.device == "cuda" and self.provider != CUDA:

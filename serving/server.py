@@ -21,17 +21,12 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from inpaint.core.contract import VersionState
-from inpaint.core.protos import (
-    model_service_pb2,
-    model_service_pb2_grpc,
-    prediction_service_pb2,
-    prediction_service_pb2_grpc,
-)
+from inpaint.core.protos import model_service_pb2, prediction_service_pb2
 from inpaint.core.protos._pool import POOL
 
 from .batching import BatchingOptions, BatchScheduler, DirectScheduler
 from .dataplane import DataPlane
-from .grpc_api import ModelServicer, PredictionServicer
+from .grpc_api import add_tf_serving_services
 from .inputs import Limits
 from .metrics import ServerMetrics
 from .models import ModelManager, ModelVersion, VersionPolicy
@@ -55,12 +50,25 @@ class ServerConfig:
     poll_seconds: float = 2.0
     enable_batching: bool = False
     batching: BatchingOptions = field(default_factory=BatchingOptions)
-    max_request_bytes: int = 64 * 2**20
-    max_pixels: int = 4096 * 4096
+    # Memory: one model run peaks at about 450 bytes per pixel (measured, README "Limits"), and up to
+    # compute_threads (or num_batch_threads) runs go at once. These defaults keep the largest requests
+    # the server accepts inside the Deployment's 2 GiB.
+    max_pixels: int = 2 * 2**20            # per image: Full HD (1920x1080) fits
+    max_images_per_request: int = 64
+    max_request_pixels: int = 2 * 2**20    # N x H x W per request, and per batched model run
+    max_request_bytes: int | None = None   # None: REQUEST_BYTES_PER_PIXEL x max_request_pixels + 1 MiB
     device: str = "auto"
     intra_op_threads: int = 0
     compute_threads: int = 2               # worker threads when batching is off
     drain_seconds: float = 20.0
+
+
+REQUEST_BYTES_PER_PIXEL = 40  # room for the widest encoding: REST JSON of float pixels
+
+
+def request_bytes_for(max_request_pixels: int) -> int:
+    """The message cap that admits every request the pixel limits admit, in any encoding."""
+    return REQUEST_BYTES_PER_PIXEL * max_request_pixels + 2**20
 
 
 def create_server(address: str, dataplane: DataPlane, health: health_aio.HealthServicer,
@@ -72,8 +80,7 @@ def create_server(address: str, dataplane: DataPlane, health: health_aio.HealthS
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=options)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(dataplane), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(dataplane), server)
+    add_tf_serving_services(server, dataplane)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for descriptor_file in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
         try:
@@ -106,12 +113,15 @@ class InpaintServer:
                                     VersionPolicy.parse(config.version_policy),
                                     ModelLoader(config.device, config.intra_op_threads), self.loading)
         self.manager.on_change.append(self._on_versions_changed)
-        self.scheduler = (BatchScheduler(config.batching, self.compute, self._observe) if config.enable_batching
-                          else DirectScheduler(self.compute, self._observe))
-        limits = Limits(config.max_pixels, config.batching.max_batch_size if config.enable_batching else None)
+        self.scheduler = (BatchScheduler(config.batching, self.compute, self._observe, config.max_request_pixels)
+                          if config.enable_batching else DirectScheduler(self.compute, self._observe))
+        max_images = (min(config.max_images_per_request, config.batching.max_batch_size) if config.enable_batching
+                      else config.max_images_per_request)
+        limits = Limits(config.max_pixels, max_images, config.max_request_pixels)
         self.dataplane = DataPlane(self.manager, self.scheduler, limits, self.metrics)
         self.health = health_aio.HealthServicer()
-        self.rest = RestApi(self.dataplane, config.max_request_bytes) if config.rest_port is not None else None
+        self.max_request_bytes = config.max_request_bytes or request_bytes_for(config.max_request_pixels)
+        self.rest = RestApi(self.dataplane, self.max_request_bytes) if config.rest_port is not None else None
         self.rest_app_runner: web.AppRunner | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port: int | None = None
@@ -126,9 +136,10 @@ class InpaintServer:
             await self.health.set(service_name, NOT_SERVING)
         address = f"{config.host}:{config.port}"
         self.grpc_server, self.grpc_port = create_server(address, self.dataplane, self.health,
-                                                         config.max_request_bytes)
+                                                         self.max_request_bytes)
         await self.grpc_server.start()
         if self.rest is not None:
+            await self.rest.start_codec()
             self.rest_app_runner = web.AppRunner(self.rest.app, access_log=None)
             await self.rest_app_runner.setup()
             await web.TCPSite(self.rest_app_runner, config.host, config.rest_port).start()
@@ -137,6 +148,9 @@ class InpaintServer:
                     config.model_base_path, config.host, self.grpc_port,
                     f"{config.host}:{self.rest_port}" if self.rest_port else "off",
                     config.batching if config.enable_batching else "off")
+        logger.info("limits: %d pixels per image, %d images and %d pixels per request, %d bytes per message",
+                    config.max_pixels, self.dataplane.limits.max_images, config.max_request_pixels,
+                    self.max_request_bytes)
         self.poller = asyncio.get_running_loop().create_task(self.manager.poll_forever(config.poll_seconds))
 
     def _observe(self, model_version: ModelVersion, batch_size: int, queued: list[float], ran: float) -> None:
@@ -169,6 +183,8 @@ class InpaintServer:
             await self.grpc_server.stop(grace=1.0)
         if self.rest_app_runner is not None:
             await self.rest_app_runner.cleanup()
+        if self.rest is not None:
+            self.rest.close()
         await self.scheduler.stop()
         self.compute.shutdown(wait=False, cancel_futures=True)
         self.loading.shutdown(wait=False, cancel_futures=True)
