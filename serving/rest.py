@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import multiprocessing
 import re
 from concurrent.futures import ProcessPoolExecutor
@@ -35,8 +34,6 @@ from .errors import InvalidInput, RequestTooLarge, status_of
 from .models import ModelVersion
 from .rest_codec import decode_predict, encode_predictions
 
-logger = logging.getLogger(__name__)
-
 INLINE_BODY_BYTES = 2**20  # parsed on the event loop: a few milliseconds at most
 
 
@@ -54,10 +51,15 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _codec_pool() -> ProcessPoolExecutor:
+    """One worker, from a fork server: forking this threaded process directly is unsafe."""
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
+
+
 class RestApi:
     def __init__(self, dataplane: DataPlane, max_request_bytes: int):
         self.dataplane, self.max_request_bytes = dataplane, max_request_bytes
-        self.codec: ProcessPoolExecutor | None = None  # started on the first large body
+        self.codec: ProcessPoolExecutor | None = None  # started by start_codec, restarted if it dies
         self.app = web.Application(client_max_size=max_request_bytes)
         self.app.add_routes([
             web.get("/v1/models/{path:.+}", self.get_model),
@@ -70,7 +72,7 @@ class RestApi:
 
     async def start_codec(self) -> None:
         """Start the codec process now, so the first large body does not pay its start-up on the event loop."""
-        self.codec = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
+        self.codec = _codec_pool()
         await asyncio.get_running_loop().run_in_executor(self.codec, encode_predictions,
                                                          np.zeros((1, 1, 1, 3), np.uint8), True)
 
@@ -83,7 +85,7 @@ class RestApi:
         if size < INLINE_BODY_BYTES:
             return function(*args)
         if self.codec is None:
-            self.codec = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
+            self.codec = _codec_pool()
         try:
             return await asyncio.get_running_loop().run_in_executor(self.codec, function, *args)
         except BrokenProcessPool:
