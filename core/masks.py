@@ -41,6 +41,17 @@ def line_mask(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     return mask
 
 
+def scratch_mask(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """1-5 thin scratches, 1-3 px wide at any image size, each a straight or slightly bent line."""
+    mask = np.zeros((height, width), np.uint8)
+    for _ in range(int(rng.integers(1, 6))):
+        points = [(int(rng.integers(0, width)), int(rng.integers(0, height))) for _ in range(int(rng.integers(2, 4)))]
+        thickness = int(rng.integers(1, 4))
+        for start, end in zip(points, points[1:]):
+            cv2.line(mask, start, end, 1, thickness)
+    return mask
+
+
 def _draw_stroke(mask: np.ndarray, rng: np.random.Generator) -> None:
     """One DeepFill v2 free-form stroke: a polyline of 4-12 vertices with round joints."""
     height, width = mask.shape
@@ -90,13 +101,14 @@ def box_mask(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def mixed_mask(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """The training default: 60 % strokes, 30 % the report's lines, 10 % boxes."""
-    kind = rng.choice(("strokes", "lines", "boxes"), p=(0.6, 0.3, 0.1))
+    """The training default: 50 % strokes, 25 % the report's lines, 15 % thin scratches, 10 % boxes."""
+    kind = rng.choice(("strokes", "lines", "scratches", "boxes"), p=(0.5, 0.25, 0.15, 0.1))
     return MASK_GENERATORS[str(kind)](height, width, rng)
 
 
 MASK_GENERATORS: dict[str, MaskFn] = {
     "lines": line_mask,
+    "scratches": scratch_mask,
     "strokes": stroke_mask,
     "boxes": box_mask,
     "mixed": mixed_mask,

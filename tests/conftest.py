@@ -32,8 +32,8 @@ def tiny_config(tmp_path_factory):
     from inpaint.trainer.train import TrainConfig
 
     base = tmp_path_factory.mktemp("repo") / "inpaint"
-    return TrainConfig(model_base_path=str(base), image_size=32, depth=2, base_filters=8, batch_size=4,
-                       epochs=2, steps_per_epoch=3, validation_size=8, seed=7)
+    return TrainConfig(data="samples", model_base_path=str(base), init_weights="", image_size=32, depth=2,
+                       base_filters=8, batch_size=4, epochs=2, steps_per_epoch=3, validation_size=8, seed=7)
 
 
 @pytest.fixture(scope="session")

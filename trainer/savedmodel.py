@@ -8,17 +8,46 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from inpaint.core.contract import SIGNATURE_NAME
+from inpaint.core.contract import IMAGE, MASK, OUTPUT, SIGNATURE_NAME
 from inpaint.core.masks import mask_batch
 from inpaint.core.tensors import predict_request
-
-from .model import serving_function
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 
 
 class SignatureError(ValueError):
     """The SavedModel lacks the ``serving_default`` signature."""
+
+
+def serving_function(model: keras.Model, depth: int) -> tf.types.experimental.GenericFunction:
+    """The ``serving_default`` function: uint8 image and mask in, uint8 inpainted image out.
+
+    Takes any N x H x W: pads to a multiple of ``2**depth``, runs the network,
+    crops back and composites in uint8, so known pixels come back bit-exact.
+    """
+    multiple = 2**depth
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGE),
+        tf.TensorSpec([None, None, None, 1], tf.uint8, name=MASK),
+    ])
+    def serve(image, mask):
+        height, width = tf.shape(image)[1], tf.shape(image)[2]
+        is_hole = mask > 0
+        hole = tf.cast(is_hole, tf.float32)
+        pixels = tf.cast(image, tf.float32) / 255.0
+        # (m - x % m) % m, not (-x) % m: a negative modulo does not survive conversion to ONNX.
+        pad = [[0, 0], [0, (multiple - height % multiple) % multiple],
+               [0, (multiple - width % multiple) % multiple], [0, 0]]
+        # Padding is unknown territory: zero colour, marked as hole.
+        hole = tf.pad(hole, pad, constant_values=1.0)
+        padded = tf.concat([tf.pad(pixels, pad) * (1.0 - hole), hole], axis=-1)
+        prediction = model(padded, training=False)[:, :height, :width, :]
+        predicted = tf.cast(tf.round(tf.clip_by_value(prediction, 0.0, 1.0) * 255.0), tf.uint8)
+        # Composite in uint8 so known pixels are copied, not recomputed.
+        return {OUTPUT: tf.where(is_hole, predicted, image)}
+
+    return serve
 
 
 def export_saved_model(model: keras.Model, depth: int, path: Path) -> None:
@@ -58,3 +87,19 @@ def load_serving_signature(path: Path):
     function = signatures[SIGNATURE_NAME]
     function.owner = loaded  # the function dies with the loaded object otherwise
     return function
+
+
+def load_weights_from_version(model: keras.Model, path: Path) -> None:
+    """Copy a published version's SavedModel weights into ``model``, matched by variable name.
+
+    The model must have the version's architecture (build it from the version's run record).
+    """
+    loaded = tf.saved_model.load(str(path))
+    # Keras' ExportArchive keeps every tracked variable in this list; names are unique per layer.
+    saved = {variable.name.split(":")[0]: variable for variable in loaded._all_variables}
+    for weight in model.weights:
+        source = saved.get(weight.path)
+        if source is None or tuple(source.shape) != tuple(weight.shape):
+            raise SignatureError(f"{path} does not match this architecture at {weight.path}: "
+                                 "train with the version's own options (see its run.json)")
+        weight.assign(source.numpy())
