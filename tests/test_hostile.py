@@ -166,6 +166,7 @@ def test_health_answers_quickly_while_a_large_json_body_is_parsed(capped):
         result["answer"] = post_raw(capped.url(), body, timeout=120)
 
     caller = threading.Thread(target=big_request)
+    request_started = time.perf_counter()
     caller.start()
     while caller.is_alive():
         started = time.perf_counter()
@@ -173,10 +174,14 @@ def test_health_answers_quickly_while_a_large_json_body_is_parsed(capped):
             assert response.status == 200
         latencies.append(time.perf_counter() - started)
     caller.join()
+    request_seconds = time.perf_counter() - request_started
     status, answer = result["answer"][0], json.loads(result["answer"][1])
     assert status == 200 and np.array_equal(np.asarray(answer["outputs"], np.uint8), expected_fill(image, mask))
     assert len(latencies) >= 5, "the request was too quick to show anything"
-    assert max(latencies) < 0.1, f"/healthz took up to {max(latencies):.3f} s during the request"
+    # Relative, not absolute (a loaded CI machine slows everything): a health call that waited for the
+    # decode would take a large part of the request's own time.
+    assert max(latencies) < 0.2 * request_seconds, \
+        f"/healthz took up to {max(latencies):.3f} s during a {request_seconds:.2f} s request"
     capped.assert_alive_and_serving()
 
 
