@@ -5,7 +5,7 @@ model, in process) on the trainer's held-out photos (or on every image in a
 folder given with ``--data``).
 
 Sizes (``--sizes``): fixed-seed 64 px and 256 px crops (``sample_crops``: a
-random square of 1-4 times the side, resized to it), and every photo whole, at
+random square of 1-8 times the side, resized to it), and every photo whole, at
 its own resolution with no resizing, one photo at a time. Mask sets per size:
 the founding report's ``lines`` and free-form strokes in the hole-ratio buckets
 of ``STROKE_BUCKETS``; both generators scale with the image, so each size's
@@ -337,7 +337,7 @@ def evaluation_photos(data: str | None, run: dict) -> tuple[str, list[Photo]]:
         folder = Path(data)
         return data, [Photo(str(path.relative_to(folder)), read_image(path)) for path in image_files(folder)]
     source = run.get("config", {}).get("data", "samples")
-    dataset = load_dataset(source)
+    dataset = load_dataset(source, splits=("test",))
     names = dataset.names.get("test", [])
     if len(names) != len(dataset.test):
         names = [f"#{index}" for index in range(len(dataset.test))]

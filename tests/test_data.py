@@ -96,3 +96,11 @@ def test_bad_folders_are_data_errors(tmp_path):
 def test_small_images_are_rejected():
     with pytest.raises(data.DataError, match="smaller than --image-size 64"):
         data.check_image_size([np.zeros((32, 100, 3), np.uint8)], 64, ["tiny.png"])
+
+
+def test_a_source_reads_only_the_splits_asked_for():
+    """Evaluation asks for the held-out split alone: nothing else is read, every name is still known."""
+    dataset = data.load_dataset("samples", splits=("test",))
+    assert dataset.train == [] and dataset.validation == []
+    assert len(dataset.test) == len(data.SAMPLE_TEST) and dataset.test[0].ndim == 3
+    assert dataset.names["train"] == list(data.SAMPLE_TRAIN)

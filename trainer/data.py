@@ -21,6 +21,7 @@ import hashlib
 import importlib.util
 import logging
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,8 @@ import numpy as np
 from inpaint.core import images as image_io
 from inpaint.core.images import IMAGE_SUFFIXES
 from inpaint.core.masks import generate_mask
+
+from .photos import SPLITS
 
 logger = logging.getLogger(__name__)
 
@@ -88,11 +91,16 @@ def samples_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
-def load_samples() -> Dataset:
+def read_splits(folder: Path, names: dict[str, list[str]], splits: Sequence[str]) -> dict[str, list[np.ndarray]]:
+    """The images of ``splits`` read from ``folder``; the other splits stay empty (their names are kept)."""
+    return {split: [read_image(folder / name) for name in split_names] if split in splits else []
+            for split, split_names in names.items()}
+
+
+def load_samples(splits: Sequence[str] = SPLITS) -> Dataset:
     folder = samples_dir()
-    splits = {"train": SAMPLE_TRAIN, "validation": SAMPLE_VALIDATION, "test": SAMPLE_TEST}
-    images = {split: [read_image(folder / name) for name in names] for split, names in splits.items()}
-    return Dataset("samples", **images, names={k: list(v) for k, v in splits.items()})
+    names = {"train": list(SAMPLE_TRAIN), "validation": list(SAMPLE_VALIDATION), "test": list(SAMPLE_TEST)}
+    return Dataset("samples", **read_splits(folder, names, splits), names=names)
 
 
 def _split_of(name: str) -> str:
@@ -111,7 +119,7 @@ def image_files(folder: Path) -> list[Path]:
     return files
 
 
-def load_folder(folder: Path) -> Dataset:
+def load_folder(folder: Path, splits: Sequence[str] = SPLITS) -> Dataset:
     """A user's folder: about 10 % test, 10 % validation, by file-name hash.
 
     A folder too small to split (fewer than 3 images, or no training image)
@@ -129,8 +137,7 @@ def load_folder(folder: Path) -> Dataset:
         if not names[split]:
             names[split] = names["train"][:1]
             logger.warning("%s: no image hashed into the %s split; using %s", folder, split, names[split][0])
-    images = {split: [read_image(folder / name) for name in split_names] for split, split_names in names.items()}
-    return Dataset(str(folder), **images, names=names)
+    return Dataset(str(folder), **read_splits(folder, names, splits), names=names)
 
 
 def _read_cifar_batch(path: Path) -> np.ndarray:
@@ -171,30 +178,34 @@ def cifar10_dataset(train: np.ndarray, test: np.ndarray, source: str) -> Dataset
     )
 
 
-def load_photos_dataset(spec: str) -> Dataset:
+def load_photos_dataset(spec: str, splits: Sequence[str] = SPLITS) -> Dataset:
     """``photos`` (the assembled folder at its default place) or ``photos:DIR``."""
     from . import photos
 
     folder = Path(spec.split(":", 1)[1]).expanduser() if ":" in spec else photos.DEFAULT_DEST
     try:
-        images, names = photos.load_photos(folder)
+        images, names = photos.load_photos(folder, splits=splits)
     except photos.PhotosError as error:
         raise DataError(str(error)) from None
     return Dataset(spec, **images, names=names)
 
 
-def load_dataset(spec: str) -> Dataset:
-    """Resolve a ``--data`` spec: ``samples``, ``photos[:DIR]``, ``cifar10``, ``cifar10:PATH`` or a folder."""
+def load_dataset(spec: str, splits: Sequence[str] = SPLITS) -> Dataset:
+    """Resolve a ``--data`` spec: ``samples``, ``photos[:DIR]``, ``cifar10``, ``cifar10:PATH`` or a folder.
+
+    Only the images of ``splits`` are read where a source can skip the others (photos, samples,
+    folders; CIFAR-10 comes in whole batches): evaluation reads the held-out photos alone.
+    """
     if spec == "samples":
-        return load_samples()
+        return load_samples(splits)
     if spec == "photos" or spec.startswith("photos:"):
-        return load_photos_dataset(spec)
+        return load_photos_dataset(spec, splits)
     if spec == "cifar10":
         return cifar10_dataset(*download_cifar10(), source="cifar10")
     if spec.startswith("cifar10:"):
         path = Path(spec.split(":", 1)[1]).expanduser()
         return cifar10_dataset(*read_cifar10_folder(path), source=spec)
-    return load_folder(Path(spec).expanduser())
+    return load_folder(Path(spec).expanduser(), splits)
 
 
 def check_image_size(images: list[np.ndarray], image_size: int, names: list[str] | None = None) -> None:

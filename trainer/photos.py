@@ -628,12 +628,12 @@ def split_names(manifest: Manifest, sources: Sequence[Source] = SOURCES) -> dict
     return names
 
 
-def load_photos(dest: Path, sources: Sequence[Source] = SOURCES, *, max_long_side: int | None = None
-                ) -> tuple[dict[str, list[np.ndarray]], dict[str, list[str]]]:
+def load_photos(dest: Path, sources: Sequence[Source] = SOURCES, *, max_long_side: int | None = None,
+                splits: Sequence[str] = SPLITS) -> tuple[dict[str, list[np.ndarray]], dict[str, list[str]]]:
     """Train, validation and test photos from an assembled folder, and their paths in it.
 
     Returns ``(images, names)``, both keyed by ``train``, ``validation`` and ``test``; images are
-    RGB uint8. Reads only local files. PhotosNotAssembled (a ValueError) names the command to
+    RGB uint8, read only for ``splits`` (the others are empty lists; their names are all given). Reads only local files. PhotosNotAssembled (a ValueError) names the command to
     run if the folder was never assembled; missing packages are named in a warning.
     """
     manifest = Manifest.load(dest)
@@ -647,7 +647,8 @@ def load_photos(dest: Path, sources: Sequence[Source] = SOURCES, *, max_long_sid
     for split in ("validation", "test"):
         if not names[split]:
             logger.warning("%s: no %s photo was assembled", dest, split)
-    images = {split: [read_rgb(dest / path, max_long_side) for path in paths] for split, paths in names.items()}
+    images = {split: [read_rgb(dest / path, max_long_side) for path in paths] if split in splits else []
+              for split, paths in names.items()}
     return images, names
 
 

@@ -111,7 +111,7 @@ def train(config: TrainConfig) -> Path:
 def build_model(config: TrainConfig):
     from .model import build_model as build
 
-    return build(config.depth, config.base_filters, parse_sizes(config.dilations), config.coarse_side,
+    return build(config.depth, config.base_filters, parse_int_list(config.dilations), config.coarse_side,
                  config.smoothing)
 
 
@@ -221,17 +221,17 @@ def publish(model, config: TrainConfig, record: dict) -> Path:
     return staged.published
 
 
-def parse_sizes(text: str) -> tuple[int, ...]:
+def parse_int_list(text: str) -> tuple[int, ...]:
     """``"2,4"`` -> ``(2, 4)``; an empty string is an empty tuple."""
     return tuple(int(part) for part in text.split(",") if part.strip())
 
 
 def _positive_list(ctx, param, value):
     try:
-        sizes = parse_sizes(value)
+        numbers = parse_int_list(value)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
-    if any(size <= 0 for size in sizes):
+    if any(number <= 0 for number in numbers):
         raise click.BadParameter("every value must be positive")
     return value
 
