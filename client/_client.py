@@ -29,8 +29,9 @@ from inpaint.core.protos import (
     prediction_service_pb2_grpc,
 )
 from inpaint.core.tensors import TensorError, output_of, predict_request
+from inpaint.core.tiling import TilingOptions, inpaint_large
 
-from ._errors import InvalidInput, ServerError, from_rpc_error
+from ._errors import DeadlineExceeded, InvalidInput, ServerError, from_rpc_error
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,14 @@ def channel_credentials(ca_cert: str | Path | None) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(root_certificates=root)
 
 
+def _left(deadline: float) -> float:
+    """Seconds to ``deadline`` for the next request of a tiled call; DeadlineExceeded once it has passed."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise DeadlineExceeded("deadline passed while the photo's windows were being sent")
+    return remaining
+
+
 def _state_name(value: int) -> str:
     return VersionState(value).name if value in VersionState._value2member_map_ else str(value)
 
@@ -106,11 +115,11 @@ class _ClientBase:
     def __init__(self, target: str, *, model: str = "inpaint", version: int | None = None,
                  signature: str = SIGNATURE_NAME, timeout: float = 30.0, tls: bool = False,
                  ca_cert: str | Path | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES,
-                 retry: RetryPolicy = RetryPolicy()):
+                 retry: RetryPolicy = RetryPolicy(), tiling: TilingOptions = TilingOptions()):
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self.target, self.model, self.version, self.signature = target, model, version, signature
-        self.timeout, self.retry = timeout, retry
+        self.timeout, self.retry, self.tiling = timeout, retry, tiling
         self._tls = tls or ca_cert is not None
         self._ca_cert = ca_cert
         self._options = channel_options(max_message_bytes)
@@ -144,12 +153,15 @@ class _ClientBase:
             pairs.append((image, mask))
         return pairs
 
-    @staticmethod
-    def _groups(pairs, batch_size: int | None) -> list[list[int]]:
-        """Indices of same-size images, one request each (split at ``batch_size``)."""
+    def _is_tiled(self, image: np.ndarray) -> bool:
+        return self.tiling.is_tiled(*image.shape[:2])
+
+    def _groups(self, pairs, batch_size: int | None) -> list[list[int]]:
+        """Indices of same-size images sent whole, one request each (split at ``batch_size``)."""
         by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
         for index, (image, _) in enumerate(pairs):
-            by_size[image.shape[:2]].append(index)
+            if not self._is_tiled(image):
+                by_size[image.shape[:2]].append(index)
         step = batch_size or max(len(pairs), 1)
         return [indices[i : i + step] for indices in by_size.values() for i in range(0, len(indices), step)]
 
@@ -226,12 +238,24 @@ class InpaintClient(_ClientBase):
         pairs = self._pairs(images, masks)
         results: list[np.ndarray | None] = [None] * len(pairs)
         for indices in self._groups(pairs, batch_size):
-            batch = np.stack([pairs[i][0] for i in indices])
-            request = self._predict_request(batch, np.stack([pairs[i][1] for i in indices]))
-            output = self._output(self._call(self._prediction.Predict, request, timeout), batch.shape)
+            output = self._predict(np.stack([pairs[i][0] for i in indices]), np.stack([pairs[i][1] for i in indices]),
+                                   timeout)
             for position, index in enumerate(indices):
                 results[index] = output[position]
+        for index, (image, mask) in enumerate(pairs):
+            if self._is_tiled(image):
+                results[index] = self._inpaint_tiled(image, mask, timeout)
         return results
+
+    def _predict(self, images: np.ndarray, masks: np.ndarray, timeout: float | None) -> np.ndarray:
+        request = self._predict_request(images, masks)
+        return self._output(self._call(self._prediction.Predict, request, timeout), images.shape)
+
+    def _inpaint_tiled(self, image: np.ndarray, mask: np.ndarray, timeout: float | None) -> np.ndarray:
+        """Only the windows around the holes travel, one request per window batch, all within ``timeout``."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        return inpaint_large(image, mask, lambda images, masks: self._predict(images, masks, _left(deadline)),
+                             self.tiling)
 
     def metadata(self, *, timeout: float | None = None) -> dict:
         return self._metadata_dict(self._call(self._prediction.GetModelMetadata, self._metadata_request(), timeout))
@@ -284,14 +308,31 @@ class AsyncInpaintClient(_ClientBase):
         results: list[np.ndarray | None] = [None] * len(pairs)
 
         async def send(indices: list[int]) -> None:
-            batch = np.stack([pairs[i][0] for i in indices])
-            request = self._predict_request(batch, np.stack([pairs[i][1] for i in indices]))
-            output = self._output(await self._call(self._prediction.Predict, request, timeout), batch.shape)
+            output = await self._predict(np.stack([pairs[i][0] for i in indices]),
+                                         np.stack([pairs[i][1] for i in indices]), timeout)
             for position, index in enumerate(indices):
                 results[index] = output[position]
 
-        await asyncio.gather(*(send(indices) for indices in self._groups(pairs, batch_size)))
+        async def send_tiled(index: int) -> None:
+            results[index] = await self._inpaint_tiled(*pairs[index], timeout)
+
+        await asyncio.gather(*(send(indices) for indices in self._groups(pairs, batch_size)),
+                             *(send_tiled(i) for i, (image, _) in enumerate(pairs) if self._is_tiled(image)))
         return results
+
+    async def _predict(self, images: np.ndarray, masks: np.ndarray, timeout: float | None) -> np.ndarray:
+        request = self._predict_request(images, masks)
+        return self._output(await self._call(self._prediction.Predict, request, timeout), images.shape)
+
+    async def _inpaint_tiled(self, image: np.ndarray, mask: np.ndarray, timeout: float | None) -> np.ndarray:
+        """As the blocking client's: the window logic runs in a thread, its requests on this loop."""
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + (timeout or self.timeout)
+
+        def run(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+            return asyncio.run_coroutine_threadsafe(self._predict(images, masks, _left(deadline)), loop).result()
+
+        return await asyncio.to_thread(inpaint_large, image, mask, run, self.tiling)
 
     async def metadata(self, *, timeout: float | None = None) -> dict:
         return self._metadata_dict(

@@ -12,6 +12,7 @@ import numpy as np
 
 from inpaint.core.images import IMAGE_SUFFIXES, ImageError, as_image, write_image
 from inpaint.core.masks import MASK_KINDS, generate_mask
+from inpaint.core.tiling import TILING_MODES, TilingOptions
 
 from ._client import InpaintClient
 from ._errors import InpaintError, InvalidInput, ModelNotFound, ServerUnavailable
@@ -21,10 +22,11 @@ class Settings:
     def __init__(self, target, model, version, timeout, tls, ca_cert, verbose):
         self.target, self.model, self.version, self.timeout = target, model, version, timeout
         self.tls, self.ca_cert, self.verbose = tls, ca_cert, verbose
+        self.tiling = TilingOptions()
 
     def client(self) -> InpaintClient:
         return InpaintClient(self.target, model=self.model, version=self.version, timeout=self.timeout,
-                             tls=self.tls, ca_cert=self.ca_cert)
+                             tls=self.tls, ca_cert=self.ca_cert, tiling=self.tiling)
 
 
 def fail(settings: Settings, error: Exception):
@@ -115,9 +117,15 @@ def output_path(image: Path, output: Path | None, many: bool) -> Path:
               help="In folder mode, x.png pairs with x<suffix>.png.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, envvar="INPAINT_BATCH_SIZE",
               help="Images per request (same-size images are batched).")
+@click.option("--tiling", type=click.Choice(TILING_MODES), default=TilingOptions.mode, envvar="INPAINT_TILING",
+              help="auto: images over --tile-above-pixels are sent as windows around their holes (any server); "
+                   "off: whole images (inpaint-serve still tiles them itself).")
+@click.option("--tile-above-pixels", type=click.IntRange(min=4096), default=TilingOptions.whole_max_pixels,
+              envvar="INPAINT_TILE_ABOVE_PIXELS", help="Images up to this size are sent whole.")
 @click.pass_obj
-def predict(settings: Settings, paths, output, mask_suffix, batch_size):
+def predict(settings: Settings, paths, output, mask_suffix, batch_size, tiling, tile_above_pixels):
     """Inpaint IMAGE MASK [IMAGE MASK ...], or a folder of x.png + x_mask.png."""
+    settings.tiling = TilingOptions(tiling, tile_above_pixels)
     try:
         pairs = pair_inputs(paths, mask_suffix)
         chunks = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]

@@ -13,6 +13,7 @@ from .batching import BatchingOptions
 from .models import VersionPolicy
 from .runtime import DEVICES
 from .server import ServerConfig, serve
+from inpaint.core.tiling import TILING_MODES
 
 _DEFAULT_BATCHING = BatchingOptions()
 
@@ -67,18 +68,30 @@ def _port(ctx, param, value: int) -> int:
 @click.option("--max-images-per-request", default=_default("max_images_per_request"), type=click.IntRange(min=1),
               envvar="INPAINT_MAX_IMAGES_PER_REQUEST", help="Most images (N) in one request.")
 @click.option("--max-request-pixels", default=_default("max_request_pixels"), type=click.IntRange(min=1),
-              envvar="INPAINT_MAX_REQUEST_PIXELS",
-              help="Most pixels (N x H x W) in one request and in one batched model run: bounds memory.")
+              envvar="INPAINT_MAX_REQUEST_PIXELS", help="Most pixels (N x H x W) in one request.")
+@click.option("--max-inflight-pixels", default=_default("max_inflight_pixels"), type=click.IntRange(min=1),
+              envvar="INPAINT_MAX_INFLIGHT_PIXELS",
+              help="Most pixels of all requests served at once; beyond it requests get RESOURCE_EXHAUSTED "
+                   "(429). With the tiling bounds it caps memory.")
 @click.option("--max-request-bytes", default=_default("max_request_bytes"), type=click.IntRange(min=1024),
               envvar="INPAINT_MAX_REQUEST_BYTES",
-              help="Largest message, gRPC and REST [default: 40 bytes per --max-request-pixels + 1 MiB].")
+              help="Largest message, gRPC and REST [default: gRPC 16 bytes per --max-request-pixels, REST 40 "
+                   "bytes per --tile-above-pixels (JSON is for small images), + 1 MiB].")
+@click.option("--tiling", default=_default("tiling"), type=click.Choice(TILING_MODES), envvar="INPAINT_TILING",
+              help="auto: images over --tile-above-pixels run in windows around their holes (memory bounded by "
+                   "the window batch); always; off: every image whole.")
+@click.option("--tile-above-pixels", default=_default("tile_above_pixels"), type=click.IntRange(min=4096),
+              envvar="INPAINT_TILE_ABOVE_PIXELS",
+              help="Images up to this size run whole; the most pixels in one model run.")
+@click.option("--tile-batch", default=_default("tile_batch"), type=click.IntRange(min=1), envvar="INPAINT_TILE_BATCH",
+              help="Windows (256 x 256) per model run.")
 @click.option("--device", default=_default("device"), type=click.Choice(DEVICES), envvar="INPAINT_DEVICE",
               help="auto: CUDA when it really works, else CPU.")
 @click.option("--intra-op-threads", default=_default("intra_op_threads"), type=click.IntRange(min=0), envvar="INPAINT_INTRA_OP_THREADS",
               help="ONNX Runtime threads per model run (0: ORT's choice).")
 @click.option("--compute-threads", default=_default("compute_threads"), type=click.IntRange(min=1),
               envvar="INPAINT_COMPUTE_THREADS",
-              help="Model runs at once when batching is off (each may use --max-request-pixels of memory).")
+              help="Model runs at once when batching is off (each holds at most --tile-above-pixels).")
 @click.option("--drain-seconds", default=_default("drain_seconds"), type=click.FloatRange(min=0), envvar="INPAINT_DRAIN_SECONDS",
               help="On SIGTERM, how long queued and in-flight requests get to finish.")
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
@@ -87,7 +100,8 @@ def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port
          file_system_poll_wait_seconds: float, enable_batching: bool, max_batch_size: int,
          batch_timeout_micros: int, max_enqueued_batches: int, num_batch_threads: int,
          batching_parameters_file: Path | None, max_pixels: int, max_images_per_request: int,
-         max_request_pixels: int, max_request_bytes: int | None, device: str,
+         max_request_pixels: int, max_inflight_pixels: int, max_request_bytes: int | None, tiling: str,
+         tile_above_pixels: int, tile_batch: int, device: str,
          intra_op_threads: int, compute_threads: int, drain_seconds: float, log_level: str) -> None:
     """Serve MODEL_BASE_PATH's ONNX versions over TF Serving's gRPC and REST APIs."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -102,12 +116,18 @@ def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port
             enable_batching = True
     except ValueError as error:
         raise click.ClickException(str(error)) from None
+    if tiling == "off" and max_pixels > tile_above_pixels:
+        raise click.ClickException(f"--tiling off runs every image whole: --max-pixels ({max_pixels}) must not "
+                                   f"exceed --tile-above-pixels ({tile_above_pixels}), which bounds a model run's "
+                                   "memory")
     config = ServerConfig(
         model_base_path=model_base_path, model_name=model_name, host=host, port=port,
         rest_port=None if rest_port == -1 else rest_port, version_policy=model_version_policy,
         poll_seconds=file_system_poll_wait_seconds, enable_batching=enable_batching, batching=batching,
         max_pixels=max_pixels, max_images_per_request=max_images_per_request,
-        max_request_pixels=max_request_pixels, max_request_bytes=max_request_bytes, device=device,
+        max_request_pixels=max_request_pixels, max_inflight_pixels=max_inflight_pixels,
+        max_request_bytes=max_request_bytes, tiling=tiling, tile_above_pixels=tile_above_pixels,
+        tile_batch=tile_batch, device=device,
         intra_op_threads=intra_op_threads, compute_threads=compute_threads, drain_seconds=drain_seconds,
     )
     try:

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from dataclasses import dataclass
+from concurrent.futures import Executor
 from typing import Protocol
 
 import numpy as np
 
 from inpaint.core.contract import OUTPUT, SIGNATURE_NAME
 from inpaint.core.onnx_model import Signature
+from inpaint.core.tiling import TilingOptions, inpaint_large
 
-from .errors import InvalidInput, ServerUnavailable, to_status
+from .errors import DeadlineExpired, InvalidInput, QueueFull, ServerUnavailable, to_status
 from .inputs import Limits, prepare_inputs
 from .metrics import ServerMetrics
 from .models import ModelManager, ModelVersion
@@ -59,12 +62,23 @@ class ModelSignature:
 
 
 class DataPlane:
-    """Predict, metadata and status for one model, whatever the protocol."""
+    """Predict, metadata and status for one model, whatever the protocol.
 
-    def __init__(self, manager: ModelManager, scheduler: Scheduler, limits: Limits, metrics: ServerMetrics):
+    Images up to ``tiling.whole_max_pixels`` go to the scheduler whole, in runs of at most that many pixels
+    (a request of many images is split); larger ones run through ``inpaint_large`` in the ``large``
+    executor, so no model run holds more than the window batch. ``max_inflight_pixels`` caps the pixels of
+    all requests being served at once: with the per-run bounds it is what keeps memory under the pod limit.
+    """
+
+    def __init__(self, manager: ModelManager, scheduler: Scheduler, limits: Limits, metrics: ServerMetrics,
+                 tiling: TilingOptions = TilingOptions(), large: Executor | None = None,
+                 max_inflight_pixels: int | None = None):
         self.manager, self.scheduler, self.limits, self.metrics = manager, scheduler, limits, metrics
+        self.tiling, self.large, self.max_inflight_pixels = tiling, large, max_inflight_pixels
         self.draining = False
         self.active = 0
+        self.inflight_pixels = 0
+        self.finished_since_trim = False  # a request ended since freed memory was last given back
         self.last_request_at = 0.0
 
     @contextlib.asynccontextmanager
@@ -82,6 +96,7 @@ class DataPlane:
             raise
         finally:
             self.active -= 1
+            self.finished_since_trim = True
             self.metrics.request_count.labels(model_name, outcome.version, api, outcome.status).inc()
             self.metrics.request_latency.labels(model_name, api).observe((time.perf_counter() - started) * 1e6)
 
@@ -102,10 +117,60 @@ class DataPlane:
         model_version = self.manager.acquire(name, version)
         outcome.version = str(model_version.version)
         try:
-            output = await self.scheduler.run(model_version, image, mask, deadline)
+            with self._admitted(image.shape[0] * image.shape[1] * image.shape[2]):
+                output = await self._inpaint(model_version, image, mask, deadline)
         finally:
             self.manager.release(model_version)
         return Prediction(model_version.version, {OUTPUT: output})
+
+    @contextlib.contextmanager
+    def _admitted(self, pixels: int):
+        """Count the request's pixels as in flight, or refuse it while others hold the budget."""
+        budget = self.max_inflight_pixels
+        if budget is not None and self.inflight_pixels and self.inflight_pixels + pixels > budget:
+            raise QueueFull(f"server is busy: {self.inflight_pixels} pixels of requests in flight and this one "
+                            f"holds {pixels}, over --max-inflight-pixels {budget}; retry later")
+        self.inflight_pixels += pixels
+        try:
+            yield
+        finally:
+            self.inflight_pixels -= pixels
+
+    async def _inpaint(self, model_version: ModelVersion, image: np.ndarray, mask: np.ndarray,
+                       deadline: float | None) -> np.ndarray:
+        count, height, width = image.shape[:3]
+        if self.tiling.is_tiled(height, width):
+            return await self._inpaint_large(model_version, image, mask, deadline)
+        per_run = max(1, self.tiling.whole_max_pixels // (height * width))
+        if count <= per_run:
+            return await self.scheduler.run(model_version, image, mask, deadline)
+        parts = [await self.scheduler.run(model_version, image[start : start + per_run],
+                                          mask[start : start + per_run], deadline)
+                 for start in range(0, count, per_run)]
+        return np.concatenate(parts)
+
+    async def _inpaint_large(self, model_version: ModelVersion, image: np.ndarray, mask: np.ndarray,
+                             deadline: float | None) -> np.ndarray:
+        """Each image through ``inpaint_large`` in a worker thread; stops between runs if the caller left."""
+        loop = asyncio.get_running_loop()
+        abandoned = threading.Event()
+
+        def run(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+            if abandoned.is_set():
+                raise asyncio.CancelledError()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExpired("deadline passed while the photo was being inpainted")
+            return model_version.servable.inpaint(images, masks)
+
+        def inpaint_all() -> np.ndarray:
+            return np.stack([inpaint_large(one_image, one_mask, run, self.tiling)
+                             for one_image, one_mask in zip(image, mask)])
+
+        try:
+            return await loop.run_in_executor(self.large, inpaint_all)
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
 
     def signature(self, outcome: Outcome, name: str, version: int | None) -> ModelSignature:
         self._check_open()

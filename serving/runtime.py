@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from pathlib import Path
 
@@ -53,3 +54,23 @@ class ModelLoader:
             logger.info("ONNX Runtime runs on %s (--device %s)", self.provider, self.device)
         return model
 
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim, or no way to
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def return_freed_memory() -> None:
+    """Give freed heap pages back to the system now.
+
+    glibc keeps what a large photo's buffers freed (300 MiB more RSS after one 12 MP request, measured) and
+    a pod's memory usage is its RSS.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from inpaint.core.contract import VersionState
 from inpaint.core.protos import model_service_pb2, prediction_service_pb2
 from inpaint.core.protos._pool import POOL
+from inpaint.core.tiling import TilingOptions
 
 from .batching import BatchingOptions, BatchScheduler, DirectScheduler
 from .dataplane import DataPlane
@@ -31,7 +32,7 @@ from .inputs import Limits
 from .metrics import ServerMetrics
 from .models import ModelManager, ModelVersion, VersionPolicy
 from .rest import RestApi
-from .runtime import ModelLoader
+from .runtime import ModelLoader, return_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -50,25 +51,37 @@ class ServerConfig:
     poll_seconds: float = 2.0
     enable_batching: bool = False
     batching: BatchingOptions = field(default_factory=BatchingOptions)
-    # Memory: one model run peaks at about 450 bytes per pixel (measured, README "Limits"), and up to
-    # compute_threads (or num_batch_threads) runs go at once. These defaults keep the largest requests
-    # the server accepts inside the Deployment's 2 GiB.
-    max_pixels: int = 2 * 2**20            # per image: Full HD (1920x1080) fits
+    # Memory (README, "Memory"): a model run peaks at about 430 bytes per pixel, and never holds more than
+    # tile_above_pixels (photos over it run in windows, wide holes at that size), with up to compute_threads
+    # (or num_batch_threads) runs at once; requests' own tensors take about 20 bytes per pixel, and the
+    # pixels of all requests in flight are capped. These defaults keep the server inside 2 GiB.
+    max_pixels: int = 50_000_000           # per image
     max_images_per_request: int = 64
-    max_request_pixels: int = 2 * 2**20    # N x H x W per request, and per batched model run
-    max_request_bytes: int | None = None   # None: REQUEST_BYTES_PER_PIXEL x max_request_pixels + 1 MiB
+    max_request_pixels: int = 50_000_000   # N x H x W per request
+    max_inflight_pixels: int = 40_000_000  # N x H x W of all requests being served at once; more get 429
+    max_request_bytes: int | None = None   # None: from the pixel limits (request_bytes_for)
+    tiling: str = "auto"                   # auto: photos over tile_above_pixels run in windows; off; always
+    tile_above_pixels: int = TilingOptions.whole_max_pixels  # images up to this run whole; the most in one run
+    tile_batch: int = 8                    # windows per model run
     device: str = "auto"
     intra_op_threads: int = 0
     compute_threads: int = 2               # worker threads when batching is off
     drain_seconds: float = 20.0
 
 
-REQUEST_BYTES_PER_PIXEL = 40  # room for the widest encoding: REST JSON of float pixels
+JSON_BYTES_PER_PIXEL = 40    # room for the widest encoding: REST JSON of float pixels
+TENSOR_BYTES_PER_PIXEL = 16  # binary tensors (gRPC): float32 image and mask
 
 
-def request_bytes_for(max_request_pixels: int) -> int:
-    """The message cap that admits every request the pixel limits admit, in any encoding."""
-    return REQUEST_BYTES_PER_PIXEL * max_request_pixels + 2**20
+def request_bytes_for(max_request_pixels: int, json_pixels: int) -> tuple[int, int]:
+    """The message caps, gRPC and REST, that admit every request the pixel limits admit.
+
+    JSON bodies are parsed into Python lists (8 bytes per value and more), so REST carries photos up to
+    ``json_pixels``; larger ones travel as binary tensors over gRPC.
+    """
+    grpc_bytes = TENSOR_BYTES_PER_PIXEL * max_request_pixels + 2**20
+    rest_bytes = JSON_BYTES_PER_PIXEL * min(json_pixels, max_request_pixels) + 2**20
+    return min(grpc_bytes, 2**31 - 1), rest_bytes
 
 
 def create_server(address: str, dataplane: DataPlane, health: health_aio.HealthServicer,
@@ -113,20 +126,25 @@ class InpaintServer:
                                     VersionPolicy.parse(config.version_policy),
                                     ModelLoader(config.device, config.intra_op_threads), self.loading)
         self.manager.on_change.append(self._on_versions_changed)
-        self.scheduler = (BatchScheduler(config.batching, self.compute, self._observe, config.max_request_pixels)
+        tiling = TilingOptions(config.tiling, config.tile_above_pixels, batch=config.tile_batch)
+        self.scheduler = (BatchScheduler(config.batching, self.compute, self._observe, config.tile_above_pixels)
                           if config.enable_batching else DirectScheduler(self.compute, self._observe))
         max_images = (min(config.max_images_per_request, config.batching.max_batch_size) if config.enable_batching
                       else config.max_images_per_request)
         limits = Limits(config.max_pixels, max_images, config.max_request_pixels)
-        self.dataplane = DataPlane(self.manager, self.scheduler, limits, self.metrics)
+        self.dataplane = DataPlane(self.manager, self.scheduler, limits, self.metrics, tiling, self.compute,
+                                   config.max_inflight_pixels)
         self.health = health_aio.HealthServicer()
-        self.max_request_bytes = config.max_request_bytes or request_bytes_for(config.max_request_pixels)
-        self.rest = RestApi(self.dataplane, self.max_request_bytes) if config.rest_port is not None else None
+        grpc_bytes, rest_bytes = request_bytes_for(config.max_request_pixels, config.tile_above_pixels)
+        self.max_request_bytes = config.max_request_bytes or grpc_bytes
+        self.max_rest_bytes = config.max_request_bytes or rest_bytes
+        self.rest = RestApi(self.dataplane, self.max_rest_bytes) if config.rest_port is not None else None
         self.rest_app_runner: web.AppRunner | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port: int | None = None
         self.rest_port: int | None = None
         self.poller: asyncio.Task | None = None
+        self.trimmer: asyncio.Task | None = None
         self.stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -148,10 +166,22 @@ class InpaintServer:
                     config.model_base_path, config.host, self.grpc_port,
                     f"{config.host}:{self.rest_port}" if self.rest_port else "off",
                     config.batching if config.enable_batching else "off")
-        logger.info("limits: %d pixels per image, %d images and %d pixels per request, %d bytes per message",
+        logger.info("limits: %d pixels per image, %d images and %d pixels per request, %d in flight; "
+                    "%d bytes per gRPC message, %d per REST body; tiling %s above %d pixels",
                     config.max_pixels, self.dataplane.limits.max_images, config.max_request_pixels,
-                    self.max_request_bytes)
+                    config.max_inflight_pixels, self.max_request_bytes, self.max_rest_bytes, config.tiling,
+                    config.tile_above_pixels)
         self.poller = asyncio.get_running_loop().create_task(self.manager.poll_forever(config.poll_seconds))
+        self.trimmer = asyncio.get_running_loop().create_task(self._return_memory_when_idle())
+
+    async def _return_memory_when_idle(self, every: float = 1.0) -> None:
+        """Once no request runs, give the heap pages that requests' buffers held back to the system."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(every)
+            if self.dataplane.finished_since_trim and not self.dataplane.active:
+                self.dataplane.finished_since_trim = False
+                await loop.run_in_executor(self.loading, return_freed_memory)
 
     def _observe(self, model_version: ModelVersion, batch_size: int, queued: list[float], ran: float) -> None:
         name = self.config.model_name
@@ -177,8 +207,9 @@ class InpaintServer:
         finished = await self.dataplane.drain(self.config.drain_seconds)
         if not finished:
             logger.warning("drain period over with requests still running; stopping anyway")
-        if self.poller is not None:
-            self.poller.cancel()
+        for task in (self.poller, self.trimmer):
+            if task is not None:
+                task.cancel()
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace=1.0)
         if self.rest_app_runner is not None:

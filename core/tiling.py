@@ -1,0 +1,271 @@
+"""Inpaint photos of any size: run the network only where the holes are, in memory bounded by the window batch.
+
+``inpaint_large`` is what the server and the client call for one image:
+
+* at most ``whole_max_pixels`` pixels: the whole image in one model run;
+* above it, holes are split by width. **Thin holes** (every hole pixel within
+  ``wide_hole`` pixels of a known one) are filled window by window: cores of
+  ``core_cells`` x ``core_cells`` blocks of ``cell`` pixels are laid along the
+  holes, each inside a window ``margin`` pixels wider on every side (shifted
+  inside the image at its edges, so all windows have one size and batch
+  together, ``batch`` per model run). A diagonal scratch costs a chain of
+  windows along it, not its bounding box. Each window's fill fades into its
+  neighbours' over ``feather`` pixels, so a hole crossing cores shows no seam.
+  **Wide holes** (a component holding a pixel ``wide_hole`` pixels away from
+  any known pixel in every direction) are filled by one run on the image downscaled to
+  ``whole_max_pixels``, up-sampled back: a window would hold too little
+  context around them (IOPaint's "Resize" strategy).
+
+Known pixels come back bit-exact in every mode: only hole pixels are written.
+Plain numpy and OpenCV; the model is any ``Run`` callable, in process or remote.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# (N, h, w, 3) uint8 images and (N, h, w, 1) uint8 masks (nonzero = hole) -> (N, h, w, 3) uint8 fills.
+Run = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+TILING_MODES = ("auto", "always", "off")
+
+
+@dataclass(frozen=True)
+class TilingOptions:
+    """How a large image is cut; the defaults suit the shipped model and photos up to 50 MP."""
+
+    mode: str = "auto"    # auto: tile images over whole_max_pixels; always: tile every image; off: never
+    whole_max_pixels: int = 2**20  # images up to this size run whole (and wide holes run at this size)
+    cell: int = 32        # holes are located to blocks of this side
+    core_cells: int = 4   # a window fills a core of core_cells x core_cells blocks (128 px)
+    margin: int = 64      # context around the core (see README: the fill changes < 1 level beyond it)
+    feather: int = 16     # blend band around a core
+    batch: int = 8        # windows per model run: bounds its memory (8 x 256 x 256 = 0.5 MP)
+    wide_hole: int = 64   # holes with a pixel this far inside them (a 129 px square) take the downscaled pass
+                          # (0: never; every hole is tiled)
+
+    def __post_init__(self):
+        if self.mode not in TILING_MODES:
+            raise ValueError(f"tiling mode must be one of {', '.join(TILING_MODES)}, got {self.mode!r}")
+        for name in ("whole_max_pixels", "cell", "core_cells", "batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"tiling option {name} must be at least 1, got {getattr(self, name)}")
+        for name in ("margin", "feather", "wide_hole"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"tiling option {name} must not be negative, got {getattr(self, name)}")
+        if self.feather > self.margin:
+            raise ValueError(f"tiling feather ({self.feather}) must not exceed the margin ({self.margin})")
+
+    @property
+    def core(self) -> int:
+        return self.cell * self.core_cells
+
+    @property
+    def window(self) -> int:
+        return self.core + 2 * self.margin
+
+    def is_tiled(self, height: int, width: int) -> bool:
+        return self.mode == "always" or (self.mode == "auto" and height * width > self.whole_max_pixels)
+
+    def run_pixels(self, height: int, width: int) -> int:
+        """The most pixels one model run holds for an image of this size: what bounds its memory."""
+        if not self.is_tiled(height, width):
+            return height * width
+        windows = self.batch * min(self.window, height) * min(self.window, width)
+        return max(windows, min(self.whole_max_pixels, height * width))
+
+
+WHOLE_IMAGE = TilingOptions(mode="off")
+
+
+def inpaint_large(image: np.ndarray, mask: np.ndarray, run: Run, options: TilingOptions = TilingOptions()
+                  ) -> np.ndarray:
+    """One ``(H, W, 3)`` uint8 image with its ``(H, W)`` or ``(H, W, 1)`` mask, inpainted."""
+    holes = _holes(mask)
+    height, width = holes.shape
+    if not options.is_tiled(height, width):
+        return run(image[None], holes[None, ..., None].view(np.uint8))[0]
+    output = image.copy()
+    if not holes.any():
+        return output
+    wide = wide_holes(holes, options.wide_hole)
+    if wide is not None:
+        thin = holes & ~wide
+        fill_downscaled(output, image, holes, wide, run, options.whole_max_pixels)
+    else:
+        thin = holes
+    fill_tiles(output, image, holes, thin, run, options)
+    return output
+
+
+def _holes(mask: np.ndarray) -> np.ndarray:
+    return (mask[..., 0] if mask.ndim == 3 else mask) != 0
+
+
+def wide_holes(holes: np.ndarray, wide_hole: int) -> np.ndarray | None:
+    """The hole components holding a square of side ``2 * wide_hole + 1`` of hole pixels; None if none."""
+    if wide_hole == 0:
+        return None
+    square = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * wide_hole + 1, 2 * wide_hole + 1))
+    deep = cv2.erode(holes.view(np.uint8), square, borderType=cv2.BORDER_CONSTANT, borderValue=0).view(bool)
+    if not deep.any():
+        return None
+    count, labels = cv2.connectedComponents(holes.view(np.uint8), connectivity=8)
+    return np.isin(labels, np.unique(labels[deep]))
+
+
+# -- wide holes: one run at reduced size ------------------------------------------------------------
+
+def fill_downscaled(output: np.ndarray, image: np.ndarray, holes: np.ndarray, region: np.ndarray, run: Run,
+                    max_pixels: int) -> None:
+    """Fill ``region``'s pixels of ``output`` from a run on the whole image shrunk to ``max_pixels``."""
+    height, width = holes.shape
+    scale = min(1.0, math.sqrt(max_pixels / (height * width)))
+    small_size = (max(1, int(width * scale)), max(1, int(height * scale)))  # cv2 order: (w, h)
+    small_image = cv2.resize(image, small_size, interpolation=cv2.INTER_AREA)
+    # A small pixel is a hole if any of its full-size pixels is: no hole colour leaks into the known ones.
+    small_holes = cv2.resize(holes.view(np.uint8) * np.uint8(255), small_size, interpolation=cv2.INTER_AREA) > 0
+    small_fill = run(small_image[None], small_holes[None, ..., None].view(np.uint8))[0]
+    top, bottom, left, right = _bounding_box(region)
+    upsampled = _upsample_crop(small_fill, (height, width), (top, bottom, left, right))
+    target = region[top:bottom, left:right]
+    output[top:bottom, left:right][target] = upsampled[target]
+    logger.debug("wide holes in %dx%d filled from a %dx%d run", width, height, *small_size)
+
+
+def _bounding_box(region: np.ndarray) -> tuple[int, int, int, int]:
+    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _upsample_crop(small: np.ndarray, full_size: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+    """The crop ``box`` of ``small`` resized to ``full_size``, without up-sampling all of it."""
+    top, bottom, left, right = box
+    scale_y, scale_x = small.shape[0] / full_size[0], small.shape[1] / full_size[1]
+    # Pixel centres map as (x + 0.5) * scale - 0.5, as cv2.resize maps them.
+    to_small = np.array([[scale_x, 0, (left + 0.5) * scale_x - 0.5],
+                         [0, scale_y, (top + 0.5) * scale_y - 0.5]], np.float64)
+    return cv2.warpAffine(small, to_small, (right - left, bottom - top),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+
+
+# -- thin holes: windows that follow them ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Window:
+    top: int      # the core it fills, in image coordinates
+    bottom: int
+    left: int
+    right: int
+    win_top: int  # the window around it: window_height x window_width from here, inside the image
+    win_left: int
+
+
+def plan_windows(targets: np.ndarray, options: TilingOptions) -> list[Window]:
+    """Windows whose cores cover every target pixel, following the holes, in raster order of their cores.
+
+    The image is seen as ``cell`` x ``cell`` blocks; cores are ``core_cells`` blocks square. Greedily, the
+    first uncovered hole block (raster order) starts a core's top row, and the core is slid sideways to cover
+    the most uncovered hole blocks: a diagonal scratch gets a chain of windows along it.
+    """
+    height, width = targets.shape
+    cell, span = options.cell, options.core_cells
+    blocks = _blocks_touching(targets, cell)
+    window_height, window_width = min(options.window, height), min(options.window, width)
+    windows = []
+    while True:
+        flat = int(np.argmax(blocks))
+        if not blocks.flat[flat]:
+            return windows
+        row, col = divmod(flat, blocks.shape[1])
+        left_col = _best_left(blocks[row : row + span].sum(axis=0), col, span)
+        blocks[row : row + span, left_col : left_col + span] = False
+        top, left = row * cell, left_col * cell
+        bottom, right = min(top + span * cell, height), min(left + span * cell, width)
+        windows.append(Window(top, bottom, left, right,
+                              _clamp(top - options.margin, 0, height - window_height),
+                              _clamp(left - options.margin, 0, width - window_width)))
+
+
+def _blocks_touching(holes: np.ndarray, cell: int) -> np.ndarray:
+    """``(ceil(H / cell), ceil(W / cell))`` bool: the blocks holding a hole pixel."""
+    height, width = holes.shape
+    rows, cols = -(-height // cell), -(-width // cell)
+    padded = np.zeros((rows * cell, cols * cell), bool)
+    padded[:height, :width] = holes
+    return padded.reshape(rows, cell, cols, cell).any(axis=(1, 3))
+
+
+def _best_left(column_counts: np.ndarray, col: int, span: int) -> int:
+    """The first column of a ``span``-wide core that holds block ``col`` and the most uncovered blocks."""
+    lowest, highest = max(col - span + 1, 0), max(min(col, len(column_counts) - span), 0)
+    sums = np.convolve(column_counts, np.ones(span, int), mode="valid") if len(column_counts) >= span else \
+        np.array([column_counts.sum()])
+    return lowest + int(np.argmax(sums[lowest : highest + 1]))
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(value, high))
+
+
+def fill_tiles(output: np.ndarray, image: np.ndarray, holes: np.ndarray, targets: np.ndarray, run: Run,
+               options: TilingOptions) -> None:
+    """Fill ``targets`` (thin hole pixels) of ``output`` window by window; windows see every hole as a hole.
+
+    Windows are composited in order, each over what came before with an alpha that is 1 on its core and
+    falls to 0 across ``feather`` pixels around it: where a hole crosses from one core into the next, the
+    fill fades from one window's to the other's, without a seam.
+    """
+    windows = plan_windows(targets, options)
+    height, width = holes.shape
+    window_height, window_width = min(options.window, height), min(options.window, width)
+    logger.debug("%dx%d image: %d windows of %dx%d (%.1f%% of its pixels)", width, height, len(windows),
+                 window_width, window_height, 100 * len(windows) * window_height * window_width / (height * width))
+    written = np.zeros_like(targets)
+    for start in range(0, len(windows), options.batch):
+        group = windows[start : start + options.batch]
+        images = np.stack([image[w.win_top : w.win_top + window_height, w.win_left : w.win_left + window_width]
+                           for w in group])
+        masks = np.stack([holes[w.win_top : w.win_top + window_height, w.win_left : w.win_left + window_width]
+                          for w in group])
+        fills = run(images, masks[..., None].view(np.uint8))
+        for window, fill in zip(group, fills):
+            _composite(output, written, targets, window, fill, options.feather)
+
+
+def _composite(output: np.ndarray, written: np.ndarray, targets: np.ndarray, window: Window, fill: np.ndarray,
+               feather: int) -> None:
+    """Blend the window's fill into ``output``'s target pixels over its core and the feather around it."""
+    height, width = targets.shape
+    top, bottom = max(window.top - feather, 0), min(window.bottom + feather, height)
+    left, right = max(window.left - feather, 0), min(window.right + feather, width)
+    region = targets[top:bottom, left:right]
+    if not region.any():
+        return
+    alpha = _alpha(window, top, bottom, left, right, feather)[region]
+    alpha[~written[top:bottom, left:right][region]] = 1.0  # nothing to blend with yet
+    source = fill[top - window.win_top : bottom - window.win_top, left - window.win_left : right - window.win_left]
+    current = output[top:bottom, left:right][region].astype(np.float32)
+    blended = current + alpha[:, None] * (source[region].astype(np.float32) - current)
+    output[top:bottom, left:right][region] = np.rint(blended).astype(np.uint8)
+    written[top:bottom, left:right] |= region
+
+
+def _alpha(window: Window, top: int, bottom: int, left: int, right: int, feather: int) -> np.ndarray:
+    """1 on the core, falling linearly to 0 at ``feather + 1`` pixels outside it."""
+    rows = 1.0 - _distance_to(np.arange(top, bottom), window.top, window.bottom) / (feather + 1)
+    cols = 1.0 - _distance_to(np.arange(left, right), window.left, window.right) / (feather + 1)
+    return np.outer(np.clip(rows, 0, 1), np.clip(cols, 0, 1)).astype(np.float32)
+
+
+def _distance_to(coords: np.ndarray, start: int, stop: int) -> np.ndarray:
+    return np.maximum(np.maximum(start - coords, coords - (stop - 1)), 0).astype(np.float32)
