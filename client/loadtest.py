@@ -4,6 +4,13 @@ Requests are built and serialised before the clock starts, and every client
 shares one asyncio event loop and one channel, so the generator is not the
 bottleneck. Each level has a warmup that is not measured, and is bounded by
 ``duration`` and ``max_requests``.
+
+Throughput is counted over whole request cycles: the requests sent from the
+first one after the warmup until ``duration`` ends, over the time from that
+first one to the first request that would have been sent next. A batching
+server answers a closed loop in bursts (a whole batch at once); a window that
+merely cut ``duration`` out of the stream would count one burst more or less
+depending on where it fell, up to 1/(number of bursts) off.
 """
 
 from __future__ import annotations
@@ -111,9 +118,29 @@ class _Recorder:
         self.latencies: list[float] = []
         self.errors: dict[str, int] = {}
         self.sent = 0
+        self.window_start: float | None = None  # the first measured request's start
+        self.window_end: float | None = None    # the first send refused because duration was over
 
     def may_send(self) -> bool:
-        return time.perf_counter() < self.stop_at and self.sent < self.max_requests
+        now = time.perf_counter()
+        if now >= self.stop_at:
+            if self.window_end is None:
+                self.window_end = now
+            return False
+        return self.sent < self.max_requests
+
+    def start(self) -> float:
+        """A request's start time; the first one after the warmup opens the measured window."""
+        now = time.perf_counter()
+        if self.window_start is None and now >= self.measure_from:
+            self.window_start = now
+        return now
+
+    def measured_seconds(self) -> float:
+        """From the first measured request to the next cycle after the last (or the end, at max_requests)."""
+        start = self.measure_from if self.window_start is None else self.window_start
+        end = min(time.perf_counter(), self.stop_at) if self.window_end is None else self.window_end
+        return max(end - start, 1e-9)
 
     def record(self, started: float, code: str | None) -> None:
         if started < self.measure_from:
@@ -125,7 +152,7 @@ class _Recorder:
 
 
 async def _send(stub, payload: bytes, timeout: float, recorder: _Recorder) -> None:
-    started = time.perf_counter()
+    started = recorder.start()
     try:
         await stub(payload, timeout=timeout)
         recorder.record(started, None)
@@ -203,9 +230,8 @@ async def run_level(config: LoadConfig, mode: str, level: float, payloads: list[
     else:
         await _open_loop(stub, payloads, level, config.arrival, config.timeout, recorder,
                          np.random.default_rng(config.seed))
-    measured_end = min(time.perf_counter(), recorder.stop_at)
+    seconds = recorder.measured_seconds()
     after = await asyncio.to_thread(_scrape, config.metrics_url)
-    seconds = max(measured_end - recorder.measure_from, 1e-9)
     ok = len(recorder.latencies)
     result = LevelResult(mode, level, sent=ok + sum(recorder.errors.values()), ok=ok, errors=recorder.errors,
                          seconds=seconds, requests_per_s=ok / seconds, images_per_s=ok * config.batch_size / seconds)

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from .contract import DTYPES, IMAGE, MASK, OUTPUT, PREDICT_METHOD, SIGNATURE_NAME, dtype_enum, dtype_name
-from .protos import meta_graph_pb2, predict_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+from .protos import meta_graph_pb2, predict_pb2, tensor_pb2, types_pb2
 
 _VALUE_FIELDS = {types_pb2.DT_UINT8: "int_val", types_pb2.DT_FLOAT: "float_val"}
 
@@ -27,32 +27,36 @@ def tensor_shape(name: str, proto: tensor_pb2.TensorProto) -> tuple[int, ...]:
     """The declared shape, checked for rank and sign before anything is allocated."""
     if proto.tensor_shape.unknown_rank:
         raise TensorError(f"tensor '{name}' has unknown rank")
-    shape = tuple(int(d.size) for d in proto.tensor_shape.dim)
-    if any(size < 0 for size in shape):
+    shape = tuple([dim.size for dim in proto.tensor_shape.dim])
+    if min(shape, default=0) < 0:
         raise TensorError(f"tensor '{name}' has a negative dimension in shape {list(shape)}")
     return shape
 
 
-def to_numpy(name: str, proto: tensor_pb2.TensorProto, max_elements: int | None = None) -> np.ndarray:
+def to_numpy(name: str, proto: tensor_pb2.TensorProto, max_elements: int | None = None,
+             shape: tuple[int, ...] | None = None) -> np.ndarray:
     """The array a TensorProto holds; TensorError names ``name`` when it is malformed.
 
     With ``max_elements`` a tensor declaring more values is refused before
     anything is allocated (the one-value fill form could otherwise claim gigabytes).
+    ``shape`` is ``tensor_shape(name, proto)`` when the caller has already read it.
     """
-    if proto.dtype not in DTYPES:
+    dtype = DTYPES.get(proto.dtype)
+    if dtype is None:
         raise TensorError(f"tensor '{name}' has dtype {dtype_name(proto.dtype)}; "
                           "expected DT_UINT8 (or DT_FLOAT in [0, 1])")
-    shape = tensor_shape(name, proto)
-    dtype = DTYPES[proto.dtype]
+    if shape is None:
+        shape = tensor_shape(name, proto)
     count = math.prod(shape)  # Python integers: no overflow, whatever the header claims
     if max_elements is not None and count > max_elements:
         raise TensorError(f"tensor '{name}' declares shape {list(shape)} = {count} values, over the limit of "
                           f"{max_elements}")
-    if proto.tensor_content:
-        if len(proto.tensor_content) != count * dtype.itemsize:
-            raise TensorError(f"tensor '{name}' has {len(proto.tensor_content)} bytes of tensor_content; "
+    content = proto.tensor_content  # each read of a bytes field makes a new copy
+    if content:
+        if len(content) != count * dtype.itemsize:
+            raise TensorError(f"tensor '{name}' has {len(content)} bytes of tensor_content; "
                               f"shape {list(shape)} needs {count * dtype.itemsize}")
-        return np.frombuffer(proto.tensor_content, dtype).reshape(shape)
+        return np.frombuffer(content, dtype).reshape(shape)
     values = getattr(proto, _VALUE_FIELDS[proto.dtype])
     wide = np.int64 if proto.dtype == types_pb2.DT_UINT8 else np.float32
     if len(values) == count:
@@ -68,13 +72,23 @@ def to_numpy(name: str, proto: tensor_pb2.TensorProto, max_elements: int | None 
 
 def from_numpy(array: np.ndarray) -> tensor_pb2.TensorProto:
     """A TensorProto with ``tensor_content``: the compact form."""
+    proto = tensor_pb2.TensorProto()
+    fill_tensor(proto, array)
+    return proto
+
+
+def fill_tensor(proto: tensor_pb2.TensorProto, array: np.ndarray) -> None:
+    """Write ``array`` into an empty ``proto`` as ``from_numpy`` would, in place: a message's own
+    field (a map entry of a reply, say) is filled without building a tensor and copying it in."""
     array = np.ascontiguousarray(array)
     enum_value = dtype_enum(array.dtype)
     if enum_value == types_pb2.DT_INVALID:
         raise TensorError(f"dtype {array.dtype} is outside the contract (uint8 or float32)")
-    proto = tensor_pb2.TensorProto(dtype=enum_value, tensor_content=array.tobytes())
-    proto.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=s) for s in array.shape)
-    return proto
+    proto.dtype = enum_value
+    proto.tensor_content = array.tobytes()
+    dims = proto.tensor_shape.dim
+    for size in array.shape:
+        dims.add(size=size)
 
 
 def predict_request(images: np.ndarray, masks: np.ndarray, model: str, version: int | None = None,
@@ -87,8 +101,8 @@ def predict_request(images: np.ndarray, masks: np.ndarray, model: str, version: 
     if version is not None:
         request.model_spec.version.value = version
     request.model_spec.signature_name = signature
-    request.inputs[IMAGE].CopyFrom(from_numpy(images))
-    request.inputs[MASK].CopyFrom(from_numpy(masks))
+    fill_tensor(request.inputs[IMAGE], images)
+    fill_tensor(request.inputs[MASK], masks)
     request.output_filter.append(OUTPUT)
     return request
 

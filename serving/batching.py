@@ -1,9 +1,12 @@
 """Dynamic batching with TF Serving's knobs, on the event loop, compute in worker threads.
 
 Requests for the same model version and the same H x W join an open batch.
-A batch is closed when it is full or ``batch_timeout_micros`` after its first
-request arrived, then waits in a bounded queue for one of
-``num_batch_threads`` workers. A full queue refuses new requests at once
+A batch is closed when it is full, or once ``batch_timeout_micros`` passed
+since its first request arrived and one of the ``num_batch_threads`` workers
+is free to run it (TF Serving's rule). While every worker is busy a batch past
+its timeout stays open and keeps filling: it could not run sooner, and under
+load this is what makes batches full. Closed batches wait in a bounded queue;
+a full queue (open batches count) refuses new requests at once
 (RESOURCE_EXHAUSTED), so memory stays bounded. Requests whose deadline has
 passed, or whose caller went away, are dropped before the model runs. With
 ``allowed_batch_sizes`` a batch is padded up to the next allowed size, as TF
@@ -76,14 +79,12 @@ class _Task:
     future: asyncio.Future
     enqueued_at: float
     deadline: float | None
+    size: int = field(init=False)    # images
+    pixels: int = field(init=False)  # N x H x W
 
-    @property
-    def size(self) -> int:
-        return len(self.image)
-
-    @property
-    def pixels(self) -> int:
-        return self.image.shape[0] * self.image.shape[1] * self.image.shape[2]
+    def __post_init__(self):
+        batch, height, width = self.image.shape[:3]
+        self.size, self.pixels = batch, batch * height * width
 
 
 @dataclass(eq=False)
@@ -92,14 +93,18 @@ class _Batch:
     model_version: ModelVersion
     tasks: list[_Task] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
+    timed_out: bool = False  # past batch_timeout_micros: runs as soon as a worker is free
+    size: int = 0            # images, kept as tasks join: checked on every request
+    pixels: int = 0
+
+    def add(self, task: _Task) -> None:
+        self.tasks.append(task)
+        self.size += task.size
+        self.pixels += task.pixels
 
     @property
-    def size(self) -> int:
-        return sum(task.size for task in self.tasks)
-
-    @property
-    def pixels(self) -> int:
-        return sum(task.pixels for task in self.tasks)
+    def opened_at(self) -> float:
+        return self.tasks[0].enqueued_at
 
 
 # (version, images in the batch, seconds each request queued, seconds the model ran)
@@ -118,6 +123,7 @@ class BatchScheduler:
         self._wakeup = asyncio.Event()
         self._workers: list[asyncio.Task] = []
         self._running = 0
+        self._idle_workers = 0
 
     @property
     def queued_batches(self) -> int:
@@ -156,9 +162,16 @@ class BatchScheduler:
                                 "retry later")
             batch = self._open[key] = _Batch(key, model_version)
             timeout = self.options.batch_timeout_micros / 1e6
-            batch.timer = asyncio.get_running_loop().call_later(timeout, self._close, batch)
-        batch.tasks.append(task)
+            batch.timer = asyncio.get_running_loop().call_later(timeout, self._time_out, batch)
+        batch.add(task)
         if batch.size >= self.options.max_batch_size:
+            self._close(batch)
+
+    def _time_out(self, batch: _Batch) -> None:
+        """The batch may now run unfilled: at once if a worker is free, else when the next one is."""
+        batch.timer = None
+        batch.timed_out = True
+        if self._idle_workers > len(self._ready):
             self._close(batch)
 
     def _fits(self, batch: _Batch, task: _Task) -> bool:
@@ -171,21 +184,46 @@ class BatchScheduler:
         for batch in list(self._open.values()):
             self._close(batch)
 
-    def _close(self, batch: _Batch) -> None:
+    def _close(self, batch: _Batch, first: bool = False) -> None:
         if self._open.get(batch.key) is batch:
             del self._open[batch.key]
             if batch.timer is not None:
                 batch.timer.cancel()
-            self._ready.append(batch)
+            if first:
+                self._ready.appendleft(batch)
+            else:
+                self._ready.append(batch)
             self._wakeup.set()
+
+    def _close_overdue(self) -> None:
+        """Queue the oldest open batch, if past its timeout, ahead of closed batches younger than it.
+
+        Batches open, and time out, in arrival order; so a worker runs batches in
+        arrival order too, and a size that trickles in is not starved by one that
+        keeps filling batches.
+        """
+        oldest = next(iter(self._open.values()), None)
+        if oldest is None or not oldest.timed_out:
+            return
+        if not self._ready or oldest.opened_at <= self._ready[0].opened_at:
+            self._close(oldest, first=True)
+
+    async def _next_batch(self) -> _Batch:
+        while True:
+            self._close_overdue()
+            if self._ready:
+                return self._ready.popleft()
+            self._wakeup.clear()
+            self._idle_workers += 1
+            try:
+                await self._wakeup.wait()
+            finally:
+                self._idle_workers -= 1
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while not self._ready:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            batch = self._ready.popleft()
+            batch = await self._next_batch()
             tasks = self._live_tasks(batch, loop.time())
             if not tasks:
                 continue
@@ -227,7 +265,6 @@ class BatchScheduler:
                 task.future.set_result(output[offset : offset + task.size])
             offset += task.size
 
-
     def _pad(self, batch: np.ndarray) -> np.ndarray:
         """``batch`` with zero images appended up to the next allowed batch size (the caller slices them off)."""
         size = next((s for s in self.options.allowed_batch_sizes if s >= len(batch)), len(batch))
@@ -254,11 +291,6 @@ class DirectScheduler:
 
     def start(self) -> None:
         pass
-
-    def _fits(self, batch: _Batch, task: _Task) -> bool:
-        if batch.size + task.size > self.options.max_batch_size:
-            return False
-        return self.max_run_pixels is None or batch.pixels + task.pixels <= self.max_run_pixels
 
     def flush(self) -> None:
         pass

@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 
 from inpaint.core.contract import SIGNATURE_NAME
 from inpaint.core.protos import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
-from inpaint.core.tensors import from_numpy, signature_def, tensor_shape, to_numpy
+from inpaint.core.tensors import fill_tensor, signature_def, tensor_shape, to_numpy
 
 from .dataplane import DataPlane, Outcome
 from .errors import InvalidInput, status_of
@@ -63,8 +63,10 @@ async def call(context: grpc.aio.ServicerContext, dataplane: DataPlane, api: str
 
 def input_arrays(request: predict_pb2.PredictRequest, limits: Limits) -> dict:
     """The request's tensors as numpy, after their declared shapes passed the limits."""
-    check_shapes({name: tensor_shape(name, tensor) for name, tensor in request.inputs.items()}, limits)
-    return {name: to_numpy(name, tensor) for name, tensor in request.inputs.items()}
+    tensors = dict(request.inputs)
+    shapes = {name: tensor_shape(name, tensor) for name, tensor in tensors.items()}
+    check_shapes(shapes, limits)
+    return {name: to_numpy(name, tensor, shape=shapes[name]) for name, tensor in tensors.items()}
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
@@ -90,7 +92,7 @@ class PredictionServicer:
             response.model_spec.version.value = prediction.version
             response.model_spec.signature_name = spec.signature_name or SIGNATURE_NAME
             for name in request.output_filter or prediction.outputs:
-                response.outputs[name].CopyFrom(from_numpy(prediction.outputs[name]))
+                fill_tensor(response.outputs[name], prediction.outputs[name])
             return response
 
         return await call(context, self.dataplane, "predict", raw, predict_pb2.PredictRequest, handle)

@@ -156,3 +156,50 @@ def test_batching_parameters_file(tmp_path):
     path.write_text("max_batch_sise { value: 16 }\n")
     with pytest.raises(ValueError, match="cannot parse"):
         BatchingOptions.from_file(path)
+
+
+def test_a_batch_past_its_timeout_keeps_filling_while_every_worker_is_busy():
+    model = GatedModel(open_gate=False)
+
+    async def main():
+        options = BatchingOptions(max_batch_size=8, batch_timeout_micros=1_000, num_batch_threads=1)
+        batcher = BatchScheduler(options, ThreadPoolExecutor(1))
+        batcher.start()
+        version = _version(model)
+        first = asyncio.ensure_future(batcher.run(version, *_image(), None))
+        await _until(model.running)  # the only worker is busy
+        early = [asyncio.ensure_future(batcher.run(version, *_image(), None)) for _ in range(2)]
+        await asyncio.sleep(0.05)  # far past the batch timeout
+        late = [asyncio.ensure_future(batcher.run(version, *_image(), None)) for _ in range(3)]
+        await asyncio.sleep(0)
+        assert batcher.queued_batches == 1, "one open batch holds all five"
+        model.gate.set()
+        results = await asyncio.gather(first, *early, *late)
+        await batcher.stop()
+        return results
+
+    assert len(_run(main())) == 6
+    assert model.calls == [1, 5], "the freed worker took the timed-out batch as it stood, without waiting to fill it"
+
+
+def test_a_timed_out_batch_runs_before_younger_full_ones():
+    model = GatedModel(open_gate=False)
+
+    async def main():
+        options = BatchingOptions(max_batch_size=2, batch_timeout_micros=1_000, num_batch_threads=1)
+        batcher = BatchScheduler(options, ThreadPoolExecutor(1))
+        batcher.start()
+        version = _version(model)
+        first = asyncio.ensure_future(batcher.run(version, *_image(), None))
+        await _until(model.running)  # the only worker is busy
+        trickle = asyncio.ensure_future(batcher.run(version, *_image(h=5), None))
+        await asyncio.sleep(0.05)  # its batch times out, still open: no worker is free
+        full = [asyncio.ensure_future(batcher.run(version, *_image(h=6), None)) for _ in range(2)]
+        await asyncio.sleep(0)
+        model.gate.set()
+        outputs = await asyncio.gather(first, trickle, *full)
+        await batcher.stop()
+        return outputs
+
+    _run(main())
+    assert model.calls == [1, 1, 2], "the 5-px request arrived first and runs first; the full 6-px batch waits"

@@ -277,6 +277,23 @@ def test_loadtest_open_loop_and_max_requests(onnx_repo, start_server, tmp_path):
     assert level["mode"] == "rate" and level["sent"] == 30 and level["ok"] == 30
 
 
+def test_loadtest_counts_whole_cycles_of_a_bursty_server(monkeypatch):
+    """Replies in bursts of 32 every 1.2 s: the rate is 32 / 1.2 s wherever the window falls."""
+    from inpaint.client import loadtest
+
+    clock = [0.0]
+    monkeypatch.setattr(loadtest.time, "perf_counter", lambda: clock[0])
+    recorder = loadtest._Recorder(measure_from=1.0, stop_at=6.0, max_requests=10_000)
+    for burst_at in (0.5, 1.7, 2.9, 4.1, 5.3, 6.5):
+        clock[0] = burst_at
+        for _ in range(32):
+            if recorder.may_send():
+                recorder.record(recorder.start(), None)
+    assert len(recorder.latencies) == 4 * 32
+    assert recorder.measured_seconds() == pytest.approx(6.5 - 1.7)
+    assert len(recorder.latencies) / recorder.measured_seconds() == pytest.approx(32 / 1.2)
+
+
 def test_loadtest_without_a_server_is_one_line(tmp_path, free_port):
     nobody = f"127.0.0.1:{free_port}"
     one_line_error(run_cli("--target", nobody, "--timeout", "0.3", "loadtest", "--report", str(tmp_path)),

@@ -261,6 +261,21 @@ def test_prometheus_metrics(onnx_repo, start_server):
             assert name in text, name
 
 
+def test_metric_children_are_cached_and_removal_is_honoured():
+    from inpaint.serving.metrics import ServerMetrics
+
+    metrics = ServerMetrics()
+    child = metrics.request_count.labels("inpaint", "1", "predict", "OK")
+    assert metrics.request_count.labels("inpaint", "1", "predict", "OK") is child
+    child.inc()
+    metrics.request_count.remove("inpaint", "1", "predict", "OK")
+    fresh = metrics.request_count.labels("inpaint", "1", "predict", "OK")
+    assert fresh is not child
+    fresh.inc()
+    assert b'inpaint_request_count_total{api="predict",model_name="inpaint",status="OK",version="1"} 1.0' in \
+        metrics.render()
+
+
 def _batch_size_average(rest_url) -> float:
     text = http(rest_url + "/metrics")[1].decode()
     values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("inpaint_batching")}
