@@ -24,9 +24,10 @@ class OnnxModel:
     """An ONNX Runtime session: uint8 images and masks in, uint8 inpainted images out."""
 
     def __init__(self, path: Path, providers: list[str] | None = None, intra_op_threads: int = 0,
-                 memory_arena: bool = True):
-        """``memory_arena=False`` returns each run's memory to the system (a server's choice: ORT's arena
-        keeps the peak of the largest run forever); with it, repeated runs are a little faster."""
+                 memory_arena: bool = True, shrink_above_pixels: int | None = None):
+        """ORT's memory arena makes repeated runs faster (no page faults) but keeps the peak of the largest
+        run for good; ``shrink_above_pixels`` gives a run's memory back when it holds more pixels (N x H x W)
+        than that (a server's choice), ``memory_arena=False`` after every run."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -36,13 +37,18 @@ class OnnxModel:
         options.log_severity_level = 4  # callers report failures themselves, once
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        self.shrink_above_pixels = shrink_above_pixels if memory_arena else None
+        self._shrinking_run = ort.RunOptions()
+        self._shrinking_run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def inpaint(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """``(N, H, W, 3)`` uint8 images and ``(N, H, W)`` or ``(N, H, W, 1)`` masks (nonzero = hole)."""
         if masks.ndim == 3:
             masks = masks[..., None]
         feeds = {IMAGE: np.ascontiguousarray(images, np.uint8), MASK: np.ascontiguousarray(masks, np.uint8)}
-        return self.session.run([OUTPUT], feeds)[0]
+        pixels = images.shape[0] * images.shape[1] * images.shape[2]
+        shrink = self.shrink_above_pixels is not None and pixels > self.shrink_above_pixels
+        return self.session.run([OUTPUT], feeds, self._shrinking_run if shrink else None)[0]
 
     def signature(self) -> Signature:
         """``{"inputs"|"outputs": {name: (numpy dtype name, shape with -1 for dynamic)}}``."""

@@ -50,7 +50,7 @@ class TilingOptions:
     margin: int = 64      # context around the core (see README: the fill changes < 1 level beyond it)
     feather: int = 16     # blend band around a core
     batch: int = 8        # windows per model run: bounds its memory (8 x 256 x 256 = 0.5 MP)
-    wide_hole: int = 64   # holes with a pixel this far inside them (a 129 px square) take the downscaled pass
+    wide_hole: int = 128  # holes holding a square this far around a pixel (257 px) take the downscaled pass
                           # (0: never; every hole is tiled)
 
     def __post_init__(self):

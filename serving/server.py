@@ -91,6 +91,10 @@ def create_server(address: str, dataplane: DataPlane, health: health_aio.HealthS
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
+        # A large photo's call can run for a minute without data: accept the clients' keepalive pings (every
+        # 30 s from ours) instead of answering the third one with GOAWAY "too_many_pings" (the default
+        # allows one per 5 minutes), which cuts the call.
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ]
     server = grpc.aio.server(options=options)
     add_tf_serving_services(server, dataplane)
