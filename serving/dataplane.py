@@ -85,6 +85,8 @@ class DataPlane:
     async def request(self, api: str, model_name: str):
         """Counts the request as active, times it, and labels its metrics with its outcome."""
         outcome, started = Outcome(), time.perf_counter()
+        in_flight = self.metrics.requests_in_flight.labels(model_name)
+        in_flight.inc()
         self.active += 1
         self.last_request_at = asyncio.get_running_loop().time()
         try:
@@ -95,6 +97,7 @@ class DataPlane:
                                                             else "INTERNAL")
             raise
         finally:
+            in_flight.dec()
             self.active -= 1
             self.finished_since_trim = True
             self.metrics.request_count.labels(model_name, outcome.version, api, outcome.status).inc()

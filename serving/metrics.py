@@ -74,6 +74,9 @@ class ServerMetrics:
         self.request_count = CachedCounter(
             "inpaint_request_count", "Requests by model, version, API and status code.",
             ["model_name", "version", "api", "status"], registry=self.registry)
+        self.requests_in_flight = CachedGauge(
+            "inpaint_requests_in_flight", "Requests received and not yet answered (queued or running).",
+            ["model_name"], registry=self.registry)
         self.request_latency = CachedHistogram(
             "inpaint_request_latency", "End-to-end request latency in microseconds.",
             ["model_name", "api"], buckets=MICROSECOND_BUCKETS, registry=self.registry)

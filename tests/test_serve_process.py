@@ -8,12 +8,27 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import grpc
 from grpc_health.v1 import health_pb2
 
 from grpc_helpers import Stubs, images, predict_request
+from helpers import free_port as another_free_port
 from helpers import health_status, wait_for, wait_serving
+
+
+def requests_in_flight(rest_port: int) -> float | None:
+    """The server's ``inpaint_requests_in_flight`` gauge, read from its metrics page."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("inpaint_requests_in_flight{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
 
 
 def _serve(base, port, *extra):
@@ -25,8 +40,9 @@ def _serve(base, port, *extra):
 def test_sigterm_under_load_finishes_in_flight_requests(onnx_repo, free_port):
     port, target = free_port, f"127.0.0.1:{free_port}"
     # A long batch timeout keeps requests queued when SIGTERM arrives: they must still be answered.
+    rest_port = another_free_port()
     process = _serve(onnx_repo, port, "--enable-batching", "--batch-timeout-micros", "300000",
-                     "--max-batch-size", "64", "--drain-seconds", "10")
+                     "--max-batch-size", "64", "--drain-seconds", "10", "--rest-port", str(rest_port))  # last wins
     try:
         wait_serving(target, process)
         stubs = Stubs(target)
@@ -49,6 +65,8 @@ def test_sigterm_under_load_finishes_in_flight_requests(onnx_repo, free_port):
             thread.start()
         # Two rounds done and all 16 clients waiting on the third: it sits in an open batch (300 ms).
         wait_for(lambda: len(results) >= 32 and len(in_progress) == 16, 30, "a third round of requests in flight")
+        # ... and in the server, not merely sent: SIGTERM must find them queued there.
+        wait_for(lambda: requests_in_flight(rest_port) == 16, 30, "the server holding all 16 requests")
         stop.set()  # clients send nothing new after SIGTERM
         sigterm_at.append(time.monotonic())
         os.kill(process.pid, signal.SIGTERM)
