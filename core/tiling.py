@@ -73,6 +73,10 @@ class TilingOptions:
     def window(self) -> int:
         return self.core + 2 * self.margin
 
+    def window_shape(self, height: int, width: int) -> tuple[int, int]:
+        """Every window's (height, width) in an image of this size: the window, or the image if smaller."""
+        return min(self.window, height), min(self.window, width)
+
     def is_tiled(self, height: int, width: int) -> bool:
         return self.mode == "always" or (self.mode == "auto" and height * width > self.whole_max_pixels)
 
@@ -80,11 +84,8 @@ class TilingOptions:
         """The most pixels one model run holds for an image of this size: what bounds its memory."""
         if not self.is_tiled(height, width):
             return height * width
-        windows = self.batch * min(self.window, height) * min(self.window, width)
+        windows = self.batch * math.prod(self.window_shape(height, width))
         return max(windows, min(self.whole_max_pixels, height * width))
-
-
-WHOLE_IMAGE = TilingOptions(mode="off")
 
 
 def inpaint_large(image: np.ndarray, mask: np.ndarray, run: Run, options: TilingOptions = TilingOptions()
@@ -180,7 +181,7 @@ def plan_windows(targets: np.ndarray, options: TilingOptions) -> list[Window]:
     height, width = targets.shape
     cell, span = options.cell, options.core_cells
     blocks = _blocks_touching(targets, cell)
-    window_height, window_width = min(options.window, height), min(options.window, width)
+    window_height, window_width = options.window_shape(height, width)
     windows = []
     while True:
         flat = int(np.argmax(blocks))
@@ -227,7 +228,7 @@ def fill_tiles(output: np.ndarray, image: np.ndarray, holes: np.ndarray, targets
     """
     windows = plan_windows(targets, options)
     height, width = holes.shape
-    window_height, window_width = min(options.window, height), min(options.window, width)
+    window_height, window_width = options.window_shape(height, width)
     logger.debug("%dx%d image: %d windows of %dx%d (%.1f%% of its pixels)", width, height, len(windows),
                  window_width, window_height, 100 * len(windows) * window_height * window_width / (height * width))
     written = np.zeros_like(targets)

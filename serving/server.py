@@ -53,8 +53,9 @@ class ServerConfig:
     batching: BatchingOptions = field(default_factory=BatchingOptions)
     # Memory (README, "Memory"): a model run peaks at about 430 bytes per pixel, and never holds more than
     # tile_above_pixels (photos over it run in windows, wide holes at that size), with up to compute_threads
-    # (or num_batch_threads) runs at once; requests' own tensors take about 20 bytes per pixel, and the
-    # pixels of all requests in flight are capped. These defaults keep the server inside 2 GiB.
+    # (or num_batch_threads) runs at once; requests' own tensors take about 24 bytes per pixel, and the
+    # pixels of all requests in flight are capped. With these defaults the worst case measured is 1,973 MiB
+    # (benchmarks/memory.py), inside the Deployment's 2.5 GiB.
     max_pixels: int = 50_000_000           # per image
     max_images_per_request: int = 64
     max_request_pixels: int = 50_000_000   # N x H x W per request

@@ -37,6 +37,15 @@ async def _until(event: threading.Event, timeout: float = 10) -> None:
     assert await asyncio.to_thread(event.wait, timeout), "the model never started"
 
 
+async def _until_open_batches_time_out(batcher: BatchScheduler, timeout: float = 10) -> None:
+    """Wait, on the loop, until there is an open batch and every open batch is past its timeout."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + timeout
+    while not (batcher._open and all(batch.timed_out for batch in batcher._open.values())):
+        assert loop.time() < give_up, "the batch never timed out"
+        await asyncio.sleep(0.001)
+
+
 def _version(model) -> ModelVersion:
     return ModelVersion(1, None, VersionState.AVAILABLE, servable=model)
 
@@ -169,7 +178,7 @@ def test_a_batch_past_its_timeout_keeps_filling_while_every_worker_is_busy():
         first = asyncio.ensure_future(batcher.run(version, *_image(), None))
         await _until(model.running)  # the only worker is busy
         early = [asyncio.ensure_future(batcher.run(version, *_image(), None)) for _ in range(2)]
-        await asyncio.sleep(0.05)  # far past the batch timeout
+        await _until_open_batches_time_out(batcher)
         late = [asyncio.ensure_future(batcher.run(version, *_image(), None)) for _ in range(3)]
         await asyncio.sleep(0)
         assert batcher.queued_batches == 1, "one open batch holds all five"
@@ -193,7 +202,7 @@ def test_a_timed_out_batch_runs_before_younger_full_ones():
         first = asyncio.ensure_future(batcher.run(version, *_image(), None))
         await _until(model.running)  # the only worker is busy
         trickle = asyncio.ensure_future(batcher.run(version, *_image(h=5), None))
-        await asyncio.sleep(0.05)  # its batch times out, still open: no worker is free
+        await _until_open_batches_time_out(batcher)  # timed out, still open: no worker is free
         full = [asyncio.ensure_future(batcher.run(version, *_image(h=6), None)) for _ in range(2)]
         await asyncio.sleep(0)
         model.gate.set()
