@@ -19,8 +19,8 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from inpaint.core.contract import MAX_MESSAGE_BYTES, SIGNATURE_NAME, VersionState, dtype_name
-from inpaint.core.images import ImageError, ImageLike, as_image, as_mask, check_pair
+from inpaint.core.contract import BYTES_SIGNATURE_NAME, MAX_MESSAGE_BYTES, SIGNATURE_NAME, VersionState, dtype_name
+from inpaint.core.images import ImageError, ImageLike, as_image, as_mask, check_pair, encoded_size
 from inpaint.core.protos import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -28,7 +28,7 @@ from inpaint.core.protos import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from inpaint.core.tensors import TensorError, output_of, predict_request
+from inpaint.core.tensors import TensorError, bytes_output_of, output_of, predict_bytes_request, predict_request
 from inpaint.core.tiling import TilingOptions, inpaint_large
 
 from ._errors import DeadlineExceeded, InvalidInput, ServerError, from_rpc_error
@@ -123,6 +123,7 @@ class _ClientBase:
         self._tls = tls or ca_cert is not None
         self._ca_cert = ca_cert
         self._options = channel_options(max_message_bytes)
+        self._takes_files: bool | None = None  # whether the model has serving_bytes, once asked
 
     def _spec(self, message) -> None:
         message.model_spec.name = self.model
@@ -136,6 +137,27 @@ class _ClientBase:
         """The batch's fills; a malformed reply is the server's fault, not the caller's."""
         try:
             return output_of(response, shape)
+        except TensorError as error:
+            raise ServerError(f"malformed reply from {self.target}: {error}") from None
+
+    def _files_request(self, images: Sequence[bytes], masks: Sequence[bytes]) -> predict_pb2.PredictRequest:
+        """A ``serving_bytes`` request, after the files' headers were checked as the server will check them."""
+        if len(images) != len(masks):
+            raise InvalidInput(f"{len(images)} images but {len(masks)} masks")
+        for index, (image, mask) in enumerate(zip(images, masks)):
+            name = f"image #{index}" if len(images) > 1 else "image"
+            try:
+                image_size, mask_size = encoded_size(image, name)[1:], encoded_size(mask, f"mask of {name}")[1:]
+            except ImageError as error:
+                raise InvalidInput(str(error)) from None
+            if image_size != mask_size:
+                raise InvalidInput(f"mask is {mask_size[0]}x{mask_size[1]} but {name} is "
+                                   f"{image_size[0]}x{image_size[1]}; they must match (no resizing is done)")
+        return predict_bytes_request(list(images), list(masks), self.model, self.version)
+
+    def _files_output(self, response: predict_pb2.PredictResponse, count: int) -> list[bytes]:
+        try:
+            return bytes_output_of(response, count)
         except TensorError as error:
             raise ServerError(f"malformed reply from {self.target}: {error}") from None
 
@@ -257,6 +279,21 @@ class InpaintClient(_ClientBase):
         return inpaint_large(image, mask, lambda images, masks: self._predict(images, masks, _left(deadline)),
                              self.tiling)
 
+    def inpaint_files(self, images: Sequence[bytes], masks: Sequence[bytes], *,
+                      timeout: float | None = None) -> list[bytes]:
+        """Encoded files in (PNG, JPEG, WebP or BMP, sent as they are), PNG files out: ``serving_bytes``.
+
+        One request; images may differ in size. Needs a model with that signature (``takes_files``).
+        """
+        request = self._files_request(images, masks)
+        return self._files_output(self._call(self._prediction.Predict, request, timeout), len(images))
+
+    def takes_files(self, *, timeout: float | None = None) -> bool:
+        """Whether the model has the ``serving_bytes`` signature (asked once, then remembered)."""
+        if self._takes_files is None:
+            self._takes_files = BYTES_SIGNATURE_NAME in self.metadata(timeout=timeout)["signatures"]
+        return self._takes_files
+
     def metadata(self, *, timeout: float | None = None) -> dict:
         return self._metadata_dict(self._call(self._prediction.GetModelMetadata, self._metadata_request(), timeout))
 
@@ -333,6 +370,17 @@ class AsyncInpaintClient(_ClientBase):
             return asyncio.run_coroutine_threadsafe(self._predict(images, masks, _left(deadline)), loop).result()
 
         return await asyncio.to_thread(inpaint_large, image, mask, run, self.tiling)
+
+    async def inpaint_files(self, images: Sequence[bytes], masks: Sequence[bytes], *,
+                            timeout: float | None = None) -> list[bytes]:
+        """As the blocking client's: encoded files in, PNG files out."""
+        request = self._files_request(images, masks)
+        return self._files_output(await self._call(self._prediction.Predict, request, timeout), len(images))
+
+    async def takes_files(self, *, timeout: float | None = None) -> bool:
+        if self._takes_files is None:
+            self._takes_files = BYTES_SIGNATURE_NAME in (await self.metadata(timeout=timeout))["signatures"]
+        return self._takes_files
 
     async def metadata(self, *, timeout: float | None = None) -> dict:
         return self._metadata_dict(

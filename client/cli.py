@@ -10,12 +10,15 @@ from pathlib import Path
 import click
 import numpy as np
 
-from inpaint.core.images import IMAGE_SUFFIXES, ImageError, as_image, write_image
+from inpaint.core.images import IMAGE_SUFFIXES, ImageError, as_image, decode_image, encoded_size, write_image
 from inpaint.core.masks import MASK_KINDS, generate_mask
 from inpaint.core.tiling import TILING_MODES, TilingOptions
 
 from ._client import InpaintClient
 from ._errors import InpaintError, InvalidInput, ModelNotFound, ServerUnavailable
+
+
+SEND_MODES = ("auto", "files", "pixels")
 
 
 class Settings:
@@ -122,8 +125,12 @@ def output_path(image: Path, output: Path | None, many: bool) -> Path:
                    "off: whole images (inpaint-serve still tiles them itself).")
 @click.option("--tile-above-pixels", type=click.IntRange(min=4096), default=TilingOptions.whole_max_pixels,
               envvar="INPAINT_TILE_ABOVE_PIXELS", help="Images up to this size are sent whole.")
+@click.option("--send", type=click.Choice(SEND_MODES), default="auto", envvar="INPAINT_SEND",
+              help="files: the image and mask files' own bytes (the model's serving_bytes signature; PNG back); "
+                   "pixels: decoded arrays; auto: files when the model takes them and the image is sent whole, "
+                   "pixels otherwise.")
 @click.pass_obj
-def predict(settings: Settings, paths, output, mask_suffix, batch_size, tiling, tile_above_pixels):
+def predict(settings: Settings, paths, output, mask_suffix, batch_size, tiling, tile_above_pixels, send):
     """Inpaint IMAGE MASK [IMAGE MASK ...], or a folder of x.png + x_mask.png."""
     settings.tiling = TilingOptions(tiling, tile_above_pixels)
     try:
@@ -131,15 +138,49 @@ def predict(settings: Settings, paths, output, mask_suffix, batch_size, tiling, 
         chunks = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
         with settings.client() as client, click.progressbar(
                 length=len(pairs), label="inpainting", file=sys.stderr, hidden=len(pairs) < 2) as bar:
+            takes_files = send == "files" or (send == "auto" and client.takes_files())
             for chunk in chunks:
-                results = client.inpaint_batch([p[0] for p in chunk], [p[1] for p in chunk], batch_size=batch_size)
-                for (image, _), result in zip(chunk, results):
-                    target = output_path(image, output, len(pairs) > 1)
-                    write_image(target, result)
-                    click.echo(f"wrote {target}")
+                files = {pair: _read_pair(pair) for pair in chunk if takes_files}
+                if send == "auto":
+                    files = {pair: data for pair, data in files.items() if _sent_whole(data[0], settings.tiling)}
+                if files:
+                    results = client.inpaint_files([d[0] for d in files.values()], [d[1] for d in files.values()])
+                    for (image, _), png in zip(files, results):
+                        _write_result(output_path(image, output, len(pairs) > 1), png=png)
+                rest = [pair for pair in chunk if pair not in files]
+                if rest:
+                    results = client.inpaint_batch([p[0] for p in rest], [p[1] for p in rest], batch_size=batch_size)
+                    for (image, _), result in zip(rest, results):
+                        _write_result(output_path(image, output, len(pairs) > 1), pixels=result)
                 bar.update(len(chunk))
-    except (InpaintError, ImageError) as error:
+    except (InpaintError, ImageError, OSError) as error:
         fail(settings, error)
+
+
+def _read_pair(pair: tuple[Path, Path]) -> tuple[bytes, bytes]:
+    for path, what in zip(pair, ("image", "mask")):
+        if not path.is_file():
+            raise ImageError(f"{what} {path} does not exist")
+    return pair[0].read_bytes(), pair[1].read_bytes()
+
+
+def _sent_whole(image: bytes, tiling: TilingOptions) -> bool:
+    """Whether ``auto`` sends this file as it is: a format the server decodes, and no windows needed."""
+    try:
+        _, width, height = encoded_size(image)
+    except ImageError:
+        return False  # TIFF, say: decoded here and sent as pixels
+    return not tiling.is_tiled(height, width)
+
+
+def _write_result(target: Path, *, png: bytes | None = None, pixels: np.ndarray | None = None) -> None:
+    """A returned PNG is written as it came when the target is a PNG; anything else is encoded here."""
+    if png is not None and target.suffix.lower() == ".png":
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(png)
+    else:
+        write_image(target, decode_image(png, 2**40) if pixels is None else pixels)
+    click.echo(f"wrote {target}")
 
 
 @main.command()

@@ -18,6 +18,12 @@ SIGNATURE_NAME = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 
 IMAGE, MASK, OUTPUT = "image", "mask", "inpainted"
+
+# The second signature: encoded files in (PNG, JPEG, WebP or BMP; masks by core.images' rule), PNG out.
+BYTES_SIGNATURE_NAME = "serving_bytes"
+IMAGE_BYTES, MASK_BYTES, OUTPUT_BYTES = "image_bytes", "mask_bytes", "inpainted_bytes"
+BYTES_SIGNATURE = {"inputs": {IMAGE_BYTES: ("string", [-1]), MASK_BYTES: ("string", [-1])},
+                   "outputs": {OUTPUT_BYTES: ("string", [-1])}}
 # Inputs and their channel counts: uint8 image [N,H,W,3], uint8 mask [N,H,W,1] (nonzero = hole).
 INPUT_CHANNELS: dict[str, int] = {IMAGE: 3, MASK: 1}
 OUTPUT_CHANNELS = 3

@@ -1,11 +1,23 @@
 """Image and mask files and arrays: the one place image files are read and written.
 
-The client checks what it sends with it, the trainer reads its photos with it.
-A mask is any image whose nonzero pixels (in any colour channel) mark holes.
+The client checks what it sends with it, the trainer reads its photos with it,
+and the server decodes ``serving_bytes`` requests with it.
+
+**The mask rule**, for files, encoded bytes and arrays alike: in a mask with an
+alpha channel (grey + alpha, RGBA), transparent pixels (alpha below 255) are
+holes; a mask without one, or whose every pixel is opaque, marks holes with
+its nonzero pixels (any colour channel). So a black mask with white strokes
+and a photo with the damage erased to transparency both work.
+
+Encoded images (PNG, JPEG, WebP, BMP) are measured from their headers before
+anything is decoded: a 40-byte file claiming 100,000 x 100,000 pixels is refused
+without allocating them. Pixels are taken as stored: EXIF orientation is
+ignored, as TensorFlow's decoders ignore it.
 """
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Union
 
@@ -18,6 +30,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 class ImageError(ValueError):
     """An image or mask that cannot be read, written or used as given."""
+
+
+class ImageTooLarge(ImageError):
+    """An encoded image whose header declares more pixels than allowed."""
 
 
 def _decode(path: Path, what: str) -> np.ndarray:
@@ -60,13 +76,19 @@ def as_image(value: ImageLike) -> np.ndarray:
 
 
 def as_mask(value: ImageLike) -> np.ndarray:
-    """A mask as uint8 HxW {0, 1}: any nonzero pixel (in any channel) is a hole."""
-    if isinstance(value, (str, Path)):
-        mask = _decode(Path(value), "mask")
-        if mask.ndim == 3 and mask.shape[2] == 4:
-            mask = mask[..., :3]  # alpha is transparency, not damage
-    else:
-        mask = np.asarray(value)
+    """A mask as uint8 HxW {0, 1}, by the module's mask rule."""
+    return holes_of(_decode(Path(value), "mask") if isinstance(value, (str, Path)) else np.asarray(value))
+
+
+def holes_of(mask: np.ndarray) -> np.ndarray:
+    """uint8 HxW {0, 1} from a mask's pixels: transparent ones if it has alpha and any, else nonzero ones."""
+    if mask.ndim == 3 and mask.shape[2] in (2, 4):
+        alpha = mask[..., -1]
+        opaque = np.iinfo(mask.dtype).max if np.issubdtype(mask.dtype, np.integer) else 1.0
+        transparent = alpha < opaque
+        if transparent.any():
+            return transparent.astype(np.uint8)
+        mask = mask[..., :-1]
     if mask.ndim == 3:
         mask = mask.any(axis=2)
     if mask.ndim != 2:
@@ -93,3 +115,112 @@ def write_image(path: Path, image: np.ndarray) -> None:
         raise ImageError(f"cannot write {path}: {str(error).strip().splitlines()[-1]}") from None
     if not written:
         raise ImageError(f"cannot write {path}: unwritable folder or file")
+
+
+# -- encoded images: PNG, JPEG, WebP and BMP bytes ---------------------------------------------------------
+
+ENCODED_FORMATS = ("PNG", "JPEG", "WebP", "BMP")
+# SOF markers carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but are not frames.
+_JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_STANDALONE = frozenset(range(0xD0, 0xDA)) | {0x01}
+
+
+def encoded_size(data: bytes, what: str = "image") -> tuple[str, int, int]:
+    """``(format, width, height)`` from an encoded image's header; ImageError if it is not one we read."""
+    try:
+        if data.startswith(b"\x89PNG\r\n\x1a\n"):
+            return ("PNG", *_png_size(data, what))
+        if data.startswith(b"\xff\xd8"):
+            return ("JPEG", *_jpeg_size(data))
+        if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+            return ("WebP", *_webp_size(data))
+        if data.startswith(b"BM"):
+            return ("BMP", *_bmp_size(data))
+    except (struct.error, IndexError):
+        raise ImageError(f"{what} is truncated: its header ends early") from None
+    raise ImageError(f"{what} is not a {', '.join(ENCODED_FORMATS[:-1])} or {ENCODED_FORMATS[-1]} image "
+                     f"(starts with {data[:8].hex() or 'nothing'})")
+
+
+def _png_size(data: bytes, what: str) -> tuple[int, int]:
+    if len(data) >= 16 and data[12:16] != b"IHDR":
+        raise ImageError(f"{what} is a corrupt PNG: its first chunk is {data[12:16]!r}, not IHDR")
+    return struct.unpack(">II", data[16:24])
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    position = 2
+    while True:
+        while data[position] != 0xFF:  # tolerate junk between segments, as libjpeg does
+            position += 1
+        while data[position] == 0xFF:
+            position += 1
+        marker = data[position]
+        position += 1
+        if marker in _JPEG_STANDALONE:
+            continue
+        if marker == 0xD9:
+            raise IndexError("end of image before a frame header")
+        if marker in _JPEG_FRAMES:
+            height, width = struct.unpack(">HH", data[position + 3 : position + 7])
+            return width, height
+        position += struct.unpack(">H", data[position : position + 2])[0]
+
+
+def _webp_size(data: bytes) -> tuple[int, int]:
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        return (int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1)
+    if chunk == b"VP8 ":
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L":
+        bits = struct.unpack("<I", data[21:25])[0]
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    raise IndexError(f"unknown WebP chunk {chunk!r}")
+
+
+def _bmp_size(data: bytes) -> tuple[int, int]:
+    if struct.unpack("<I", data[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sizes
+        return struct.unpack("<HH", data[18:22])
+    width, height = struct.unpack("<ii", data[18:26])
+    return abs(width), abs(height)  # a negative height is a top-down bitmap
+
+
+def check_encoded_size(data: bytes, max_pixels: int, what: str = "image") -> tuple[int, int]:
+    """``(height, width)`` from the header, or ImageError/ImageTooLarge before any pixel is decoded."""
+    kind, width, height = encoded_size(data, what)
+    if width == 0 or height == 0:
+        raise ImageError(f"{what} is an empty {kind} ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"{what} is a {kind} of {width}x{height} = {width * height} pixels, over the limit "
+                            f"of {max_pixels}")
+    return height, width
+
+
+def _decode_bytes(data: bytes, max_pixels: int, what: str) -> np.ndarray:
+    height, width = check_encoded_size(data, max_pixels, what)
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.shape[:2] != (height, width):
+        kind = encoded_size(data, what)[0]
+        raise ImageError(f"{what} is a corrupt {kind}: its {width}x{height} pixels cannot be decoded")
+    return pixels
+
+
+def decode_image(data: bytes, max_pixels: int, what: str = "image") -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)`` from PNG, JPEG, WebP or BMP bytes, checked against ``max_pixels`` first."""
+    return to_rgb(_decode_bytes(data, max_pixels, what), bgr=True)
+
+
+def decode_mask(data: bytes, max_pixels: int, what: str = "mask") -> np.ndarray:
+    """uint8 ``(H, W)`` {0, 1} from encoded bytes, by the mask rule, checked against ``max_pixels`` first."""
+    return holes_of(_decode_bytes(data, max_pixels, what))
+
+
+def encode_png(image: np.ndarray, compression: int = 1) -> bytes:
+    """PNG bytes of an RGB uint8 image; level 1 because a 12 MP photo takes seconds at zlib's default."""
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise ImageError(f"cannot encode a {image.shape} image as PNG")
+    return encoded.tobytes()

@@ -13,7 +13,8 @@ import math
 
 import numpy as np
 
-from .contract import DTYPES, IMAGE, MASK, OUTPUT, PREDICT_METHOD, SIGNATURE_NAME, dtype_enum, dtype_name
+from .contract import (BYTES_SIGNATURE_NAME, DTYPES, IMAGE, IMAGE_BYTES, MASK, MASK_BYTES, OUTPUT, OUTPUT_BYTES,
+                       PREDICT_METHOD, SIGNATURE_NAME, dtype_enum, dtype_name)
 from .protos import meta_graph_pb2, predict_pb2, tensor_pb2, types_pb2
 
 _VALUE_FIELDS = {types_pb2.DT_UINT8: "int_val", types_pb2.DT_FLOAT: "float_val"}
@@ -91,6 +92,53 @@ def fill_tensor(proto: tensor_pb2.TensorProto, array: np.ndarray) -> None:
         dims.add(size=size)
 
 
+def to_strings(name: str, proto: tensor_pb2.TensorProto, max_count: int) -> list[bytes]:
+    """The byte strings of a DT_STRING ``[N]`` tensor, N at most ``max_count``; TensorError names ``name``."""
+    if proto.dtype != types_pb2.DT_STRING:
+        raise TensorError(f"tensor '{name}' has dtype {dtype_name(proto.dtype)}; expected DT_STRING "
+                          "(encoded image files)")
+    shape = tensor_shape(name, proto)
+    if len(shape) != 1:
+        raise TensorError(f"tensor '{name}' must have shape [N] (one encoded file each), got {list(shape)}")
+    if shape[0] > max_count:
+        raise TensorError(f"tensor '{name}' holds {shape[0]} files, over the limit of {max_count}")
+    if len(proto.string_val) != shape[0]:
+        raise TensorError(f"tensor '{name}' has {len(proto.string_val)} string_val; shape {list(shape)} "
+                          f"needs {shape[0]}")
+    return list(proto.string_val)
+
+
+def fill_strings(proto: tensor_pb2.TensorProto, values: list[bytes]) -> None:
+    """Write byte strings into an empty ``proto`` as a DT_STRING ``[N]`` tensor."""
+    proto.dtype = types_pb2.DT_STRING
+    proto.tensor_shape.dim.add(size=len(values))
+    proto.string_val.extend(values)
+
+
+def predict_bytes_request(images: list[bytes], masks: list[bytes], model: str,
+                          version: int | None = None) -> predict_pb2.PredictRequest:
+    """A ``serving_bytes`` PredictRequest: encoded image and mask files, one of each per image."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    if version is not None:
+        request.model_spec.version.value = version
+    request.model_spec.signature_name = BYTES_SIGNATURE_NAME
+    fill_strings(request.inputs[IMAGE_BYTES], images)
+    fill_strings(request.inputs[MASK_BYTES], masks)
+    request.output_filter.append(OUTPUT_BYTES)
+    return request
+
+
+def bytes_output_of(response: predict_pb2.PredictResponse, count: int) -> list[bytes]:
+    """The PNG files of a ``serving_bytes`` reply, checked against the number of images sent."""
+    if OUTPUT_BYTES not in response.outputs:
+        raise TensorError(f"reply has no '{OUTPUT_BYTES}' output (has {sorted(response.outputs)})")
+    values = to_strings(OUTPUT_BYTES, response.outputs[OUTPUT_BYTES], count)
+    if len(values) != count:
+        raise TensorError(f"reply '{OUTPUT_BYTES}' holds {len(values)} files for {count} images")
+    return values
+
+
 def predict_request(images: np.ndarray, masks: np.ndarray, model: str, version: int | None = None,
                     signature: str = SIGNATURE_NAME) -> predict_pb2.PredictRequest:
     """A PredictRequest for uint8 ``(N, H, W, 3)`` images and ``(N, H, W)`` or ``(N, H, W, 1)`` masks."""
@@ -117,6 +165,9 @@ def output_of(response: predict_pb2.PredictResponse, shape: tuple[int, ...]) -> 
     return array
 
 
+_SIGNATURE_DTYPES = {"uint8": types_pb2.DT_UINT8, "float32": types_pb2.DT_FLOAT, "string": types_pb2.DT_STRING}
+
+
 def signature_def(signature: dict[str, dict[str, tuple[str, list[int]]]]) -> meta_graph_pb2.SignatureDef:
     """TF Serving's SignatureDef for ``{"inputs"|"outputs": {name: (dtype name, shape)}}``; N is always -1."""
     definition = meta_graph_pb2.SignatureDef(method_name=PREDICT_METHOD)
@@ -124,7 +175,7 @@ def signature_def(signature: dict[str, dict[str, tuple[str, list[int]]]]) -> met
         for tensor_name, (dtype, shape) in signature[kind].items():
             info = infos[tensor_name]
             info.name = f"{tensor_name}:0"
-            info.dtype = dtype_enum(dtype) if dtype in ("uint8", "float32") else types_pb2.DT_INVALID
+            info.dtype = _SIGNATURE_DTYPES.get(dtype, types_pb2.DT_INVALID)
             info.tensor_shape.dim.add().size = -1
             for size in shape[1:]:
                 info.tensor_shape.dim.add().size = size

@@ -6,9 +6,11 @@
 * above it, holes are split by width. **Thin holes** (every hole pixel within
   ``wide_hole`` pixels of a known one) are filled window by window: cores of
   ``core_cells`` x ``core_cells`` blocks of ``cell`` pixels are laid along the
-  holes, each inside a window ``margin`` pixels wider on every side (shifted
-  inside the image at its edges, so all windows have one size and batch
-  together, ``batch`` per model run). A diagonal scratch costs a chain of
+  holes, each inside a window ``margin`` pixels wider on every side, or
+  ``thin_margin`` where every hole pixel of the core lies within ``thin_hole``
+  pixels of a known one (a scratch needs less context). Windows are shifted
+  inside the image at its edges, so windows of one margin have one size and
+  batch together, ``batch`` per model run. A diagonal scratch costs a chain of
   windows along it, not its bounding box. Each window's fill fades into its
   neighbours' over ``feather`` pixels, so a hole crossing cores shows no seam.
   **Wide holes** (a component holding a pixel ``wide_hole`` pixels away from
@@ -47,7 +49,9 @@ class TilingOptions:
     whole_max_pixels: int = 2**20  # images up to this size run whole (and wide holes run at this size)
     cell: int = 32        # holes are located to blocks of this side
     core_cells: int = 4   # a window fills a core of core_cells x core_cells blocks (128 px)
-    margin: int = 64      # context around the core (see README: the fill changes < 1 level beyond it)
+    margin: int = 64      # context around the core: windows of 256 x 256 (README: why 64)
+    thin_hole: int = 8    # a core whose hole pixels are all this close to a known pixel (holes up to 16 px wide)...
+    thin_margin: int = 32 # ...takes this much context (192 x 192 windows): as good for scratches, half the cost
     feather: int = 16     # blend band around a core
     batch: int = 8        # windows per model run: bounds its memory (8 x 256 x 256 = 0.5 MP)
     wide_hole: int = 128  # holes holding a square this far around a pixel (257 px) take the downscaled pass
@@ -59,11 +63,14 @@ class TilingOptions:
         for name in ("whole_max_pixels", "cell", "core_cells", "batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"tiling option {name} must be at least 1, got {getattr(self, name)}")
-        for name in ("margin", "feather", "wide_hole"):
+        for name in ("margin", "thin_hole", "thin_margin", "feather", "wide_hole"):
             if getattr(self, name) < 0:
                 raise ValueError(f"tiling option {name} must not be negative, got {getattr(self, name)}")
-        if self.feather > self.margin:
-            raise ValueError(f"tiling feather ({self.feather}) must not exceed the margin ({self.margin})")
+        if self.thin_margin > self.margin:
+            raise ValueError(f"tiling thin_margin ({self.thin_margin}) must not exceed the margin ({self.margin})")
+        if self.feather > min(self.margin, self.thin_margin):
+            raise ValueError(f"tiling feather ({self.feather}) must not exceed the margins "
+                             f"({self.thin_margin}, {self.margin})")
 
     @property
     def core(self) -> int:
@@ -71,11 +78,13 @@ class TilingOptions:
 
     @property
     def window(self) -> int:
+        """The side of the largest window."""
         return self.core + 2 * self.margin
 
-    def window_shape(self, height: int, width: int) -> tuple[int, int]:
-        """Every window's (height, width) in an image of this size: the window, or the image if smaller."""
-        return min(self.window, height), min(self.window, width)
+    def window_shape(self, height: int, width: int, margin: int | None = None) -> tuple[int, int]:
+        """A window's (height, width) in an image of this size: the window, or the image if smaller."""
+        side = self.window if margin is None else self.core + 2 * margin
+        return min(side, height), min(side, width)
 
     def is_tiled(self, height: int, width: int) -> bool:
         return self.mode == "always" or (self.mode == "auto" and height * width > self.whole_max_pixels)
@@ -116,8 +125,7 @@ def wide_holes(holes: np.ndarray, wide_hole: int) -> np.ndarray | None:
     """The hole components holding a square of side ``2 * wide_hole + 1`` of hole pixels; None if none."""
     if wide_hole == 0:
         return None
-    square = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * wide_hole + 1, 2 * wide_hole + 1))
-    deep = cv2.erode(holes.view(np.uint8), square, borderType=cv2.BORDER_CONSTANT, borderValue=0).view(bool)
+    deep = _deep_inside(holes, wide_hole)
     if not deep.any():
         return None
     count, labels = cv2.connectedComponents(holes.view(np.uint8), connectivity=8)
@@ -167,21 +175,27 @@ class Window:
     bottom: int
     left: int
     right: int
-    win_top: int  # the window around it: window_height x window_width from here, inside the image
+    win_top: int  # the window around it, inside the image
     win_left: int
+    win_height: int
+    win_width: int
+
+    def crop(self, array: np.ndarray) -> np.ndarray:
+        return array[self.win_top : self.win_top + self.win_height, self.win_left : self.win_left + self.win_width]
 
 
-def plan_windows(targets: np.ndarray, options: TilingOptions) -> list[Window]:
+def plan_windows(targets: np.ndarray, options: TilingOptions, holes: np.ndarray | None = None) -> list[Window]:
     """Windows whose cores cover every target pixel, following the holes, in raster order of their cores.
 
     The image is seen as ``cell`` x ``cell`` blocks; cores are ``core_cells`` blocks square. Greedily, the
     first uncovered hole block (raster order) starts a core's top row, and the core is slid sideways to cover
-    the most uncovered hole blocks: a diagonal scratch gets a chain of windows along it.
+    the most uncovered hole blocks: a diagonal scratch gets a chain of windows along it. A core takes the
+    thin margin unless one of its pixels lies deeper than ``thin_hole`` inside ``holes`` (default: targets).
     """
     height, width = targets.shape
     cell, span = options.cell, options.core_cells
     blocks = _blocks_touching(targets, cell)
-    window_height, window_width = options.window_shape(height, width)
+    deep = _deep_inside(targets if holes is None else holes, options.thin_hole)
     windows = []
     while True:
         flat = int(np.argmax(blocks))
@@ -192,9 +206,20 @@ def plan_windows(targets: np.ndarray, options: TilingOptions) -> list[Window]:
         blocks[row : row + span, left_col : left_col + span] = False
         top, left = row * cell, left_col * cell
         bottom, right = min(top + span * cell, height), min(left + span * cell, width)
+        thick = deep is None or deep[top:bottom, left:right].any()
+        margin = options.margin if thick else options.thin_margin
+        window_height, window_width = options.window_shape(height, width, margin)
         windows.append(Window(top, bottom, left, right,
-                              _clamp(top - options.margin, 0, height - window_height),
-                              _clamp(left - options.margin, 0, width - window_width)))
+                              _clamp(top - margin, 0, height - window_height),
+                              _clamp(left - margin, 0, width - window_width), window_height, window_width))
+
+
+def _deep_inside(holes: np.ndarray, depth: int) -> np.ndarray | None:
+    """The hole pixels whose ``(2 * depth + 1)``-px square is all hole (None: depth 0, every pixel is deep)."""
+    if depth == 0:
+        return None
+    square = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * depth + 1, 2 * depth + 1))
+    return cv2.erode(holes.view(np.uint8), square, borderType=cv2.BORDER_CONSTANT, borderValue=0).view(bool)
 
 
 def _blocks_touching(holes: np.ndarray, cell: int) -> np.ndarray:
@@ -226,21 +251,20 @@ def fill_tiles(output: np.ndarray, image: np.ndarray, holes: np.ndarray, targets
     falls to 0 across ``feather`` pixels around it: where a hole crosses from one core into the next, the
     fill fades from one window's to the other's, without a seam.
     """
-    windows = plan_windows(targets, options)
+    windows = plan_windows(targets, options, holes)
     height, width = holes.shape
-    window_height, window_width = options.window_shape(height, width)
-    logger.debug("%dx%d image: %d windows of %dx%d (%.1f%% of its pixels)", width, height, len(windows),
-                 window_width, window_height, 100 * len(windows) * window_height * window_width / (height * width))
+    logger.debug("%dx%d image: %d windows (%.1f%% of its pixels)", width, height, len(windows),
+                 100 * sum(w.win_height * w.win_width for w in windows) / (height * width))
     written = np.zeros_like(targets)
-    for start in range(0, len(windows), options.batch):
-        group = windows[start : start + options.batch]
-        images = np.stack([image[w.win_top : w.win_top + window_height, w.win_left : w.win_left + window_width]
-                           for w in group])
-        masks = np.stack([holes[w.win_top : w.win_top + window_height, w.win_left : w.win_left + window_width]
-                          for w in group])
-        fills = run(images, masks[..., None].view(np.uint8))
-        for window, fill in zip(group, fills):
-            _composite(output, written, targets, window, fill, options.feather)
+    for shape in dict.fromkeys((w.win_height, w.win_width) for w in windows):
+        same_size = [w for w in windows if (w.win_height, w.win_width) == shape]
+        for start in range(0, len(same_size), options.batch):
+            group = same_size[start : start + options.batch]
+            images = np.stack([window.crop(image) for window in group])
+            masks = np.stack([window.crop(holes) for window in group])
+            fills = run(images, masks[..., None].view(np.uint8))
+            for window, fill in zip(group, fills):
+                _composite(output, written, targets, window, fill, options.feather)
 
 
 def _composite(output: np.ndarray, written: np.ndarray, targets: np.ndarray, window: Window, fill: np.ndarray,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +29,12 @@ def _policy(ctx, param, value: str) -> str:
         VersionPolicy.parse(value)
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
+    return value
+
+
+def _origin(ctx, param, value: str | None) -> str | None:
+    if value is not None and value != "*" and not re.fullmatch(r"https?://[^/\s]+", value):
+        raise click.BadParameter("must be * or an origin: scheme://host[:port], no path (https://app.example.com)")
     return value
 
 
@@ -94,6 +101,8 @@ def _port(ctx, param, value: int) -> int:
               help="Model runs at once when batching is off (each holds at most --tile-above-pixels).")
 @click.option("--drain-seconds", default=_default("drain_seconds"), type=click.FloatRange(min=0), envvar="INPAINT_DRAIN_SECONDS",
               help="On SIGTERM, how long queued and in-flight requests get to finish.")
+@click.option("--cors-origin", default=None, callback=_origin, envvar="INPAINT_CORS_ORIGIN",
+              help="Let web pages from this origin (https://app.example.com, or *) call the REST API.")
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
               envvar="INPAINT_LOG_LEVEL", help="Logging level.")
 def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port: int, model_version_policy: str,
@@ -102,8 +111,10 @@ def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port
          batching_parameters_file: Path | None, max_pixels: int, max_images_per_request: int,
          max_request_pixels: int, max_inflight_pixels: int, max_request_bytes: int | None, tiling: str,
          tile_above_pixels: int, tile_batch: int, device: str,
-         intra_op_threads: int, compute_threads: int, drain_seconds: float, log_level: str) -> None:
-    """Serve MODEL_BASE_PATH's ONNX versions over TF Serving's gRPC and REST APIs."""
+         intra_op_threads: int, compute_threads: int, drain_seconds: float, cors_origin: str | None,
+         log_level: str) -> None:
+    """Serve MODEL_BASE_PATH's ONNX versions over TF Serving's gRPC and REST APIs, and a web page at / on the
+    REST port."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     try:
@@ -129,6 +140,7 @@ def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port
         max_request_bytes=max_request_bytes, tiling=tiling, tile_above_pixels=tile_above_pixels,
         tile_batch=tile_batch, device=device,
         intra_op_threads=intra_op_threads, compute_threads=compute_threads, drain_seconds=drain_seconds,
+        cors_origin=cors_origin,
     )
     try:
         asyncio.run(serve(config))

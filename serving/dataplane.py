@@ -18,7 +18,9 @@ from typing import Protocol
 
 import numpy as np
 
-from inpaint.core.contract import OUTPUT, SIGNATURE_NAME
+from inpaint.core.contract import (BYTES_SIGNATURE_NAME, IMAGE_BYTES, MASK_BYTES, OUTPUT, OUTPUT_BYTES,
+                                   SIGNATURE_NAME)
+from inpaint.core.images import ImageTooLarge, check_encoded_size, decode_image, decode_mask, encode_png
 from inpaint.core.onnx_model import Signature
 from inpaint.core.tiling import TilingOptions, inpaint_large
 
@@ -52,7 +54,7 @@ class Outcome:
 @dataclass
 class Prediction:
     version: int
-    outputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray | list[bytes]]  # arrays (serving_default) or PNG files (serving_bytes)
 
 
 @dataclass
@@ -110,12 +112,10 @@ class DataPlane:
     async def predict(self, outcome: Outcome, name: str, version: int | None, signature: str,
                       arrays: dict[str, np.ndarray], output_filter: list[str],
                       deadline: float | None) -> Prediction:
+        """``serving_default``: uint8 image and mask arrays in, the inpainted array out."""
         self._check_open()
-        check_signature_name(signature)
-        unknown = sorted(set(output_filter) - {OUTPUT})
-        if unknown:
-            raise InvalidInput(f"output_filter names unknown output(s) {', '.join(unknown)}; the signature has "
-                               f"'{OUTPUT}'")
+        check_signature_name(signature, SIGNATURE_NAME)
+        check_output_filter(output_filter, OUTPUT)
         image, mask = prepare_inputs(arrays, self.limits)
         model_version = self.manager.acquire(name, version)
         outcome.version = str(model_version.version)
@@ -125,6 +125,68 @@ class DataPlane:
         finally:
             self.manager.release(model_version)
         return Prediction(model_version.version, {OUTPUT: output})
+
+    async def predict_bytes(self, outcome: Outcome, name: str, version: int | None,
+                            files: dict[str, list[bytes]], output_filter: list[str],
+                            deadline: float | None) -> Prediction:
+        """``serving_bytes``: encoded image and mask files in, PNG files out.
+
+        Every file's size is read from its header and checked against the limits before any is decoded;
+        then the images are decoded, inpainted (the large-photo path included) and encoded one at a time.
+        """
+        self._check_open()
+        check_output_filter(output_filter, OUTPUT_BYTES)
+        images, masks = self._check_files(files)
+        sizes = [self._checked_pair_size(index, image, mask) for index, (image, mask) in enumerate(zip(images, masks))]
+        total = sum(height * width for height, width in sizes)
+        if total > self.limits.max_request_pixels:
+            raise InvalidInput(f"request holds {len(images)} images of {total} pixels in all, over the limit of "
+                               f"{self.limits.max_request_pixels} per request (--max-request-pixels)")
+        model_version = self.manager.acquire(name, version)
+        outcome.version = str(model_version.version)
+        loop = asyncio.get_running_loop()
+        try:
+            with self._admitted(total):
+                outputs = []
+                for index, (image_file, mask_file) in enumerate(zip(images, masks)):
+                    image, mask = await loop.run_in_executor(self.large, self._decode_pair, index, image_file,
+                                                             mask_file)
+                    output = await self._inpaint(model_version, image[None], mask[None, ..., None], deadline)
+                    outputs.append(await loop.run_in_executor(self.large, encode_png, output[0]))
+        finally:
+            self.manager.release(model_version)
+        return Prediction(model_version.version, {OUTPUT_BYTES: outputs})
+
+    def _check_files(self, files: dict[str, list[bytes]]) -> tuple[list[bytes], list[bytes]]:
+        expected = {IMAGE_BYTES, MASK_BYTES}
+        if set(files) != expected:
+            raise InvalidInput(f"inputs are {sorted(files)}; signature '{BYTES_SIGNATURE_NAME}' takes "
+                               f"{sorted(expected)}")
+        images, masks = files[IMAGE_BYTES], files[MASK_BYTES]
+        if not images or len(images) != len(masks):
+            raise InvalidInput(f"'{IMAGE_BYTES}' holds {len(images)} files and '{MASK_BYTES}' {len(masks)}; "
+                               "send one mask per image, at least one")
+        if len(images) > self.limits.max_images:
+            raise InvalidInput(f"request holds {len(images)} images, over the limit of {self.limits.max_images} "
+                               "per request (--max-images-per-request)")
+        return images, masks
+
+    def _checked_pair_size(self, index: int, image: bytes, mask: bytes) -> tuple[int, int]:
+        """The pair's ``(height, width)`` from their headers: within --max-pixels and equal."""
+        try:
+            size = check_encoded_size(image, self.limits.max_pixels, f"input '{IMAGE_BYTES}'[{index}]")
+            mask_size = check_encoded_size(mask, self.limits.max_pixels, f"input '{MASK_BYTES}'[{index}]")
+        except ImageTooLarge as error:
+            raise InvalidInput(f"{error} per image (--max-pixels)") from None
+        if size != mask_size:
+            raise InvalidInput(f"input '{MASK_BYTES}'[{index}] is {mask_size[1]}x{mask_size[0]} but "
+                               f"'{IMAGE_BYTES}'[{index}] is {size[1]}x{size[0]}; they must match")
+        return size
+
+    def _decode_pair(self, index: int, image: bytes, mask: bytes) -> tuple[np.ndarray, np.ndarray]:
+        limit = self.limits.max_pixels
+        return (decode_image(image, limit, f"input '{IMAGE_BYTES}'[{index}]"),
+                decode_mask(mask, limit, f"input '{MASK_BYTES}'[{index}]"))
 
     @contextlib.contextmanager
     def _admitted(self, pixels: int):
@@ -213,6 +275,22 @@ class DataPlane:
         return not (self.active or self.scheduler.busy)
 
 
-def check_signature_name(signature: str) -> None:
-    if signature not in ("", SIGNATURE_NAME):
-        raise InvalidInput(f"Serving signature key \"{signature}\" not found; the model has '{SIGNATURE_NAME}'")
+SIGNATURE_NAMES = (SIGNATURE_NAME, BYTES_SIGNATURE_NAME)
+
+
+def is_bytes_signature(signature: str) -> bool:
+    """Whether a request names ``serving_bytes``; any other name but the default is refused by ``predict``."""
+    return signature == BYTES_SIGNATURE_NAME
+
+
+def check_signature_name(signature: str, expected: str) -> None:
+    if signature not in ("", expected):
+        raise InvalidInput(f"Serving signature key \"{signature}\" not found; the model has "
+                           f"{' and '.join(repr(name) for name in SIGNATURE_NAMES)}")
+
+
+def check_output_filter(output_filter: list[str], output: str) -> None:
+    unknown = sorted(set(output_filter) - {output})
+    if unknown:
+        raise InvalidInput(f"output_filter names unknown output(s) {', '.join(unknown)}; the signature has "
+                           f"'{output}'")

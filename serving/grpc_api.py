@@ -15,11 +15,11 @@ from typing import Awaitable, Callable, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from inpaint.core.contract import SIGNATURE_NAME
+from inpaint.core.contract import BYTES_SIGNATURE, BYTES_SIGNATURE_NAME, SIGNATURE_NAME
 from inpaint.core.protos import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
-from inpaint.core.tensors import fill_tensor, signature_def, tensor_shape, to_numpy
+from inpaint.core.tensors import fill_strings, fill_tensor, signature_def, tensor_shape, to_numpy, to_strings
 
-from .dataplane import DataPlane, Outcome
+from .dataplane import DataPlane, Outcome, Prediction, is_bytes_signature
 from .errors import InvalidInput, status_of
 from .inputs import Limits, check_shapes
 
@@ -74,6 +74,19 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else asyncio.get_running_loop().time() + remaining
 
 
+def predict_response(spec, prediction: Prediction) -> predict_pb2.PredictResponse:
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = spec.name
+    response.model_spec.version.value = prediction.version
+    response.model_spec.signature_name = spec.signature_name or SIGNATURE_NAME
+    for name, value in prediction.outputs.items():
+        if isinstance(value, list):
+            fill_strings(response.outputs[name], value)
+        else:
+            fill_tensor(response.outputs[name], value)
+    return response
+
+
 class PredictionServicer:
     """``tensorflow.serving.PredictionService``: Predict and GetModelMetadata (others are UNIMPLEMENTED)."""
 
@@ -83,17 +96,18 @@ class PredictionServicer:
     async def Predict(self, raw: bytes, context) -> predict_pb2.PredictResponse:
         async def handle(request: predict_pb2.PredictRequest, outcome: Outcome) -> predict_pb2.PredictResponse:
             spec = request.model_spec
-            arrays = input_arrays(request, self.dataplane.limits)
-            prediction = await self.dataplane.predict(
-                outcome, spec.name, requested_version(spec), spec.signature_name, arrays,
-                list(request.output_filter), deadline_of(context))
-            response = predict_pb2.PredictResponse()
-            response.model_spec.name = spec.name
-            response.model_spec.version.value = prediction.version
-            response.model_spec.signature_name = spec.signature_name or SIGNATURE_NAME
-            for name in request.output_filter or prediction.outputs:
-                fill_tensor(response.outputs[name], prediction.outputs[name])
-            return response
+            if is_bytes_signature(spec.signature_name):
+                files = {name: to_strings(name, tensor, self.dataplane.limits.max_images)
+                         for name, tensor in request.inputs.items()}
+                prediction = await self.dataplane.predict_bytes(
+                    outcome, spec.name, requested_version(spec), files, list(request.output_filter),
+                    deadline_of(context))
+            else:
+                arrays = input_arrays(request, self.dataplane.limits)
+                prediction = await self.dataplane.predict(
+                    outcome, spec.name, requested_version(spec), spec.signature_name, arrays,
+                    list(request.output_filter), deadline_of(context))
+            return predict_response(spec, prediction)
 
         return await call(context, self.dataplane, "predict", raw, predict_pb2.PredictRequest, handle)
 
@@ -109,6 +123,7 @@ class PredictionServicer:
             response.model_spec.version.value = served.version
             signatures = get_model_metadata_pb2.SignatureDefMap()
             signatures.signature_def[SIGNATURE_NAME].CopyFrom(signature_def(served.signature))
+            signatures.signature_def[BYTES_SIGNATURE_NAME].CopyFrom(signature_def(BYTES_SIGNATURE))
             response.metadata["signature_def"].Pack(signatures)
             return response
 

@@ -5,6 +5,7 @@
 * ``POST /v1/models/NAME[/versions/V]:predict`` with ``instances`` (row) or ``inputs`` (columnar)
 * ``GET /monitoring/prometheus/metrics`` and ``/metrics``
 * ``GET /healthz`` (alive) and ``/readyz`` (a version AVAILABLE and not draining)
+* ``GET /``: the web page (``web``)
 
 A thin adapter: JSON to numpy (``rest_codec``), the data plane, numpy to JSON.
 Bodies over ``INLINE_BODY_BYTES`` are decoded and answers encoded in a worker
@@ -26,13 +27,14 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
 
-from inpaint.core.contract import OUTPUT, SIGNATURE_NAME
+from inpaint.core.contract import BYTES_SIGNATURE, BYTES_SIGNATURE_NAME, OUTPUT, OUTPUT_BYTES, SIGNATURE_NAME
 from inpaint.core.tensors import signature_def
 
-from .dataplane import DataPlane
+from .dataplane import DataPlane, is_bytes_signature
 from .errors import InvalidInput, RequestTooLarge, status_of
 from .models import ModelVersion
 from .rest_codec import decode_predict, encode_predictions
+from .web import add_web_routes, cors_middleware
 
 INLINE_BODY_BYTES = 2**20  # parsed on the event loop: a few milliseconds at most
 
@@ -57,10 +59,14 @@ def _codec_pool() -> ProcessPoolExecutor:
 
 
 class RestApi:
-    def __init__(self, dataplane: DataPlane, max_request_bytes: int):
+    def __init__(self, dataplane: DataPlane, max_request_bytes: int, max_json_values: int,
+                 model_name: str = "inpaint", cors_origin: str | None = None):
         self.dataplane, self.max_request_bytes = dataplane, max_request_bytes
+        self.max_json_values = max_json_values  # what bounds a JSON array body's memory
         self.codec: ProcessPoolExecutor | None = None  # started by start_codec, restarted if it dies
-        self.app = web.Application(client_max_size=max_request_bytes)
+        middlewares = [cors_middleware(cors_origin)] if cors_origin else []
+        self.app = web.Application(client_max_size=max_request_bytes, middlewares=middlewares)
+        add_web_routes(self.app, model_name)
         self.app.add_routes([
             web.get("/v1/models/{path:.+}", self.get_model),
             web.post("/v1/models/{path:.+}", self.post_model),
@@ -134,9 +140,10 @@ class RestApi:
         if rest == "/metadata":
             async def metadata(outcome):
                 served = self.dataplane.signature(outcome, name, version)
-                definition = json_format.MessageToDict(signature_def(served.signature))
+                definitions = {SIGNATURE_NAME: json_format.MessageToDict(signature_def(served.signature)),
+                               BYTES_SIGNATURE_NAME: json_format.MessageToDict(signature_def(BYTES_SIGNATURE))}
                 return {"model_spec": {"name": name, "signature_name": "", "version": str(served.version)},
-                        "metadata": {"signature_def": {"signature_def": {SIGNATURE_NAME: definition}}}}
+                        "metadata": {"signature_def": {"signature_def": definitions}}}
 
             return await self._respond("metadata", name, metadata)
 
@@ -153,9 +160,13 @@ class RestApi:
 
         async def predict(outcome):
             body = await self._read_body(request)
-            arrays, row_form, signature = await self._in_codec(len(body), decode_predict, body,
-                                                               self.dataplane.limits)
-            prediction = await self.dataplane.predict(outcome, name, version, signature, arrays, [], None)
+            inputs, row_form, signature = await self._in_codec(len(body), decode_predict, body,
+                                                               self.dataplane.limits, self.max_json_values)
+            if is_bytes_signature(signature):
+                prediction = await self.dataplane.predict_bytes(outcome, name, version, inputs, [], None)
+                files = prediction.outputs[OUTPUT_BYTES]
+                return await self._in_codec(sum(map(len, files)), encode_predictions, files, row_form)
+            prediction = await self.dataplane.predict(outcome, name, version, signature, inputs, [], None)
             output = prediction.outputs[OUTPUT]
             return await self._in_codec(output.nbytes * 4, encode_predictions, output, row_form)
 

@@ -8,11 +8,15 @@ checked against the limits before any array is allocated.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 
 import numpy as np
 
-from .errors import InvalidInput
+from inpaint.core.contract import BYTES_SIGNATURE_NAME
+
+from .errors import InvalidInput, RequestTooLarge
 from .inputs import Limits, check_shapes
 
 
@@ -59,18 +63,56 @@ def parse_body(body: bytes) -> dict:
 
 def _row_form_columns(instances) -> dict[str, list]:
     if not isinstance(instances, list) or not instances or not all(isinstance(i, dict) for i in instances):
-        raise InvalidInput("'instances' must be a non-empty list of objects with 'image' and 'mask'")
+        raise InvalidInput("'instances' must be a non-empty list of objects, one per image, naming its inputs")
     names = set(instances[0])
     if any(set(i) != names for i in instances):
         raise InvalidInput("every instance must have the same named inputs")
     return {name: [i[name] for i in instances] for name in names}
 
 
-def decode_predict(body: bytes, limits: Limits) -> tuple[dict[str, np.ndarray], bool, str]:
-    """``(arrays, row_form, signature_name)`` from a ``:predict`` body; InvalidInput naming the problem."""
+def to_files(name: str, value, max_count: int) -> list[bytes]:
+    """A JSON string tensor as bytes: a ``{"b64": ...}`` object, or a list of them (TF Serving's convention)."""
+    values = value if isinstance(value, list) else [value]
+    if len(values) > max_count:
+        raise InvalidInput(f"input '{name}' holds {len(values)} files, over the limit of {max_count} per request "
+                           "(--max-images-per-request)")
+    files = []
+    for index, item in enumerate(values):
+        if not (isinstance(item, dict) and set(item) == {"b64"} and isinstance(item["b64"], str)):
+            raise InvalidInput(f"input '{name}'[{index}] must be {{\"b64\": \"<base64 of the file>\"}}")
+        try:
+            files.append(base64.b64decode(item["b64"], validate=True))
+        except (binascii.Error, ValueError):
+            raise InvalidInput(f"input '{name}'[{index}] is not valid base64") from None
+    return files
+
+
+def check_json_values(body: bytes, max_values: int) -> None:
+    """Refuse, before parsing, a body holding more than ``max_values`` JSON values.
+
+    Parsing costs memory per value (a Python object and a list slot each), not per byte: counting the
+    separators bounds it. Files in base64 hold none, so ``serving_bytes`` bodies pass whatever their size.
+    """
+    values = body.count(b",") + body.count(b"[") + body.count(b"{")
+    if values > max_values:
+        raise RequestTooLarge(f"request body holds about {values} JSON values, over the {max_values} that REST "
+                              f"takes as arrays; send the image files (signature '{BYTES_SIGNATURE_NAME}') or "
+                              "use gRPC")
+
+
+def decode_predict(body: bytes, limits: Limits, max_json_values: int) -> tuple[dict, bool, str]:
+    """``(inputs, row_form, signature_name)`` from a ``:predict`` body; InvalidInput naming the problem.
+
+    Inputs are arrays for ``serving_default`` (shapes checked before any is built) and lists of file bytes
+    for ``serving_bytes``.
+    """
+    check_json_values(body, max_json_values)
     parsed = parse_body(body)
     if ("instances" in parsed) == ("inputs" in parsed):
         raise InvalidInput("the request body needs exactly one of 'instances' or 'inputs'")
+    signature = parsed.get("signature_name", "")
+    if not isinstance(signature, str):
+        raise InvalidInput("'signature_name' must be a string")
     row_form = "instances" in parsed
     if row_form:
         columns = _row_form_columns(parsed["instances"])
@@ -78,18 +120,21 @@ def decode_predict(body: bytes, limits: Limits) -> tuple[dict[str, np.ndarray], 
         columns = parsed["inputs"]
         if not isinstance(columns, dict):
             raise InvalidInput("'inputs' must be an object mapping input names to tensors")
+    if signature == BYTES_SIGNATURE_NAME:
+        return {name: to_files(name, value, limits.max_images) for name, value in columns.items()}, row_form, signature
     check_shapes({name: declared_shape(value) for name, value in columns.items()}, limits)
-    arrays = {name: to_array(name, value) for name, value in columns.items()}
-    signature = parsed.get("signature_name", "")
-    if not isinstance(signature, str):
-        raise InvalidInput("'signature_name' must be a string")
-    return arrays, row_form, signature
+    return {name: to_array(name, value) for name, value in columns.items()}, row_form, signature
 
 
-def encode_predictions(output: np.ndarray, row_form: bool) -> bytes:
+def encode_predictions(output: np.ndarray | list[bytes], row_form: bool) -> bytes:
     """TF Serving's answer: ``predictions`` for the row form, ``outputs`` for the columnar form.
 
-    TF Serving drops the output's name when the signature has a single output.
+    TF Serving drops the output's name when the signature has a single output, and writes binary strings
+    (outputs whose name ends in ``_bytes``) as ``{"b64": ...}``.
     """
     key = "predictions" if row_form else "outputs"
-    return json.dumps({key: output.tolist()}, separators=(",", ":")).encode()
+    if isinstance(output, list):
+        values = [{"b64": base64.b64encode(data).decode("ascii")} for data in output]
+    else:
+        values = output.tolist()
+    return json.dumps({key: values}, separators=(",", ":")).encode()

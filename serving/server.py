@@ -68,21 +68,25 @@ class ServerConfig:
     intra_op_threads: int = 0
     compute_threads: int = 2               # worker threads when batching is off
     drain_seconds: float = 20.0
+    cors_origin: str | None = None         # an origin (or *) whose pages may call the REST API
 
 
 JSON_BYTES_PER_PIXEL = 40    # room for the widest encoding: REST JSON of float pixels
 TENSOR_BYTES_PER_PIXEL = 16  # binary tensors (gRPC): float32 image and mask
+B64_FILE_BYTES_PER_PIXEL = 4  # serving_bytes over REST: base64 of an RGB PNG at its largest (3 B/px) and a mask
 
 
-def request_bytes_for(max_request_pixels: int, json_pixels: int) -> tuple[int, int]:
-    """The message caps, gRPC and REST, that admit every request the pixel limits admit.
+def request_bytes_for(max_request_pixels: int, json_pixels: int) -> tuple[int, int, int]:
+    """The message caps, gRPC and REST, that admit every request the pixel limits admit, and the most
+    values a REST body may hold as JSON arrays.
 
-    JSON bodies are parsed into Python lists (8 bytes per value and more), so REST carries photos up to
-    ``json_pixels``; larger ones travel as binary tensors over gRPC.
+    JSON arrays are parsed into Python lists (8 bytes per value and more), so REST carries pixel arrays
+    up to ``json_pixels``; larger photos travel as files (``serving_bytes``) or as binary tensors over gRPC.
     """
     grpc_bytes = TENSOR_BYTES_PER_PIXEL * max_request_pixels + 2**20
-    rest_bytes = JSON_BYTES_PER_PIXEL * min(json_pixels, max_request_pixels) + 2**20
-    return min(grpc_bytes, 2**31 - 1), rest_bytes
+    json_bytes = JSON_BYTES_PER_PIXEL * min(json_pixels, max_request_pixels)
+    rest_bytes = max(json_bytes, B64_FILE_BYTES_PER_PIXEL * max_request_pixels) + 2**20
+    return min(grpc_bytes, 2**31 - 1), rest_bytes, json_bytes // 2  # a JSON value takes 2 bytes at least
 
 
 def create_server(address: str, dataplane: DataPlane, health: health_aio.HealthServicer,
@@ -140,10 +144,11 @@ class InpaintServer:
         self.dataplane = DataPlane(self.manager, self.scheduler, limits, self.metrics, tiling, self.compute,
                                    config.max_inflight_pixels)
         self.health = health_aio.HealthServicer()
-        grpc_bytes, rest_bytes = request_bytes_for(config.max_request_pixels, config.tile_above_pixels)
+        grpc_bytes, rest_bytes, json_values = request_bytes_for(config.max_request_pixels, config.tile_above_pixels)
         self.max_request_bytes = config.max_request_bytes or grpc_bytes
         self.max_rest_bytes = config.max_request_bytes or rest_bytes
-        self.rest = RestApi(self.dataplane, self.max_rest_bytes) if config.rest_port is not None else None
+        self.rest = (RestApi(self.dataplane, self.max_rest_bytes, json_values, config.model_name,
+                             config.cors_origin) if config.rest_port is not None else None)
         self.rest_app_runner: web.AppRunner | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port: int | None = None

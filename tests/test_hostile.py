@@ -25,6 +25,7 @@ import pytest
 from grpc_helpers import Stubs, code_of, images, predict_request
 from helpers import free_port, wait_serving
 from inpaint.core.protos import predict_pb2, types_pb2
+from inpaint.serving.server import ServerConfig, request_bytes_for
 from onnx_models import expected_fill
 
 HEADROOM = 1 * 2**30  # over the idle address space; the old code's hostile allocations needed 3+ GiB
@@ -149,8 +150,18 @@ def test_rest_client_mistakes_are_4xx_not_500(capped):
     assert status == 400 and "cannot read the request body" in body["error"], body
     status, body = post(capped.url(), gzip.compress(b" " * (200 * 2**20)), headers={"Content-Encoding": "gzip"})
     assert status == 413 and "--max-request-bytes" in body["error"], body
-    status, body = post(capped.url(), b" " * (90 * 2**20))
+    _, rest_limit, _ = request_bytes_for(ServerConfig.max_request_pixels, ServerConfig.tile_above_pixels)
+    status, body = post(capped.url(), b" " * (rest_limit + 1))
     assert status == 413 and "larger than the limit" in body["error"], body
+    capped.assert_alive_and_serving()
+
+
+def test_json_arrays_are_refused_by_their_count_before_parsing(capped):
+    """A body within the byte limit (which admits PNG files in base64) but holding more JSON values than the
+    REST array limit would cost gigabytes as Python lists: refused from a count of its separators."""
+    values = b"[" + b"0," * (30 * 2**20) + b"0]"  # 60 MiB: 31 M values
+    status, body = post(capped.url(), b'{"inputs": {"image": ' + values + b', "mask": [0]}}')
+    assert status == 413 and "send the image files (signature 'serving_bytes')" in body["error"], body
     capped.assert_alive_and_serving()
 
 

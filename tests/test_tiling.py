@@ -72,17 +72,32 @@ def test_every_hole_pixel_is_filled_and_no_known_pixel_changes(size):
     assert (output[holes] == 200).all()
 
 
-def test_windows_all_have_one_size_lie_inside_the_image_and_cover_every_hole():
+def test_windows_lie_inside_the_image_around_their_cores_and_cover_every_hole():
     mask = scratches(857, 1283) > 0
     windows = plan_windows(mask, ALWAYS)
     covered = np.zeros_like(mask)
     for window in windows:
-        assert 0 <= window.win_top <= 857 - ALWAYS.window and 0 <= window.win_left <= 1283 - ALWAYS.window
-        assert window.win_top <= window.top and window.bottom <= window.win_top + ALWAYS.window
-        assert window.win_left <= window.left and window.right <= window.win_left + ALWAYS.window
+        sides = {ALWAYS.window, ALWAYS.core + 2 * ALWAYS.thin_margin}
+        assert window.win_height == window.win_width and window.win_height in sides
+        assert 0 <= window.win_top <= 857 - window.win_height and 0 <= window.win_left <= 1283 - window.win_width
+        assert window.win_top <= window.top and window.bottom <= window.win_top + window.win_height
+        assert window.win_left <= window.left and window.right <= window.win_left + window.win_width
         covered[window.top : window.bottom, window.left : window.right] = True
     assert covered[mask].all()
     assert [w.top for w in windows] == sorted(w.top for w in windows)
+
+
+def test_scratches_take_the_thin_margin_and_wider_holes_the_full_one():
+    mask = np.zeros((1024, 1024), bool)
+    mask[100:116, 40:1000] = True   # 16 px wide: every pixel within 8 px of a known one
+    mask[600:617, 40:1000] = True   # 17 px wide: its middle row is 9 px from the nearest known pixel
+    windows = plan_windows(mask, ALWAYS)
+    sides = {w.top: w.win_height for w in windows}
+    thin, full = ALWAYS.core + 2 * ALWAYS.thin_margin, ALWAYS.window
+    assert set(sides.values()) == {thin, full}
+    assert all(side == (thin if top < 512 else full) for top, side in sides.items())
+    one_margin = TilingOptions(mode="always", thin_margin=ALWAYS.margin)
+    assert {w.win_height for w in plan_windows(mask, one_margin)} == {full}
 
 
 def test_a_diagonal_scratch_costs_a_strip_of_windows_not_its_bounding_box():
@@ -90,9 +105,9 @@ def test_a_diagonal_scratch_costs_a_strip_of_windows_not_its_bounding_box():
     mask = np.zeros((height, width), np.uint8)
     cv2.line(mask, (0, 0), (width - 1, height - 1), 1, 12)
     windows = plan_windows(mask > 0, TilingOptions())
-    area = len(windows) * TilingOptions().window ** 2
-    # The scratch's bounding box is the whole photo; its windows cover a fifth of it at most.
-    assert area < 0.2 * height * width, f"{len(windows)} windows, {area / (height * width):.2f} of the photo"
+    area = sum(w.win_height * w.win_width for w in windows)
+    # The scratch's bounding box is the whole photo; its windows cover a tenth of it at most.
+    assert area < 0.1 * height * width, f"{len(windows)} windows, {area / (height * width):.2f} of the photo"
 
 
 def test_every_model_run_is_bounded_by_the_window_batch():
@@ -191,6 +206,8 @@ def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="mode"):
         TilingOptions(mode="sometimes")
     with pytest.raises(ValueError, match="feather"):
-        TilingOptions(margin=8, feather=16)
+        TilingOptions(margin=8, thin_margin=8, feather=16)
+    with pytest.raises(ValueError, match="thin_margin"):
+        TilingOptions(margin=32, thin_margin=64)
     with pytest.raises(ValueError, match="batch"):
         TilingOptions(batch=0)

@@ -1,0 +1,61 @@
+"""The web page on the REST port: ``GET /`` and its files under ``/static/``, plus optional CORS.
+
+The page (``static/``) is plain HTML, CSS and JavaScript shipped in the package:
+no build step, no CDN, nothing fetched from the network. It calls the REST API
+this server already speaks (``serving_bytes``), so any other front-end can do
+the same; ``cors_origin`` lets one on another origin call it.
+"""
+
+from __future__ import annotations
+
+import html
+from importlib import resources
+
+from aiohttp import web
+
+STATIC = resources.files("inpaint.serving") / "static"
+_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+MODEL_PLACEHOLDER = "{{MODEL_NAME}}"  # index.html's one template field
+
+
+def add_web_routes(app: web.Application, model_name: str) -> None:
+    """``GET /`` (the page, told which model to call) and ``GET /static/{file}``."""
+    page = (STATIC / "index.html").read_text(encoding="utf-8").replace(MODEL_PLACEHOLDER, html.escape(model_name))
+
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(text=page, content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-cache"})
+
+    async def static(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        suffix = name[name.rfind("."):] if "." in name else ""
+        resource = STATIC / name
+        if "/" in name or name.startswith(".") or suffix not in _TYPES or not resource.is_file():
+            raise web.HTTPNotFound(text=f"no static file {name!r}")
+        return web.Response(body=resource.read_bytes(), content_type=_TYPES[suffix],
+                            headers={"Cache-Control": "no-cache"})
+
+    app.router.add_get("/", index)
+    app.router.add_get("/static/{name}", static)
+
+
+def cors_middleware(origin: str):
+    """Allow ``origin`` (or ``*``) to call the API from a browser: preflights answered, replies marked."""
+    headers = {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+               "Access-Control-Allow-Headers": "Content-Type", "Access-Control-Max-Age": "600"}
+    if origin != "*":
+        headers["Vary"] = "Origin"
+
+    @web.middleware
+    async def cors(request: web.Request, handler):
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            return web.Response(status=204, headers=headers)
+        try:
+            response = await handler(request)
+        except web.HTTPException as error:
+            error.headers.update(headers)
+            raise
+        response.headers.update(headers)
+        return response
+
+    return cors
