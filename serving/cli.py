@@ -38,6 +38,16 @@ def _origin(ctx, param, value: str | None) -> str | None:
     return value
 
 
+def _rest_port(rest_port: int, rest_api_port: int | None) -> int:
+    """``--rest-port``, or TF Serving's ``--rest_api_port`` (where 0 means no REST server) in its place."""
+    if rest_api_port is None:
+        return rest_port
+    source = click.get_current_context().get_parameter_source("rest_port")
+    if source not in (None, click.core.ParameterSource.DEFAULT):
+        raise click.ClickException("give --rest-port or TF Serving's --rest_api_port, not both")
+    return -1 if rest_api_port == 0 else rest_api_port
+
+
 def _port(ctx, param, value: int) -> int:
     if not -1 <= value <= 65535:
         raise click.BadParameter("must be 0-65535 (0 picks a free port; -1 disables REST)")
@@ -45,16 +55,21 @@ def _port(ctx, param, value: int) -> int:
 
 
 @click.command(context_settings={"show_default": True, "max_content_width": 110})
-@click.option("--model-base-path", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--model-base-path", "--model_base_path", "model_base_path", required=True, type=click.Path(file_okay=False, path_type=Path),
               envvar="MODEL_BASE_PATH", help="Model repository: BASE/<version>/model.onnx.")
-@click.option("--model-name", default=_default("model_name"), envvar="MODEL_NAME", help="Name clients ask for.")
+@click.option("--model-name", "--model_name", "model_name", default=_default("model_name"), envvar="MODEL_NAME", help="Name clients ask for.")
 @click.option("--host", default=_default("host"), envvar="INPAINT_HOST", help="Address to listen on.")
 @click.option("--port", default=_default("port"), callback=_port, envvar="INPAINT_PORT", help="gRPC port (0: any free port).")
 @click.option("--rest-port", default=_default("rest_port"), callback=_port, envvar="INPAINT_REST_PORT",
               help="REST and metrics port (0: any free port, -1: no REST).")
+@click.option("--rest_api_port", "rest_api_port", type=click.IntRange(0, 65535), default=None,
+              help="TF Serving's spelling of the REST port, with its meaning: 0 turns REST off.")
+@click.option("--rest_api_timeout_in_ms", "rest_timeout_ms", type=click.IntRange(min=0), default=0,
+              envvar="INPAINT_REST_TIMEOUT_MS", help="Deadline of a REST predict, as in TF Serving (0: none).")
 @click.option("--model-version-policy", default=_default("version_policy"), callback=_policy, envvar="INPAINT_VERSION_POLICY",
               help="Versions to serve: latest:N, all or specific:1,3.")
-@click.option("--file-system-poll-wait-seconds", default=_default("poll_seconds"), type=click.FloatRange(min=0.05),
+@click.option("--file-system-poll-wait-seconds", "--file_system_poll_wait_seconds", "file_system_poll_wait_seconds",
+              default=_default("poll_seconds"), type=click.FloatRange(min=0.05),
               envvar="INPAINT_POLL_SECONDS", help="How often to look for new or removed versions.")
 @click.option("--enable-batching/--no-enable-batching", default=_default("enable_batching"), envvar="INPAINT_ENABLE_BATCHING",
               help="Merge concurrent same-size requests into one model run.")
@@ -67,7 +82,7 @@ def _port(ctx, param, value: int) -> int:
               help="Batches that may wait; beyond it requests get RESOURCE_EXHAUSTED.")
 @click.option("--num-batch-threads", default=_DEFAULT_BATCHING.num_batch_threads, type=click.IntRange(min=1),
               envvar="INPAINT_NUM_BATCH_THREADS", help="Batches run at once.")
-@click.option("--batching-parameters-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--batching-parameters-file", "--batching_parameters_file", "batching_parameters_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               envvar="INPAINT_BATCHING_PARAMETERS_FILE",
               help="TF Serving's batching parameters text file; overrides the batching flags it sets.")
 @click.option("--max-pixels", default=_default("max_pixels"), type=click.IntRange(min=1), envvar="INPAINT_MAX_PIXELS",
@@ -105,7 +120,8 @@ def _port(ctx, param, value: int) -> int:
               help="Let web pages from this origin (https://app.example.com, or *) call the REST API.")
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
               envvar="INPAINT_LOG_LEVEL", help="Logging level.")
-def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port: int, model_version_policy: str,
+def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port: int, rest_api_port: int | None,
+         rest_timeout_ms: int, model_version_policy: str,
          file_system_poll_wait_seconds: float, enable_batching: bool, max_batch_size: int,
          batch_timeout_micros: int, max_enqueued_batches: int, num_batch_threads: int,
          batching_parameters_file: Path | None, max_pixels: int, max_images_per_request: int,
@@ -127,6 +143,7 @@ def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port
             enable_batching = True
     except ValueError as error:
         raise click.ClickException(str(error)) from None
+    rest_port = _rest_port(rest_port, rest_api_port)
     if tiling == "off" and max_pixels > tile_above_pixels:
         raise click.ClickException(f"--tiling off runs every image whole: --max-pixels ({max_pixels}) must not "
                                    f"exceed --tile-above-pixels ({tile_above_pixels}), which bounds a model run's "
@@ -140,7 +157,7 @@ def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port
         max_request_bytes=max_request_bytes, tiling=tiling, tile_above_pixels=tile_above_pixels,
         tile_batch=tile_batch, device=device,
         intra_op_threads=intra_op_threads, compute_threads=compute_threads, drain_seconds=drain_seconds,
-        cors_origin=cors_origin,
+        cors_origin=cors_origin, rest_timeout_seconds=rest_timeout_ms / 1000 or None,
     )
     try:
         asyncio.run(serve(config))

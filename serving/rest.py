@@ -60,8 +60,9 @@ def _codec_pool() -> ProcessPoolExecutor:
 
 class RestApi:
     def __init__(self, dataplane: DataPlane, max_request_bytes: int, max_json_values: int,
-                 model_name: str = "inpaint", cors_origin: str | None = None):
+                 model_name: str = "inpaint", cors_origin: str | None = None, timeout: float | None = None):
         self.dataplane, self.max_request_bytes = dataplane, max_request_bytes
+        self.timeout = timeout  # a predict's deadline, from when its body has been read
         self.max_json_values = max_json_values  # what bounds a JSON array body's memory
         self.codec: ProcessPoolExecutor | None = None  # started by start_codec, restarted if it dies
         middlewares = [cors_middleware(cors_origin)] if cors_origin else []
@@ -162,11 +163,12 @@ class RestApi:
             body = await self._read_body(request)
             inputs, row_form, signature = await self._in_codec(len(body), decode_predict, body,
                                                                self.dataplane.limits, self.max_json_values)
+            deadline = None if self.timeout is None else asyncio.get_running_loop().time() + self.timeout
             if is_bytes_signature(signature):
-                prediction = await self.dataplane.predict_bytes(outcome, name, version, inputs, [], None)
+                prediction = await self.dataplane.predict_bytes(outcome, name, version, inputs, [], deadline)
                 files = prediction.outputs[OUTPUT_BYTES]
                 return await self._in_codec(sum(map(len, files)), encode_predictions, files, row_form)
-            prediction = await self.dataplane.predict(outcome, name, version, signature, inputs, [], None)
+            prediction = await self.dataplane.predict(outcome, name, version, signature, inputs, [], deadline)
             output = prediction.outputs[OUTPUT]
             return await self._in_codec(output.nbytes * 4, encode_predictions, output, row_form)
 

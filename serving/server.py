@@ -69,6 +69,7 @@ class ServerConfig:
     compute_threads: int = 2               # worker threads when batching is off
     drain_seconds: float = 20.0
     cors_origin: str | None = None         # an origin (or *) whose pages may call the REST API
+    rest_timeout_seconds: float | None = None  # deadline of a REST predict (TF Serving's rest_api_timeout_in_ms)
 
 
 JSON_BYTES_PER_PIXEL = 40    # room for the widest encoding: REST JSON of float pixels
@@ -147,8 +148,10 @@ class InpaintServer:
         grpc_bytes, rest_bytes, json_values = request_bytes_for(config.max_request_pixels, config.tile_above_pixels)
         self.max_request_bytes = config.max_request_bytes or grpc_bytes
         self.max_rest_bytes = config.max_request_bytes or rest_bytes
+        if config.max_request_bytes:  # an operator who admits that many bytes admits them as JSON values too
+            json_values = config.max_request_bytes // 2
         self.rest = (RestApi(self.dataplane, self.max_rest_bytes, json_values, config.model_name,
-                             config.cors_origin) if config.rest_port is not None else None)
+                             config.cors_origin, config.rest_timeout_seconds) if config.rest_port is not None else None)
         self.rest_app_runner: web.AppRunner | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port: int | None = None

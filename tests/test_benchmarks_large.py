@@ -79,3 +79,20 @@ def test_ratios_and_the_issues_targets():
     table = bench.markdown(results)
     assert "| server_tiling | 10.00 | 0.100 | 1.25 |" in table
     assert "ServerError: boom" in table
+
+
+def test_the_encodings_benchmark_sends_every_way_and_gets_the_photo_back(onnx_repo, tmp_path):
+    photos = tmp_path / "photos"
+    write_png(photos / "0.png", random_image(120, 160, 0))
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "encodings.py"), "--model", str(onnx_repo), "--megapixels", "0.02",
+         "--repeats", "1", "--photos", str(photos), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = {row["case"]: row for row in json.loads((out / "encodings.json").read_text())["rows"]}
+    assert set(rows) == {"rest-json-pixels", "rest-png", "rest-jpeg", "grpc-tensor", "grpc-png", "grpc-jpeg"}
+    assert all(rows[case]["known_pixels_exact"] for case in ("rest-json-pixels", "rest-png", "grpc-tensor", "grpc-png"))
+    # Sizes are facts, not timings: JSON text is several times the binary tensor, a PNG smaller still.
+    assert rows["rest-json-pixels"]["request_mb"] > 2 * rows["grpc-tensor"]["request_mb"] > rows["grpc-png"]["request_mb"]
+    assert "| rest-png |" in run.stdout
