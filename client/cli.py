@@ -15,6 +15,7 @@ from inpaint.core.masks import MASK_KINDS, generate_mask
 from inpaint.core.tiling import TILING_MODES, TilingOptions
 
 from ._client import InpaintClient
+from .loadtest import PROTOCOLS
 from ._errors import InpaintError, InvalidInput, ModelNotFound, ServerUnavailable
 
 
@@ -295,6 +296,8 @@ def _levels(kind):
               envvar="INPAINT_MASK_KIND", help="Mask generator.")
 @click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               envvar="INPAINT_IMAGES", help="Crop real photos from this folder instead of random pixels.")
+@click.option("--protocol", type=click.Choice(list(PROTOCOLS)), default="tfserving", envvar="INPAINT_PROTOCOL",
+              help="tfserving: TF Serving's Predict; v2: the Open Inference Protocol's ModelInfer (same port).")
 @click.option("--metrics-url", default=None, envvar="INPAINT_METRICS_URL",
               help="The server's Prometheus URL, to add server queue time and batch size.")
 @click.option("--report", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/load"),
@@ -302,7 +305,7 @@ def _levels(kind):
 @click.option("--seed", type=int, default=0, envvar="INPAINT_SEED", help="Seed of images and masks.")
 @click.pass_obj
 def loadtest(settings: Settings, concurrency, rate, arrival, duration, warmup, max_requests, batch_size,
-             image_size, mask_kind, images, metrics_url, report, seed):
+             image_size, mask_kind, images, protocol, metrics_url, report, seed):
     """Sweep concurrency (closed loop) or request rate (open loop); report throughput and latency."""
     import asyncio
 
@@ -311,7 +314,7 @@ def loadtest(settings: Settings, concurrency, rate, arrival, duration, warmup, m
     config = LoadConfig(target=settings.target, model=settings.model, concurrency=concurrency, rates=rate,
                         arrival=arrival, duration=duration, warmup=warmup, max_requests=max_requests,
                         batch_size=batch_size, image_size=image_size, mask_kind=mask_kind, images=images,
-                        timeout=settings.timeout, metrics_url=metrics_url, seed=seed)
+                        timeout=settings.timeout, metrics_url=metrics_url, seed=seed, protocol=protocol)
     levels = len(rate or concurrency)
     ask(settings, lambda client: client.health(timeout=min(settings.timeout, 10)))  # fail fast if nobody is there
     try:

@@ -32,8 +32,8 @@ import numpy as np
 from inpaint.core.contract import MAX_MESSAGE_BYTES
 from inpaint.core.images import IMAGE_SUFFIXES, ImageError, as_image
 from inpaint.core.masks import generate_mask
-from inpaint.core.protos import predict_pb2
-from inpaint.core.tensors import predict_request
+from inpaint.core.protos import grpc_predict_v2_pb2, predict_pb2
+from inpaint.core.tensors import infer_request, predict_request
 
 from ._client import channel_options
 from ._errors import InvalidInput
@@ -41,12 +41,20 @@ from ._errors import InvalidInput
 logger = logging.getLogger(__name__)
 
 PERCENTILES = (50, 90, 95, 99)
+# The gRPC method each protocol infers with: its path, and how its request and reply are built and read.
+PROTOCOLS = {
+    "tfserving": ("/tensorflow.serving.PredictionService/Predict", predict_request,
+                  predict_pb2.PredictResponse.FromString),
+    "v2": ("/inference.GRPCInferenceService/ModelInfer", infer_request,
+           grpc_predict_v2_pb2.ModelInferResponse.FromString),
+}
 
 
 @dataclass
 class LoadConfig:
     target: str = "localhost:8500"
     model: str = "inpaint"
+    protocol: str = "tfserving"            # tfserving: TF Serving's Predict; v2: the Open Inference Protocol
     concurrency: tuple[int, ...] = (1, 8, 32)
     rates: tuple[float, ...] = ()          # requests/s; when given, open loop instead of concurrency
     arrival: str = "constant"              # constant | poisson
@@ -96,8 +104,9 @@ def _photo_crops(folder: Path, size: int, count: int, rng) -> list[np.ndarray]:
     return crops
 
 
-def build_requests(config: LoadConfig) -> list[predict_pb2.PredictRequest]:
-    """``variants`` ready requests of ``batch_size`` images, masks from the shared generators."""
+def build_requests(config: LoadConfig) -> list:
+    """``variants`` ready requests of ``batch_size`` images in ``config.protocol``, masks from the shared
+    generators."""
     rng = np.random.default_rng(config.seed)
     size, count = config.image_size, config.variants * config.batch_size
     if config.images is not None:
@@ -108,7 +117,8 @@ def build_requests(config: LoadConfig) -> list[predict_pb2.PredictRequest]:
     requests = []
     for v in range(config.variants):
         chunk = slice(v * config.batch_size, (v + 1) * config.batch_size)
-        requests.append(predict_request(np.stack(images[chunk]), np.stack(masks[chunk]), config.model))
+        build = PROTOCOLS[config.protocol][1]
+        requests.append(build(np.stack(images[chunk]), np.stack(masks[chunk]), config.model))
     return requests
 
 
@@ -218,9 +228,8 @@ def _server_means(before: dict, after: dict) -> tuple[float | None, float | None
 
 
 async def run_level(config: LoadConfig, mode: str, level: float, payloads: list[bytes], channel) -> LevelResult:
-    stub = channel.unary_unary("/tensorflow.serving.PredictionService/Predict",
-                               request_serializer=lambda raw: raw,
-                               response_deserializer=predict_pb2.PredictResponse.FromString)
+    path, _, parse_reply = PROTOCOLS[config.protocol]
+    stub = channel.unary_unary(path, request_serializer=lambda raw: raw, response_deserializer=parse_reply)
     loop_start = time.perf_counter()
     recorder = _Recorder(loop_start + config.warmup, loop_start + config.warmup + config.duration,
                          config.max_requests)

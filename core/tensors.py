@@ -15,7 +15,7 @@ import numpy as np
 
 from .contract import (BYTES_SIGNATURE_NAME, DTYPES, IMAGE, IMAGE_BYTES, MASK, MASK_BYTES, OUTPUT, OUTPUT_BYTES,
                        PREDICT_METHOD, SIGNATURE_NAME, dtype_enum, dtype_name)
-from .protos import meta_graph_pb2, predict_pb2, tensor_pb2, types_pb2
+from .protos import grpc_predict_v2_pb2, meta_graph_pb2, predict_pb2, tensor_pb2, types_pb2
 
 _VALUE_FIELDS = {types_pb2.DT_UINT8: "int_val", types_pb2.DT_FLOAT: "float_val"}
 
@@ -152,6 +152,21 @@ def predict_request(images: np.ndarray, masks: np.ndarray, model: str, version: 
     fill_tensor(request.inputs[IMAGE], images)
     fill_tensor(request.inputs[MASK], masks)
     request.output_filter.append(OUTPUT)
+    return request
+
+
+def infer_request(images: np.ndarray, masks: np.ndarray, model: str,
+                  version: int | None = None) -> grpc_predict_v2_pb2.ModelInferRequest:
+    """An Open Inference Protocol (v2) ModelInferRequest: uint8 tensors as ``raw_input_contents``, as
+    tritonclient sends them."""
+    if masks.ndim == 3:
+        masks = masks[..., None]
+    request = grpc_predict_v2_pb2.ModelInferRequest(model_name=model, model_version="" if version is None
+                                                    else str(version))
+    for name, array in ((IMAGE, images), (MASK, masks)):
+        request.inputs.add(name=name, datatype="UINT8", shape=array.shape)
+        request.raw_input_contents.append(np.ascontiguousarray(array, np.uint8).tobytes())
+    request.outputs.add(name=OUTPUT)
     return request
 
 

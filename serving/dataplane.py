@@ -1,9 +1,10 @@
 """The protocol-neutral data plane: predict, metadata and status for one model, in numpy and dataclasses.
 
-The gRPC adapter (``grpc_api``) and the REST adapter (``rest``) convert their
+The adapters (``grpc_api`` and ``rest`` for TF Serving's gRPC and REST APIs,
+``v2_api`` and ``v2_rest`` for the Open Inference Protocol's) convert their
 wire formats to these calls and back, and nothing more. Every request passes
 through ``request``, which counts it, times it and labels its metrics with its
-outcome; domain errors raised here become statuses in ``errors``.
+outcome and protocol; domain errors raised here become statuses in ``errors``.
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ class DataPlane:
         self.last_request_at = 0.0
 
     @contextlib.asynccontextmanager
-    async def request(self, api: str, model_name: str):
-        """Counts the request as active, times it, and labels its metrics with its outcome."""
+    async def request(self, api: str, model_name: str, protocol: str = "tfserving"):
+        """Counts the request as active, times it, and labels its metrics with its outcome and protocol
+        (``tfserving`` or ``v2``)."""
         outcome, started = Outcome(), time.perf_counter()
         in_flight = self.metrics.requests_in_flight.labels(model_name)
         in_flight.inc()
@@ -102,8 +104,9 @@ class DataPlane:
             in_flight.dec()
             self.active -= 1
             self.finished_since_trim = True
-            self.metrics.request_count.labels(model_name, outcome.version, api, outcome.status).inc()
-            self.metrics.request_latency.labels(model_name, api).observe((time.perf_counter() - started) * 1e6)
+            self.metrics.request_count.labels(model_name, outcome.version, api, outcome.status, protocol).inc()
+            self.metrics.request_latency.labels(model_name, api, protocol).observe(
+                (time.perf_counter() - started) * 1e6)
 
     def _check_open(self) -> None:
         if self.draining:

@@ -9,7 +9,8 @@
 | ``inpaint_batching_session_batch_size`` | ``:tensorflow:serving:batching_session:input_batch_size`` |
 | ``inpaint_model_versions_loaded`` | — |
 
-Latencies are in microseconds, as TF Serving's are. Each server has its own
+Request counts and latencies carry a ``protocol`` label: ``tfserving`` (TF Serving's gRPC and REST APIs) or
+``v2`` (the Open Inference Protocol, ``v2_api``). Latencies are in microseconds, as TF Serving's are. Each server has its own
 registry, so several can live in one process (the tests do). Every request
 looks up its labelled children, so those are cached (``_CachedChildren``).
 """
@@ -72,14 +73,14 @@ class ServerMetrics:
     def __init__(self):
         self.registry = CollectorRegistry(auto_describe=True)
         self.request_count = CachedCounter(
-            "inpaint_request_count", "Requests by model, version, API and status code.",
-            ["model_name", "version", "api", "status"], registry=self.registry)
+            "inpaint_request_count", "Requests by model, version, API, status code and protocol.",
+            ["model_name", "version", "api", "status", "protocol"], registry=self.registry)
         self.requests_in_flight = CachedGauge(
             "inpaint_requests_in_flight", "Requests received and not yet answered (queued or running).",
             ["model_name"], registry=self.registry)
         self.request_latency = CachedHistogram(
             "inpaint_request_latency", "End-to-end request latency in microseconds.",
-            ["model_name", "api"], buckets=MICROSECOND_BUCKETS, registry=self.registry)
+            ["model_name", "api", "protocol"], buckets=MICROSECOND_BUCKETS, registry=self.registry)
         self.runtime_latency = CachedHistogram(
             "inpaint_runtime_latency", "Model execution time per batch in microseconds.",
             ["model_name"], buckets=MICROSECOND_BUCKETS, registry=self.registry)

@@ -6,6 +6,7 @@
 * ``GET /monitoring/prometheus/metrics`` and ``/metrics``
 * ``GET /healthz`` (alive) and ``/readyz`` (a version AVAILABLE and not draining)
 * ``GET /``: the web page (``web``)
+* ``/v2/...``: the Open Inference Protocol (KServe v2), in ``v2_rest``
 
 A thin adapter: JSON to numpy (``rest_codec``), the data plane, numpy to JSON.
 Bodies over ``INLINE_BODY_BYTES`` are decoded and answers encoded in a worker
@@ -34,6 +35,7 @@ from .dataplane import DataPlane, is_bytes_signature
 from .errors import InvalidInput, RequestTooLarge, status_of
 from .models import ModelVersion
 from .rest_codec import decode_predict, encode_predictions
+from .v2_rest import add_v2_routes
 from .web import add_web_routes, cors_middleware
 
 INLINE_BODY_BYTES = 2**20  # parsed on the event loop: a few milliseconds at most
@@ -76,6 +78,7 @@ class RestApi:
             web.get("/healthz", self.healthz),
             web.get("/readyz", self.readyz),
         ])
+        add_v2_routes(self.app, self)  # the Open Inference Protocol (KServe v2) on the same port
 
     async def start_codec(self) -> None:
         """Start the codec process now, so the first large body does not pay its start-up on the event loop."""

@@ -1,4 +1,5 @@
-"""The ONNX Runtime model server: gRPC (TF Serving API, health, reflection) and REST on one event loop.
+"""The ONNX Runtime model server: gRPC (TF Serving API, Open Inference Protocol, health, reflection) and REST
+on one event loop.
 
 ``create_server`` builds the gRPC server and returns its bound port;
 ``InpaintServer`` owns the whole lifecycle (models, scheduling, REST, drain);
@@ -33,6 +34,7 @@ from .metrics import ServerMetrics
 from .models import ModelManager, ModelVersion, VersionPolicy
 from .rest import RestApi
 from .runtime import ModelLoader, return_freed_memory
+from .v2_api import SERVICE_NAME as V2_SERVICE_NAME, add_v2_service
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +106,7 @@ def create_server(address: str, dataplane: DataPlane, health: health_aio.HealthS
     ]
     server = grpc.aio.server(options=options)
     add_tf_serving_services(server, dataplane)
+    add_v2_service(server, dataplane)  # the Open Inference Protocol (KServe v2, tritonclient) on the same port
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for descriptor_file in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
         try:
@@ -113,6 +116,7 @@ def create_server(address: str, dataplane: DataPlane, health: health_aio.HealthS
     names = (
         prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
         model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+        V2_SERVICE_NAME,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     )

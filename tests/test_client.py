@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 import subprocess
 import sys
 import threading
@@ -275,6 +276,23 @@ def test_loadtest_open_loop_and_max_requests(onnx_repo, start_server, tmp_path):
     assert result.exit_code == 0, result.output
     level = json.loads((tmp_path / "load.json").read_text())["levels"][0]
     assert level["mode"] == "rate" and level["sent"] == 30 and level["ok"] == 30
+
+
+def test_loadtest_speaks_v2_to_the_same_server(onnx_repo, start_server, tmp_path):
+    """--protocol v2 sends ModelInfer; the server's metrics count them under protocol="v2", not tfserving."""
+    server = start_server(onnx_repo, enable_batching=True)
+    result = run_cli("--target", server.grpc_target, "loadtest", "--protocol", "v2", "--concurrency", "4",
+                     "--duration", "0.5", "--warmup", "0", "--image-size", "16", "--max-requests", "40",
+                     "--report", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    level = json.loads((tmp_path / "load.json").read_text())["levels"][0]
+    assert level["ok"] == level["sent"] > 0 and not level["errors"]
+    with urllib.request.urlopen(server.rest_url + "/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    counted = [line for line in metrics.splitlines()
+               if line.startswith("inpaint_request_count_total") and 'status="OK"' in line and 'api="predict"' in line]
+    assert any('protocol="v2"' in line and line.endswith(f" {float(level['ok'])}") for line in counted), counted
+    assert not any('protocol="tfserving"' in line for line in counted), counted
 
 
 def test_loadtest_counts_whole_cycles_of_a_bursty_server(monkeypatch):

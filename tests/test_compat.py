@@ -116,3 +116,44 @@ def test_every_message_matches_the_official_field_numbers():
     state = get_model_status_pb2.ModelVersionStatus.State
     assert {v.name: v.number for v in state.DESCRIPTOR.values} == \
         {v.name: v.number for v in tf_status.ModelVersionStatus.State.DESCRIPTOR.values}
+
+
+def test_open_inference_protocol_matches_tritons_descriptors():
+    """Our KServe v2 protos against Triton's (a superset of KServe's grpc_predict_v2.proto): every message,
+    nested message and field of ours exists there with the same number, type, label and message type, and
+    every RPC of ours with the same request and response types."""
+    from tritonclient.grpc import service_pb2 as triton
+
+    from inpaint.core.protos import grpc_predict_v2_pb2 as ours
+
+    def messages(descriptor):
+        yield descriptor
+        for nested in descriptor.nested_types:
+            yield from messages(nested)
+
+    def field_spec(field):
+        return (field.number, field.type, field.label, field.message_type and field.message_type.full_name,
+                field.containing_oneof and field.containing_oneof.name)
+
+    theirs_file = triton.DESCRIPTOR
+    checked = 0
+    assert ours.DESCRIPTOR.package == theirs_file.package == "inference"
+    for top in ours.DESCRIPTOR.message_types_by_name.values():
+        for message in messages(top):
+            official = theirs_file.pool.FindMessageTypeByName(message.full_name)
+            for field in message.fields:
+                other = official.fields_by_name.get(field.name)
+                assert other is not None, f"{message.full_name}.{field.name} is not in Triton's message"
+                assert field_spec(field) == field_spec(other), \
+                    f"{message.full_name}.{field.name}: ours {field_spec(field)}, official {field_spec(other)}"
+                checked += 1
+    assert checked >= 60
+    service = ours.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    official_service = theirs_file.services_by_name["GRPCInferenceService"]
+    assert [m.name for m in service.methods] == ["ServerLive", "ServerReady", "ModelReady", "ServerMetadata",
+                                                 "ModelMetadata", "ModelInfer"]
+    for method in service.methods:
+        other = official_service.methods_by_name[method.name]
+        assert (method.input_type.full_name, method.output_type.full_name) == \
+            (other.input_type.full_name, other.output_type.full_name)
+        assert not (method.client_streaming or method.server_streaming)

@@ -205,3 +205,82 @@ def test_rendered_deployment_really_starts_and_passes_its_probes(tmp_path):
     finally:
         process.terminate()
         assert process.wait(timeout=30) == 0
+
+
+# -- KServe ----------------------------------------------------------------------------------------------
+
+def kserve_docs() -> tuple[dict, dict]:
+    docs = render("kserve")
+    return by_kind(docs, "ServingRuntime"), by_kind(docs, "InferenceService")
+
+
+@needs_kubectl
+def test_kserve_runtime_and_inference_service_render_and_agree():
+    import kubernetes_validate
+
+    runtime, service = kserve_docs()
+    assert runtime["apiVersion"] == "serving.kserve.io/v1alpha1"
+    assert service["apiVersion"] == "serving.kserve.io/v1beta1"
+    assert set(runtime["spec"]["protocolVersions"]) == {"v2", "grpc-v2", "v1", "grpc-v1"}
+    [container] = runtime["spec"]["containers"]
+    assert container["name"] == "kserve-container"
+    # KServe's CRDs are not in the offline schemas: their container is a core/v1 Container, checked as one.
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"}, "spec": {"containers": [container]}}
+    kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+    assert flag(container["args"], "--model_base_path") == "/mnt/models"  # where KServe mounts storageUri
+    assert flag(container["args"], "--model_name") == "{{.Name}}"
+    http_port = int(flag(container["args"], "--rest_api_port"))
+    assert [p["containerPort"] for p in container["ports"]] == [http_port]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] == http_port
+    model = service["spec"]["predictor"]["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
+    pvc = by_kind(render("overlays/onnx-cpu"), "PersistentVolumeClaim")["metadata"]["name"]
+    assert model["storageUri"] == f"pvc://{pvc}/inpaint"
+    # The memory the Deployment was sized for, with the same limits.
+    deployment = server_container(render("overlays/onnx-cpu"))
+    assert container["resources"]["limits"]["memory"] == deployment["resources"]["limits"]["memory"]
+    for name in ("--max-pixels", "--max-request-pixels", "--max-inflight-pixels", "--tile-above-pixels"):
+        assert flag(container["args"], name) == flag(deployment["args"], name), name
+
+
+@needs_kubectl
+def test_the_kserve_runtime_args_start_the_server_and_it_answers_v2_and_v1(tmp_path):
+    """KServe fills {{.Name}} and mounts the model at /mnt/models; ports mapped to free ones here."""
+    import json
+
+    runtime, service = kserve_docs()
+    [container] = runtime["spec"]["containers"]
+    write_version(tmp_path / "mnt-models", 1)
+    grpc_port, http_port = free_port(), free_port()
+    renames = {"--port": str(grpc_port), "--rest_api_port": str(http_port),
+               "--model_base_path": str(tmp_path / "mnt-models")}
+    args = []
+    for arg in container["args"]:
+        name, _, value = arg.partition("=")
+        args.append(f"{name}={renames.get(name, value.replace('{{.Name}}', service['metadata']['name']))}")
+    env = {**{e["name"]: e["value"] for e in container.get("env", [])}, "PATH": str(Path(sys.executable).parent)}
+    process = subprocess.Popen([sys.executable, "-m", "inpaint.serving.cli", *args, "--host", "127.0.0.1"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{http_port}"
+    try:
+        wait_serving(f"127.0.0.1:{grpc_port}", process)
+        for probe in ("readinessProbe", "livenessProbe"):
+            with urllib.request.urlopen(base + container[probe]["httpGet"]["path"], timeout=5) as response:
+                assert response.status == 200
+        name = service["metadata"]["name"]
+        body = {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 2, 2, 3], "data": list(range(12))},
+                           {"name": "mask", "datatype": "UINT8", "shape": [1, 2, 2, 1], "data": [1, 0, 0, 0]}]}
+        request = urllib.request.Request(f"{base}/v2/models/{name}/infer", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            [output] = json.loads(response.read())["outputs"]
+        assert output["name"] == "inpainted" and output["shape"] == [1, 2, 2, 3]
+        assert output["data"] == [128, 128, 128, *range(3, 12)]  # the hole filled, known pixels as sent
+        with urllib.request.urlopen(f"{base}/v1/models/{name}", timeout=5) as response:  # TF Serving's API too
+            assert json.loads(response.read())["model_version_status"][0]["state"] == "AVAILABLE"
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0

@@ -253,7 +253,8 @@ def test_prometheus_metrics(onnx_repo, start_server):
         status, body = http(server.rest_url + path)
         text = body.decode()
         assert status == 200
-        assert 'inpaint_request_count_total{api="predict",model_name="inpaint",status="OK",version="1"} 1.0' in text
+        assert ('inpaint_request_count_total{api="predict",model_name="inpaint",protocol="tfserving",status="OK",'
+                'version="1"} 1.0') in text
         assert 'status="INVALID_ARGUMENT"' in text
         for name in ("inpaint_request_latency_bucket", "inpaint_runtime_latency_bucket",
                      "inpaint_batching_session_queuing_latency_bucket", "inpaint_batching_session_batch_size_sum",
@@ -265,15 +266,15 @@ def test_metric_children_are_cached_and_removal_is_honoured():
     from inpaint.serving.metrics import ServerMetrics
 
     metrics = ServerMetrics()
-    child = metrics.request_count.labels("inpaint", "1", "predict", "OK")
-    assert metrics.request_count.labels("inpaint", "1", "predict", "OK") is child
+    child = metrics.request_count.labels("inpaint", "1", "predict", "OK", "tfserving")
+    assert metrics.request_count.labels("inpaint", "1", "predict", "OK", "tfserving") is child
     child.inc()
-    metrics.request_count.remove("inpaint", "1", "predict", "OK")
-    fresh = metrics.request_count.labels("inpaint", "1", "predict", "OK")
+    metrics.request_count.remove("inpaint", "1", "predict", "OK", "tfserving")
+    fresh = metrics.request_count.labels("inpaint", "1", "predict", "OK", "tfserving")
     assert fresh is not child
     fresh.inc()
-    assert b'inpaint_request_count_total{api="predict",model_name="inpaint",status="OK",version="1"} 1.0' in \
-        metrics.render()
+    assert (b'inpaint_request_count_total{api="predict",model_name="inpaint",protocol="tfserving",status="OK",'
+            b'version="1"} 1.0') in metrics.render()
 
 
 def _batch_size_average(rest_url) -> float:

@@ -17,11 +17,23 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PROTO_ROOT = "inpaint/core/protos"
 POOL_IMPORT = "from inpaint.core.protos._pool import POOL as _private_pool\n"
+# grpcio-tools 1.80.x writes protobuf 6.31.1 gencode, which runs on protobuf 6.31.1+ and 7.x; a later one writes
+# 7.x gencode, which refuses to import under protobuf 6 (and tritonclient needs protobuf<7).
+GRPC_TOOLS_SERIES = "1.80."
+
+
+def check_grpc_tools(version: str) -> None:
+    if not version.startswith(GRPC_TOOLS_SERIES):
+        raise SystemExit(f"grpcio-tools {version} is installed; the protos are generated with grpcio-tools "
+                         f"{GRPC_TOOLS_SERIES}x (protobuf 6.31.1 gencode, importable under protobuf 6 and 7): "
+                         "pip install 'grpcio-tools==1.80.1'")
 
 
 def main() -> int:
-    from grpc_tools import protoc
+    from grpc_tools import grpc_version, protoc
     import grpc_tools
+
+    check_grpc_tools(grpc_version.VERSION)
 
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "src" / PROTO_ROOT

@@ -5,7 +5,7 @@ import warnings
 
 from inpaint.core.protos import get_model_status_pb2 as inpaint_dot_core_dot_protos_dot_get__model__status__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.80.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class ModelServiceStub:
+class ModelServiceStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -41,7 +41,7 @@ class ModelServiceStub:
                 _registered_method=True)
 
 
-class ModelServiceServicer:
+class ModelServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def GetModelStatus(self, request, context):
@@ -66,7 +66,7 @@ def add_ModelServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class ModelService:
+class ModelService(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

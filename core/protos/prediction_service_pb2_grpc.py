@@ -6,7 +6,7 @@ import warnings
 from inpaint.core.protos import get_model_metadata_pb2 as inpaint_dot_core_dot_protos_dot_get__model__metadata__pb2
 from inpaint.core.protos import predict_pb2 as inpaint_dot_core_dot_protos_dot_predict__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.80.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -26,7 +26,7 @@ if _version_not_supported:
     )
 
 
-class PredictionServiceStub:
+class PredictionServiceStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -47,7 +47,7 @@ class PredictionServiceStub:
                 _registered_method=True)
 
 
-class PredictionServiceServicer:
+class PredictionServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Predict(self, request, context):
@@ -83,7 +83,7 @@ def add_PredictionServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class PredictionService:
+class PredictionService(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
