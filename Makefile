@@ -57,7 +57,7 @@ PHOTOS_SPEC   := photos:$(PHOTOS_DIR)
 PHOTOS_STAMP  := $(PHOTOS_DIR)/manifest.json
 PHOTOS_CMD     = $(strip $(BIN)/python -m inpaint.trainer.photos --dest $(PHOTOS_DIR) $(PHOTOS_ARGS))
 
-.PHONY: help install photos train train-long print-long-args export evaluate serve protos bench loadtest demo image k8s-validate test clean
+.PHONY: help install photos train train-long print-long-args export evaluate serve protos bench loadtest demo image k8s-validate chromium test clean
 
 help:  ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -133,7 +133,20 @@ k8s-validate: $(INSTALLED)  ## Render every kustomize overlay and validate it of
 	@command -v kubectl >/dev/null || { echo "kubectl not found: install it (https://kubernetes.io/docs/tasks/tools/) or apt-get install kubectl"; exit 1; }
 	$(BIN)/python -m pytest -q tests/test_deploy.py
 
-test: $(INSTALLED)  ## Run the test suite (exit code 5, no tests collected, counts as failure)
+# tests/test_web.py drives Debian's Chromium through playwright (never `playwright install`: no downloads).
+# Where apt-get is missing or fails this only prints a note, and those tests skip.
+CHROMIUM ?= /usr/bin/chromium
+chromium:  ## Install Chromium for the web page tests with apt-get, if missing (a note, not a failure, elsewhere)
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif ! command -v apt-get >/dev/null; then \
+		echo "note: no apt-get; install Chromium at $(CHROMIUM) to run tests/test_web.py (skipped until then)"; \
+	else \
+		sudo=$$([ "$$(id -u)" -eq 0 ] || echo "sudo -n"); \
+		{ $$sudo apt-get update -qq && $$sudo apt-get install -y -qq chromium; } || \
+			echo "note: apt-get install chromium failed; tests/test_web.py will be skipped"; \
+	fi
+
+test: $(INSTALLED) chromium  ## Run the test suite (exit code 5, no tests collected, counts as failure)
 	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$status
 

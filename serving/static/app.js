@@ -12,7 +12,7 @@ const state = {
   name: "",             // the opened file's name without its extension
   originalUrl: null,    // object URL of the photo as opened (the "before")
   source: null,         // the Blob sent as the photo: the file, or the last result
-  reencode: false,      // the source is a JPEG the browser rotates (EXIF): send the pixels as shown
+  reencode: null,       // the decoded photo, when it is a JPEG the browser rotates (EXIF): sent as shown
   resultUrl: null,      // object URL of the last result PNG
   width: 0,             // the photo's pixels as shown (EXIF orientation applied)
   height: 0,
@@ -66,7 +66,8 @@ function exifOrientation(buffer) {
   if (view.byteLength < 4 || view.getUint16(0) !== 0xffd8) return 1;
   for (let at = 2; at + 10 <= view.byteLength; at += 2 + view.getUint16(at + 2)) {
     const marker = view.getUint16(at);
-    if (marker === 0xffe1 && view.getUint32(at + 4) === 0x45786966) return tiffOrientation(view, at + 10);  // "Exif"
+    const exif = marker === 0xffe1 && view.getUint32(at + 4) === 0x45786966;  // APP1 holding "Exif\0\0"
+    if (exif) return tiffOrientation(view, at + 10);
     if ((marker & 0xff00) !== 0xff00 || marker === 0xffda) break;  // not a marker, or the scan starts
   }
   return 1;
@@ -103,8 +104,12 @@ async function openPhoto(file) {
   const orientation = type === "image/jpeg" ? exifOrientation(await file.slice(0, 1 << 16).arrayBuffer()) : 1;
   forgetPhoto();
   Object.assign(state, {
-    name: (file.name || "photo").replace(/\.[^.]*$/, "") || "photo", originalUrl: url, source: file,
-    reencode: orientation > 1 && orientation <= 8, width: image.naturalWidth, height: image.naturalHeight,
+    name: (file.name || "photo").replace(/\.[^.]*$/, "") || "photo",
+    originalUrl: url,
+    source: file,
+    reencode: orientation > 1 && orientation <= 8 ? image : null,
+    width: image.naturalWidth,
+    height: image.naturalHeight,
     strokes: [],
   });
   $("photo").src = $("original").src = url;
@@ -112,8 +117,8 @@ async function openPhoto(file) {
   $("stage").hidden = false;
   layout();
   updateControls();
-  setStatus(`${file.name || "Pasted image"}: ${state.width}×${state.height} (${megapixels(state.width, state.height)} MP). ` +
-            "Paint over what to remove, then press Inpaint.");
+  const size = `${state.width}×${state.height} (${megapixels(state.width, state.height)} MP)`;
+  setStatus(`${file.name || "Pasted image"}: ${size}. Paint over what to remove, then press Inpaint.`);
 }
 
 function forgetPhoto() {
@@ -136,8 +141,10 @@ function firstImageFile(files) {
 function layout() {
   if (!state.width) return;
   const workspace = $("workspace"), margin = 16;
-  const scale = Math.min((workspace.clientWidth - margin) / state.width, (workspace.clientHeight - margin) / state.height);
-  const width = Math.max(1, Math.floor(state.width * scale)), height = Math.max(1, Math.floor(state.height * scale));
+  const scale = Math.min((workspace.clientWidth - margin) / state.width,
+                         (workspace.clientHeight - margin) / state.height);
+  const width = Math.max(1, Math.floor(state.width * scale));
+  const height = Math.max(1, Math.floor(state.height * scale));
   const stage = $("stage"), mask = $("mask"), ratio = window.devicePixelRatio || 1;
   stage.style.width = `${width}px`;
   stage.style.height = `${height}px`;
@@ -185,7 +192,8 @@ function redrawScreen() {
 
 function photoPoint(event) {
   const box = $("mask").getBoundingClientRect();
-  return [(event.clientX - box.left) * state.width / box.width, (event.clientY - box.top) * state.height / box.height];
+  return [(event.clientX - box.left) * state.width / box.width,
+          (event.clientY - box.top) * state.height / box.height];
 }
 
 function startStroke(event) {
@@ -194,7 +202,8 @@ function startStroke(event) {
   $("mask").setPointerCapture(event.pointerId);
   // The brush size is in screen pixels; the stroke keeps it in photo pixels.
   const width = $("brush-size").valueAsNumber * state.width / $("mask").getBoundingClientRect().width;
-  state.drawing = { erase: $("eraser").getAttribute("aria-pressed") === "true", width, points: [photoPoint(event)] };
+  const erase = $("eraser").getAttribute("aria-pressed") === "true";
+  state.drawing = { erase, width, points: [photoPoint(event)] };
   state.strokes.push(state.drawing);
   drawStroke(screenContext(), state.drawing, false);
   state.drawn = 1;
@@ -217,9 +226,10 @@ function endStroke() {
 
 function moveCursor(event) {
   const cursor = $("cursor"), size = $("brush-size").valueAsNumber, box = $("stage").getBoundingClientRect();
+  const x = event.clientX - box.left - size / 2, y = event.clientY - box.top - size / 2;
   cursor.hidden = event.type === "pointerleave" || event.pointerType === "touch";
   cursor.style.width = cursor.style.height = `${size}px`;
-  cursor.style.transform = `translate(${event.clientX - box.left - size / 2}px, ${event.clientY - box.top - size / 2}px)`;
+  cursor.style.transform = `translate(${x}px, ${y}px)`;
 }
 
 function undo() {
@@ -239,8 +249,8 @@ function clearMask() {
 // -- inpainting --------------------------------------------------------------------------------
 
 function canvasBlob(canvas) {
-  return new Promise((resolve, reject) =>
-    canvas.toBlob((blob) => (blob ? resolve(blob) : reject(new Error("The browser could not encode a PNG."))), "image/png"));
+  return new Promise((resolve, reject) => canvas.toBlob(
+    (blob) => (blob ? resolve(blob) : reject(new Error("the browser could not encode a PNG"))), "image/png"));
 }
 
 function fullSizeCanvas() {
@@ -264,7 +274,7 @@ function maskBlob() {
 function photoBlob() {
   if (!state.reencode) return Promise.resolve(state.source);
   const canvas = fullSizeCanvas();
-  canvas.getContext("2d").drawImage($("photo"), 0, 0);
+  canvas.getContext("2d").drawImage(state.reencode, 0, 0);  // drawImage applies the orientation too
   return canvasBlob(canvas);
 }
 
@@ -282,12 +292,15 @@ async function predict(photo, mask) {
   const body = JSON.stringify({ signature_name: "serving_bytes", instances: [instance] });
   let response;
   try {
-    response = await fetch(`${MODEL_URL}:predict`, { method: "POST", headers: { "Content-Type": "application/json" }, body });
+    response = await fetch(`${MODEL_URL}:predict`,
+                           { method: "POST", headers: { "Content-Type": "application/json" }, body });
   } catch (error) {
-    throw new Error(`Cannot reach the server: ${error.message}`);
+    throw new Error(`cannot reach the server (${error.message})`);
   }
   const answer = await response.json().catch(() => ({}));
-  if (!response.ok) throw new Error(answer.error || `The server answered ${response.status} ${response.statusText}.`);
+  if (!response.ok) {
+    throw new Error(answer.error || `the server answered ${response.status} ${response.statusText}`);
+  }
   return (await fetch(`data:image/png;base64,${answer.predictions[0].b64}`)).blob();
 }
 
@@ -324,7 +337,7 @@ async function showResult(blob) {
   const url = URL.createObjectURL(blob);
   await loadImage(url);  // decoded before it replaces the photo
   if (state.resultUrl) URL.revokeObjectURL(state.resultUrl);
-  Object.assign(state, { resultUrl: url, source: blob, reencode: false, strokes: [] });
+  Object.assign(state, { resultUrl: url, source: blob, reencode: null, strokes: [] });
   $("photo").src = url;
   redrawScreen();
   const download = $("download");
@@ -372,7 +385,9 @@ function wire() {
     event.preventDefault();
     workspace.classList.add("dragging");
   });
-  document.addEventListener("dragleave", () => workspace.classList.remove("dragging"));
+  document.addEventListener("dragleave", (event) => {
+    if (!event.relatedTarget) workspace.classList.remove("dragging");  // left the window, not a child
+  });
   document.addEventListener("drop", (event) => {
     event.preventDefault();
     workspace.classList.remove("dragging");
