@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from inpaint.core.images import IMAGE_SUFFIXES, ImageError, as_image, decode_image, encoded_size, write_image
+from inpaint.core.images import (IMAGE_SUFFIXES, ImageError, as_image, decode_image, encoded_size, write_encoded,
+                                 write_image)
 from inpaint.core.masks import MASK_KINDS, generate_mask
 from inpaint.core.tiling import TILING_MODES, TilingOptions
 
@@ -154,15 +155,20 @@ def predict(settings: Settings, paths, output, mask_suffix, batch_size, tiling, 
                     for (image, _), result in zip(rest, results):
                         _write_result(output_path(image, output, len(pairs) > 1), pixels=result)
                 bar.update(len(chunk))
-    except (InpaintError, ImageError, OSError) as error:
+    except (InpaintError, ImageError) as error:
         fail(settings, error)
 
 
 def _read_pair(pair: tuple[Path, Path]) -> tuple[bytes, bytes]:
+    files = []
     for path, what in zip(pair, ("image", "mask")):
         if not path.is_file():
             raise ImageError(f"{what} {path} does not exist")
-    return pair[0].read_bytes(), pair[1].read_bytes()
+        try:
+            files.append(path.read_bytes())
+        except OSError as error:
+            raise ImageError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    return files[0], files[1]
 
 
 def _sent_whole(image: bytes, tiling: TilingOptions) -> bool:
@@ -177,8 +183,7 @@ def _sent_whole(image: bytes, tiling: TilingOptions) -> bool:
 def _write_result(target: Path, *, png: bytes | None = None, pixels: np.ndarray | None = None) -> None:
     """A returned PNG is written as it came when the target is a PNG; anything else is encoded here."""
     if png is not None and target.suffix.lower() == ".png":
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(png)
+        write_encoded(target, png)
     else:
         write_image(target, decode_image(png, 2**40) if pixels is None else pixels)
     click.echo(f"wrote {target}")

@@ -117,6 +117,16 @@ def write_image(path: Path, image: np.ndarray) -> None:
         raise ImageError(f"cannot write {path}: unwritable folder or file")
 
 
+def write_encoded(path: Path, data: bytes) -> None:
+    """Encoded image bytes (a PNG a server returned, say) to a file as they are, with write_image's errors."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as error:
+        raise ImageError(f"cannot write {path}: {error.strerror or error}") from None
+
+
 # -- encoded images: PNG, JPEG, WebP and BMP bytes ---------------------------------------------------------
 
 ENCODED_FORMATS = ("PNG", "JPEG", "WebP", "BMP")
