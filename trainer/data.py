@@ -9,10 +9,13 @@ Three sources, chosen by a spec string (``--data``):
   with a fixed, documented held-out subset.
 * ``cifar10`` (downloaded by Keras) or ``cifar10:PATH`` (an unpacked
   ``cifar-10-batches-py`` folder, for offline machines).
-* a folder of the user's own images, split deterministically by file name.
+* a folder of the user's own images, split deterministically by file name (a glob
+  or a ``gs://``-style path too, through ``stream.py``).
 
-Only numpy and OpenCV are needed here; TensorFlow is imported lazily for the
-Keras CIFAR-10 download.
+Everything here is read into memory; ``stream.py`` streams large collections
+from their file names instead (``--loader``). Only numpy and OpenCV are needed
+here; TensorFlow is imported lazily for the Keras CIFAR-10 download and
+``tf.io.gfile`` paths.
 """
 
 from __future__ import annotations
@@ -119,6 +122,25 @@ def image_files(folder: Path) -> list[Path]:
     return files
 
 
+def split_by_name(files: Sequence[str], where: object) -> dict[str, list[str]]:
+    """File names (relative to their folder) into train, validation and test by ``_split_of``.
+
+    Too few to split (fewer than 3, or no training file): every split is all of them, with a warning;
+    a split left empty borrows the first training file. ``where`` names the source in warnings.
+    """
+    names: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
+    for name in files:
+        names[_split_of(name)].append(name)
+    if not names["train"] or len(files) < 3:
+        logger.warning("%s has too few images to hold any out: validating and testing on training images", where)
+        names = {"train": list(files), "validation": list(files), "test": list(files)}
+    for split in ("validation", "test"):
+        if not names[split]:
+            names[split] = names["train"][:1]
+            logger.warning("%s: no image hashed into the %s split; using %s", where, split, names[split][0])
+    return names
+
+
 def load_folder(folder: Path, splits: Sequence[str] = SPLITS) -> Dataset:
     """A user's folder: about 10 % test, 10 % validation, by file-name hash.
 
@@ -126,17 +148,7 @@ def load_folder(folder: Path, splits: Sequence[str] = SPLITS) -> Dataset:
     trains, validates and tests on the same images, with a warning; a split
     left empty borrows the first training image.
     """
-    names: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
-    files = [str(path.relative_to(folder)) for path in image_files(folder)]
-    for name in files:
-        names[_split_of(name)].append(name)
-    if not names["train"] or len(files) < 3:
-        logger.warning("%s has too few images to hold any out: validating and testing on training images", folder)
-        names = {"train": files, "validation": files, "test": files}
-    for split in ("validation", "test"):
-        if not names[split]:
-            names[split] = names["train"][:1]
-            logger.warning("%s: no image hashed into the %s split; using %s", folder, split, names[split][0])
+    names = split_by_name([str(path.relative_to(folder)) for path in image_files(folder)], folder)
     return Dataset(str(folder), **read_splits(folder, names, splits), names=names)
 
 
@@ -191,7 +203,7 @@ def load_photos_dataset(spec: str, splits: Sequence[str] = SPLITS) -> Dataset:
 
 
 def load_dataset(spec: str, splits: Sequence[str] = SPLITS) -> Dataset:
-    """Resolve a ``--data`` spec: ``samples``, ``photos[:DIR]``, ``cifar10``, ``cifar10:PATH`` or a folder.
+    """Resolve a ``--data`` spec: ``samples``, ``photos[:DIR]``, ``cifar10``, ``cifar10:PATH``, a folder or a glob.
 
     Only the images of ``splits`` are read where a source can skip the others (photos, samples,
     folders; CIFAR-10 comes in whole batches): evaluation reads the held-out photos alone.
@@ -205,6 +217,10 @@ def load_dataset(spec: str, splits: Sequence[str] = SPLITS) -> Dataset:
     if spec.startswith("cifar10:"):
         path = Path(spec.split(":", 1)[1]).expanduser()
         return cifar10_dataset(*read_cifar10_folder(path), source=spec)
+    if "://" in spec or any(char in spec for char in "*?["):  # a glob, or a folder only TensorFlow reads
+        from .stream import load_files_dataset
+
+        return load_files_dataset(spec, splits)
     return load_folder(Path(spec).expanduser(), splits)
 
 

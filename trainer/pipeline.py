@@ -73,40 +73,134 @@ class ValidationMetrics(keras.callbacks.Callback):
     The scores are added to the epoch's logs, so the progress bar and the
     history show them as ``val_mae``, ``val_hole_mae``, ``val_psnr``,
     ``val_ssim`` and ``val_dice``. Outputs are composited and rounded to uint8
-    first, exactly as the serving graph returns them.
+    first, exactly as the serving graph returns them; the last ones are kept
+    (``output``) for the TensorBoard example fills.
+
+    ``direct``: call the model on the crops instead of ``predict``, which under a
+    multi-worker strategy would shard them over the workers.
     """
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray):
+    def __init__(self, images: np.ndarray, masks: np.ndarray, direct: bool = False):
         super().__init__()
-        self.images, self.masks = images, masks
+        self.images, self.masks, self.direct = images, masks, direct
         self.inputs, _ = model_arrays(images, masks)
+        self.output: np.ndarray | None = None
 
     @classmethod
-    def for_config(cls, dataset: Dataset, config) -> "ValidationMetrics":
+    def for_config(cls, dataset: Dataset, config, direct: bool = False) -> "ValidationMetrics":
         rng = np.random.default_rng([config.seed, 2**31 - 1])  # a stream training never draws
         return cls(*masked_examples(dataset.validation, config.validation_size, config.image_size,
-                                    config.mask_kind, rng))
+                                    config.mask_kind, rng), direct=direct)
+
+    def predict(self) -> np.ndarray:
+        if not self.direct:
+            return self.model.predict(self.inputs, batch_size=64, verbose=0)
+        return np.concatenate([keras.ops.convert_to_numpy(self.model(self.inputs[start:start + 64], training=False))
+                               for start in range(0, len(self.inputs), 64)])
 
     def on_epoch_end(self, epoch, logs=None):
-        prediction = self.model.predict(self.inputs, batch_size=64, verbose=0)
-        output = metrics.composite(self.images, self.masks, prediction)
+        output = metrics.composite(self.images, self.masks, self.predict())
+        self.output = output
         scores = metrics.all_metrics(self.images, output, self.masks)
         if logs is not None:
             logs.update({f"val_{name}": value for name, value in scores.items()})
 
 
-class TimeLimit(keras.callbacks.Callback):
-    """Stop at the end of the first epoch that ends after ``minutes`` of training."""
+def example_fills(images: np.ndarray, masks: np.ndarray, output: np.ndarray, count: int = 4) -> np.ndarray:
+    """``count`` rows of [input with holes in white | the model's fill | the truth], uint8 ``(N, S, 3S, 3)``."""
+    shown = np.where(masks[:count, ..., None] > 0, np.uint8(255), images[:count])
+    return np.concatenate([shown, output[:count], images[:count]], axis=2)
 
-    def __init__(self, minutes: float):
+
+def _summary_metadata(plugin: str, description: str = "", content: bytes = b""):
+    """TensorBoard's metadata for a tensor summary of ``plugin`` ("scalars" or "images")."""
+    from tensorflow.core.framework import summary_pb2
+
+    data_class = summary_pb2.DATA_CLASS_SCALAR if plugin == "scalars" else summary_pb2.DATA_CLASS_BLOB_SEQUENCE
+    return summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin, content=content),
+        summary_description=description, data_class=data_class)
+
+
+class TensorBoardLogger(keras.callbacks.Callback):
+    """TensorBoard summaries per epoch, written with ``tf.summary.write`` (TensorBoard need not be installed).
+
+    ``LOGDIR/train``: ``epoch_loss`` and ``epoch_learning_rate``; ``LOGDIR/validation``: the validation
+    metrics as ``epoch_mae``, ``epoch_hole_mae``, ``epoch_psnr``, ``epoch_ssim``, ``epoch_dice`` (Keras'
+    TensorBoard names) and the image ``example_fills``: a few validation crops as [input with holes in
+    white | fill | truth], from the fills ``ValidationMetrics`` just scored (it must run first).
+    """
+
+    def __init__(self, logdir: str, validation: ValidationMetrics | None = None, fills: int = 4):
+        super().__init__()
+        self.logdir, self.validation, self.fills = logdir.rstrip("/"), validation, fills
+        self.writers: dict = {}
+
+    def _writer(self, run: str):
+        import tensorflow as tf
+
+        if run not in self.writers:
+            self.writers[run] = tf.summary.create_file_writer(f"{self.logdir}/{run}")
+        return self.writers[run]
+
+    def _scalar(self, run: str, tag: str, value: float, step: int) -> None:
+        import tensorflow as tf
+
+        with self._writer(run).as_default():
+            tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step,
+                             metadata=_summary_metadata("scalars"))
+
+    def _images(self, run: str, tag: str, images: np.ndarray, step: int, description: str) -> None:
+        import tensorflow as tf
+
+        height, width = images.shape[1:3]
+        encoded = [tf.io.encode_png(image) for image in images]
+        tensor = tf.stack([tf.as_string(width), tf.as_string(height), *encoded])  # the image plugin's layout
+        with self._writer(run).as_default():
+            tf.summary.write(tag, tensor, step=step, metadata=_summary_metadata("images", description))
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        try:
+            logs.setdefault("learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+        except (AttributeError, TypeError, ValueError):
+            pass
+        for name, value in logs.items():
+            run, name = ("validation", name[4:]) if name.startswith("val_") else ("train", name)
+            self._scalar(run, f"epoch_{name}", value, epoch)
+        if self.validation is not None and self.validation.output is not None:
+            grid = example_fills(self.validation.images, self.validation.masks, self.validation.output, self.fills)
+            self._images("validation", "example_fills", grid, epoch,
+                         "validation crops: input with holes in white | fill | truth")
+        for writer in self.writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self.writers.values():
+            writer.close()
+
+
+class TimeLimit(keras.callbacks.Callback):
+    """Stop at the end of the first epoch that ends after ``minutes`` of training.
+
+    ``spent_seconds``: training time of the run before it was resumed. ``agree``: turns this worker's
+    verdict into every worker's (a multi-worker run must stop all of its workers after the same epoch).
+    """
+
+    def __init__(self, minutes: float, spent_seconds: float = 0.0, agree=None):
         super().__init__()
         self.seconds = minutes * 60.0
+        self.spent = spent_seconds
+        self.agree = agree
         self.started = 0.0
 
     def on_train_begin(self, logs=None):
         self.started = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        if time.monotonic() - self.started > self.seconds:
+        over = self.spent + time.monotonic() - self.started > self.seconds
+        if self.agree is not None:
+            over = self.agree(over)
+        if over:
             logger.warning("time limit of %.1f minutes reached after epoch %d: stopping", self.seconds / 60, epoch + 1)
             self.model.stop_training = True

@@ -2,6 +2,11 @@
 
 Reads top-down: config, data, model, fit, export. Defaults are chosen so that
 ``make train`` finishes in under 10 minutes on 2 CPU cores (see README).
+
+Beyond one machine: ``--loader stream`` (automatic for globs, TFRecords and large folders) decodes
+photos in a tf.data pipeline from their file names (``stream.py``); ``--strategy`` spreads the
+replicas over GPUs and workers (``distribute.py``); ``--backup-dir`` resumes a killed run from its
+last epoch and publishes it once (``resume.py``); ``--logdir`` writes TensorBoard summaries.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 import platform
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +27,19 @@ import click
 from inpaint.core.masks import MASK_KINDS
 from inpaint.core.repository import RUN_RECORD, staged_version
 
-from .data import Dataset, DataError, check_dataset_image_size, load_dataset
+from .data import Dataset, DataError, check_dataset_image_size
+from .distribute import STRATEGIES
+from .stream import DATA_FORMATS, LOADERS
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainConfig:
-    data: str = "photos"             # photos[:DIR] (make photos) | samples | cifar10 | cifar10:PATH | a folder
+    data: str = "photos"             # photos[:DIR] (make photos) | samples | cifar10 | cifar10:PATH | a folder | a glob
+    loader: str = "auto"             # auto | memory | stream: decode everything first, or stream from file names
+    data_format: str = "auto"        # auto | images | tfrecord (auto: by the files' suffixes)
+    deterministic: bool = True       # streamed batches come in a reproducible order
     model_base_path: str = "models/inpaint"  # versions are written to BASE/1, BASE/2, ...
     model_name: str = "inpaint"      # name used in TF Serving's warmup requests
     image_size: int = 96             # largest training crop side; steps also draw 1/2 and 3/4 of it
@@ -47,65 +58,221 @@ class TrainConfig:
     validation_size: int = 64        # fixed crops scored after every epoch
     init_weights: str = "models/pretrained/inpaint/1"  # start from these weights ("" or none: from scratch)
     checkpoint_dir: str = ""         # if set: resumable backups every epoch (an interrupted run resumes)
-    workers: int = 1                 # threads drawing crops and masks (a GPU needs several)
+    workers: int = 1                 # threads drawing crops and masks in memory (a stream uses AUTOTUNE)
+    strategy: str = "auto"           # auto | one | mirrored | multi-worker (TF_CONFIG)
+    backup_dir: str = ""             # if set: a killed run restarted with the same command resumes, publishes once
+    logdir: str = ""                 # if set: TensorBoard losses, validation metrics and example fills per epoch
     max_minutes: float = 9.0         # stop after the epoch that passes this much training time (0: never)
     seed: int = 0                    # same seed, same data, same masks, same weights
 
 
-def train(config: TrainConfig) -> Path:
-    """Run one training job; return the published version folder.
+def train(config: TrainConfig) -> Path | None:
+    """Run one training job; return the published version folder (None on a worker that is not the chief).
 
     Under a Keras backend other than TensorFlow (JAX on a GPU, say) the
     SavedModel cannot be written there: the finished weights and run record go
     to ``checkpoint_dir`` instead, and ``publish_checkpoint`` publishes them on
     a machine with TensorFlow.
     """
-    dataset = load_dataset(config.data)
-    check_dataset_image_size(dataset, config.image_size)
-    logger.info("data %s: %d train, %d validation, %d held-out images", dataset.source,
-                len(dataset.train), len(dataset.validation), len(dataset.test))
+    from .distribute import resolve_distribution
+
+    # First of all: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op.
+    distribution = resolve_distribution(config.strategy)
+    try:
+        return _train(config, distribution)
+    finally:
+        distribution.cleanup()
+
+
+def backup_folder(config: TrainConfig) -> str:
+    """``--backup-dir``, else ``--checkpoint-dir``/backup (where it always was), else none."""
+    return config.backup_dir or (str(Path(config.checkpoint_dir) / "backup") if config.checkpoint_dir else "")
+
+
+def _train(config: TrainConfig, distribution) -> Path | None:
+    from .stream import open_data
+
+    data = open_data(config.data, config.loader, config.data_format)
+    if isinstance(data, Dataset):
+        check_dataset_image_size(data, config.image_size)
+        logger.info("data %s: %d train, %d validation, %d held-out images", data.source,
+                    len(data.train), len(data.validation), len(data.test))
+    elif data.format == "tfrecord":
+        logger.info("data %s streamed: %d TFRecord shards, split by record name", data.source, len(data.train))
+    else:
+        logger.info("data %s streamed: %d train, %d validation, %d held-out files", data.source,
+                    len(data.names["train"]), len(data.names["validation"]), len(data.names["test"]))
 
     import keras  # deferred: --help and bad-input errors stay fast
 
     from .model import HoleWeightedL1
-    from .pipeline import MaskedBatches, TimeLimit, ValidationMetrics
+    from .pipeline import MaskedBatches, TensorBoardLogger, TimeLimit, ValidationMetrics
+    from .resume import ResumableBackup, RunBackup, check_resumable, find_published
+
+    backup_dir = backup_folder(config)
+    run_id, state = uuid.uuid4().hex, None
+    if backup_dir:
+        backup = RunBackup(Path(backup_dir))
+        run_id = backup.identity(dataclasses.asdict(config), create=distribution.is_chief) or run_id
+        published = find_published(Path(config.model_base_path), run_id) if distribution.is_chief else None
+        if distribution.chief_value(published is not None):
+            if published is None:
+                return None
+            logger.info("this run already published %s (it was stopped before removing %s): nothing to train",
+                        published, backup_dir)
+            backup.finish()
+            return published
+        state = backup.state()
+        check_resumable(state, config.epochs)
+        done = state.epoch if state else 0
+        if distribution.workers > 1 and distribution.chief_value(done) != done:
+            raise DataError(f"{distribution.task} finds {done} epochs in {backup_dir}, the chief another number: "
+                            "--backup-dir must be one folder every worker reads (a shared volume)")
+        if state is not None and (state.stopped or state.epoch >= config.epochs):
+            logger.info("resuming from %s: training had finished after epoch %d; publishing", backup_dir, state.epoch)
+        elif state is not None:
+            logger.info("resuming from %s: %d of %d epochs done, continuing with epoch %d", backup_dir, state.epoch,
+                        config.epochs, state.epoch + 1)
+        else:
+            logger.info("backing up every epoch to %s (run %s)", backup_dir, run_id)
+    start_epoch = state.epoch if state else 0
+    finished = state is not None and (state.stopped or state.epoch >= config.epochs)
+
     keras.utils.set_random_seed(config.seed)
     precision = resolve_precision(config.precision)
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
-    logger.info("keras backend %s, compute precision %s", keras.backend.backend(), precision)
-    model = build_model(config)
-    if config.init_weights:
-        from .savedmodel import load_weights_from_version
+    global_batch = config.batch_size * distribution.replicas
+    logger.info("keras backend %s, compute precision %s, strategy %s: %d replica(s), global batch %d",
+                keras.backend.backend(), precision, distribution.name, distribution.replicas, global_batch)
+    with distribution.scope():
+        model = build_model(config)
+        if config.init_weights and state is None:
+            from .savedmodel import load_weights_from_version
 
-        load_weights_from_version(model, Path(config.init_weights))
-        logger.info("starting from the weights of %s", config.init_weights)
-    total_steps = config.epochs * config.steps_per_epoch
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total_steps)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=HoleWeightedL1(config.hole_weight))
+            load_weights_from_version(model, Path(config.init_weights))
+            logger.info("starting from the weights of %s", config.init_weights)
+        total_steps = config.epochs * config.steps_per_epoch
+        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total_steps)
+        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=HoleWeightedL1(config.hole_weight))
+        if distribution.strategy is not None or backup_dir:
+            model.optimizer.build(model.trainable_variables)  # in the scope: mirrored, and ready for a restore
+        if distribution.workers > 1:
+            build_for_multi_worker(model, config)
     logger.info("model %s: %d parameters", model.name, model.count_params())
 
-    callbacks = [ValidationMetrics.for_config(dataset, config)]
-    if config.checkpoint_dir:
-        # Saves weights, optimizer and epoch after every epoch; a rerun with the same directory resumes.
-        callbacks.append(keras.callbacks.BackupAndRestore(str(Path(config.checkpoint_dir) / "backup")))
-    if config.max_minutes:
-        callbacks.append(TimeLimit(config.max_minutes))
-    started = time.monotonic()
-    history = model.fit(
-        MaskedBatches.for_config(dataset, config),
-        epochs=config.epochs,
-        callbacks=callbacks,
-        verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, a line per epoch in logs
-    )
-    seconds = time.monotonic() - started
+    distributed = distribution.strategy is not None
+    if isinstance(data, Dataset):
+        validation = ValidationMetrics.for_config(data, config, direct=distributed)
+    else:
+        from .stream import validation_examples
 
-    record = run_record(config, dataset, model, history.history, seconds)
+        validation = ValidationMetrics(*validation_examples(data, config.validation_size, config.image_size,
+                                                            config.mask_kind, config.seed), direct=distributed)
+    callbacks = [validation]
+    if config.logdir:
+        logdir = distribution.writable(config.logdir)
+        callbacks.append(TensorBoardLogger(logdir, validation))
+    if config.max_minutes:
+        callbacks.append(TimeLimit(config.max_minutes, state.seconds if state else 0.0,
+                                   agree=distribution.any if distribution.workers > 1 else None))
+    backup_callback = None
+    if backup_dir:
+        backup_callback = ResumableBackup(Path(backup_dir), state, Path(distribution.writable(backup_dir)))
+        callbacks.append(backup_callback)  # last: it records what the others added to the epoch's logs
+
+    started = time.monotonic()
+    if finished:  # killed after the last epoch, before publishing: the backup holds the final weights
+        backup_callback.set_model(model)
+        backup_callback.on_train_begin()
+        history = {}
+    else:
+        fit_options = {}
+        if distributed or not isinstance(data, Dataset):
+            batches = training_input(data, config, distribution, start_epoch * config.steps_per_epoch)
+            fit_options.update(steps_per_epoch=config.steps_per_epoch, shuffle=False)  # a stream is drawn at random
+        else:
+            batches = MaskedBatches.for_config(data, config)
+            batches.epoch = start_epoch  # a resumed run draws the crops of the epochs it goes on with
+        history = model.fit(
+            batches,
+            epochs=config.epochs,
+            callbacks=callbacks,
+            verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, a line per epoch in logs
+            **fit_options,
+        ).history
+    seconds = time.monotonic() - started
+    if backup_callback is not None:  # the whole run's, across restarts
+        history, seconds = backup_callback.history, backup_callback.seconds
+
+    record = run_record(config, data, model, history, seconds)
     record["precision"] = precision
+    record["run_id"] = run_id
+    record["distribution"] = {**distribution.describe(), "per_replica_batch": config.batch_size,
+                              "global_batch": global_batch, "learning_rate": config.learning_rate}
+    if state is not None:
+        record["resumed_after_epoch"] = state.epoch
     if config.init_weights:
         record["initialised_from"] = lineage(Path(config.init_weights))
     if keras.backend.backend() != "tensorflow":
-        return save_checkpoint(model, config, record)
-    return publish(float32_copy(model, config), config, record)
+        folder = save_checkpoint(model, config, record)
+        if backup_dir:
+            RunBackup(Path(backup_dir)).finish()
+        return folder
+    if not distribution.is_chief:
+        # Every worker saves, as TensorFlow's multi-worker guide advises; only the chief's is kept.
+        scratch = distribution.writable(config.model_base_path)
+        publish(float32_copy(model, config), dataclasses.replace(config, model_base_path=scratch), record)
+        logger.info("%s done: the chief publishes the version", distribution.task)
+        return None
+    version = publish(float32_copy(model, config), config, record)
+    if backup_dir:
+        RunBackup(Path(backup_dir)).finish()
+    return version
+
+
+def build_for_multi_worker(model, config: TrainConfig) -> None:
+    """Two work-arounds for Keras 3 under MultiWorkerMirroredStrategy (keras-team/keras#20585).
+
+    * ``fit`` averages the first distributed batch over the replicas to build the model
+      (``_maybe_symbolic_build``), a reduce the strategy refuses for an (x, y) pair: everything it
+      would build is built here from a zero batch, and that step is skipped.
+    * ``fit`` averages each step's logs over the workers with ``reduce("MEAN", axis=0)``, which fails
+      on scalars: the train step returns them as 1-element vectors, which that reduce averages.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from .pipeline import crop_sizes
+
+    side = crop_sizes(config.image_size, 2**config.depth)[0]
+    sample = np.zeros((config.batch_size, side, side, 4), np.float32)
+    model._symbolic_build(data_batch=(sample, sample))
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    train_step = model.train_step
+
+    def vector_logs_train_step(data):
+        return {name: tf.reshape(value, [1]) for name, value in train_step(data).items()}
+
+    model.train_step = vector_logs_train_step
+
+
+def training_input(data, config: TrainConfig, distribution, start_step: int):
+    """The streamed ``tf.data`` input, one pipeline per worker under a strategy (per-replica batches)."""
+    from .pipeline import crop_sizes
+    from .stream import Layout, training_batches
+
+    sizes = crop_sizes(config.image_size, 2**config.depth)
+
+    def pipeline(pipelines: int = 1, pipeline_id: int = 0, replicas: int = 1):
+        layout = Layout(config.batch_size, sizes, replicas, pipelines, pipeline_id, start_step)
+        return training_batches(data, layout, mask_kind=config.mask_kind, seed=config.seed,
+                                deterministic=config.deterministic)
+
+    if distribution.strategy is None:
+        return pipeline()
+    return distribution.strategy.distribute_datasets_from_function(
+        lambda context: pipeline(context.num_input_pipelines, context.input_pipeline_id,
+                                 context.num_replicas_in_sync))
 
 
 def build_model(config: TrainConfig):
@@ -188,7 +355,7 @@ def lineage(version: Path) -> dict:
     return {"path": str(version), **record}
 
 
-def run_record(config: TrainConfig, dataset: Dataset, model, history: dict, seconds: float) -> dict:
+def run_record(config: TrainConfig, dataset, model, history: dict, seconds: float) -> dict:
     """What is saved with the model: config, data, final metrics, the per-epoch history."""
     import keras
 
@@ -248,7 +415,19 @@ _DEFAULTS = TrainConfig()
 @click.command(context_settings={"show_default": True, "auto_envvar_prefix": "INPAINT"})
 @click.option("--data", default=_DEFAULTS.data, envvar="INPAINT_DATA",
               help="Training data: 'samples' (bundled photos), 'photos[:DIR]' (assembled by make photos), "
-                   "'cifar10', 'cifar10:PATH' or a folder of images.")
+                   "'cifar10', 'cifar10:PATH', a folder of images (recursive), a glob ('photos/**/*.jpg') or "
+                   "TFRecord shards (a folder or glob of *.tfrecord / *.tfrec); any path tf.io.gfile reads.")
+@click.option("--loader", default=_DEFAULTS.loader, type=click.Choice(LOADERS), envvar="INPAINT_LOADER",
+              help="memory: decode every image before the first step (the built-in sources' way); stream: keep "
+                   "only file names and decode, crop and mask in a parallel tf.data pipeline (memory independent "
+                   "of the data's size); auto: stream globs, TFRecords, remote paths and folders of more than "
+                   "1,000 images or 100 MB, read the rest into memory.")
+@click.option("--data-format", default=_DEFAULTS.data_format, type=click.Choice(DATA_FORMATS),
+              envvar="INPAINT_DATA_FORMAT",
+              help="What --data holds; auto: image files if there are any, else TFRecord shards (by suffix).")
+@click.option("--deterministic/--no-deterministic", default=_DEFAULTS.deterministic, envvar="INPAINT_DETERMINISTIC",
+              help="Streamed batches in a reproducible order (each example is seeded either way; "
+                   "--no-deterministic lets fast decodes overtake slow ones).")
 @click.option("--model-base-path", default=_DEFAULTS.model_base_path, envvar="INPAINT_MODEL_BASE_PATH",
               type=click.Path(file_okay=False), help="Model repository; the run is published as its next version.")
 @click.option("--model-name", default=_DEFAULTS.model_name, envvar="INPAINT_MODEL",
@@ -273,13 +452,15 @@ _DEFAULTS = TrainConfig()
 @click.option("--hole-weight", default=_DEFAULTS.hole_weight, callback=_positive, envvar="INPAINT_HOLE_WEIGHT",
               help="L1 weight of hole pixels relative to known pixels.")
 @click.option("--batch-size", default=_DEFAULTS.batch_size, callback=_positive, envvar="INPAINT_BATCH_SIZE",
-              help="Crops per training step.")
+              help="Crops per training step and replica: the global batch is this times the replicas in sync.")
 @click.option("--epochs", default=_DEFAULTS.epochs, callback=_positive, envvar="INPAINT_EPOCHS",
               help="Training epochs.")
 @click.option("--steps-per-epoch", default=_DEFAULTS.steps_per_epoch, callback=_positive, envvar="INPAINT_STEPS",
               help="Training steps per epoch.")
 @click.option("--learning-rate", default=_DEFAULTS.learning_rate, callback=_positive, envvar="INPAINT_LEARNING_RATE",
-              help="Peak Adam learning rate, cosine-decayed to zero.")
+              help="Peak Adam learning rate, cosine-decayed to zero. Kept as given at any number of replicas (no "
+                   "linear scaling with the global batch: Adam's steps do not grow with the batch the way SGD's "
+                   "do); scale it yourself if you raise the global batch a lot.")
 @click.option("--validation-size", default=_DEFAULTS.validation_size, callback=_positive,
               envvar="INPAINT_VALIDATION_SIZE", help="Fixed validation crops scored after every epoch.")
 @click.option("--init-weights", default=_DEFAULTS.init_weights, envvar="INPAINT_INIT_WEIGHTS",
@@ -288,9 +469,22 @@ _DEFAULTS = TrainConfig()
                    "architecture options must match its run record; 'none' trains from scratch.")
 @click.option("--checkpoint-dir", default=_DEFAULTS.checkpoint_dir, envvar="INPAINT_CHECKPOINT_DIR",
               type=click.Path(file_okay=False),
-              help="Back up weights, optimizer and epoch here after every epoch; rerunning resumes.")
+              help="Back up weights, optimizer and epoch in DIR/backup after every epoch (as --backup-dir); "
+                   "rerunning resumes. Also where another backend's finished weights go.")
 @click.option("--workers", default=_DEFAULTS.workers, callback=_positive, envvar="INPAINT_WORKERS",
-              help="Threads that draw training crops and masks.")
+              help="Threads that draw training crops and masks with --loader memory (a stream uses tf.data's "
+                   "AUTOTUNE).")
+@click.option("--strategy", default=_DEFAULTS.strategy, type=click.Choice(STRATEGIES), envvar="INPAINT_STRATEGY",
+              help="one: one device; mirrored: MirroredStrategy over the local GPUs; multi-worker: "
+                   "MultiWorkerMirroredStrategy configured by TF_CONFIG (only the chief publishes); auto: "
+                   "multi-worker when TF_CONFIG names several tasks, mirrored on several GPUs, else one.")
+@click.option("--backup-dir", default=_DEFAULTS.backup_dir, envvar="INPAINT_BACKUP_DIR",
+              type=click.Path(file_okay=False),
+              help="Back up after every epoch (Keras BackupAndRestore, written atomically): a run killed at any "
+                   "point and started again with the same command continues from its last epoch and publishes "
+                   "one version; removed once published. Every worker must read it (shared volume).")
+@click.option("--logdir", default=_DEFAULTS.logdir, envvar="INPAINT_LOGDIR",
+              help="TensorBoard log folder: losses, learning rate, validation metrics and example fills per epoch.")
 @click.option("--max-minutes", default=_DEFAULTS.max_minutes, type=click.FloatRange(min=0), envvar="INPAINT_MAX_MINUTES",
               help="Stop after the epoch that passes this many minutes of training (0: no limit).")
 @click.option("--publish-checkpoint", "finished_run", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
@@ -313,7 +507,7 @@ def main(verbose: bool, finished_run: Path | None, **options) -> None:
         if verbose:
             raise
         raise click.ClickException(str(error)) from None
-    click.echo(f"wrote {version}")
+    click.echo(f"wrote {version}" if version is not None else "trained; the chief wrote the version")
 
 
 def configure_logging(verbose: bool) -> None:
