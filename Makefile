@@ -131,7 +131,7 @@ image:  ## docker build the serving image (ORT_PACKAGE="onnxruntime-gpu[cuda,cud
 
 k8s-validate: $(INSTALLED)  ## Render every kustomize overlay and validate it offline against Kubernetes 1.30
 	@command -v kubectl >/dev/null || { echo "kubectl not found: install it (https://kubernetes.io/docs/tasks/tools/) or apt-get install kubectl"; exit 1; }
-	$(BIN)/python -m pytest -q tests/test_deploy.py
+	$(BIN)/python -m pytest -q tests/test_deploy.py tests/test_training_job.py
 
 # tests/test_web.py drives Debian's Chromium through playwright (never `playwright install`: no downloads).
 # Where apt-get is missing or fails this only prints a note, and those tests skip.
