@@ -115,14 +115,19 @@ def fill_strings(proto: tensor_pb2.TensorProto, values: list[bytes]) -> None:
     proto.string_val.extend(values)
 
 
-def predict_bytes_request(images: list[bytes], masks: list[bytes], model: str,
-                          version: int | None = None) -> predict_pb2.PredictRequest:
-    """A ``serving_bytes`` PredictRequest: encoded image and mask files, one of each per image."""
+def _request_for(model: str, version: int | None, signature: str) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model
     if version is not None:
         request.model_spec.version.value = version
-    request.model_spec.signature_name = BYTES_SIGNATURE_NAME
+    request.model_spec.signature_name = signature
+    return request
+
+
+def predict_bytes_request(images: list[bytes], masks: list[bytes], model: str,
+                          version: int | None = None) -> predict_pb2.PredictRequest:
+    """A ``serving_bytes`` PredictRequest: encoded image and mask files, one of each per image."""
+    request = _request_for(model, version, BYTES_SIGNATURE_NAME)
     fill_strings(request.inputs[IMAGE_BYTES], images)
     fill_strings(request.inputs[MASK_BYTES], masks)
     request.output_filter.append(OUTPUT_BYTES)
@@ -144,11 +149,7 @@ def predict_request(images: np.ndarray, masks: np.ndarray, model: str, version: 
     """A PredictRequest for uint8 ``(N, H, W, 3)`` images and ``(N, H, W)`` or ``(N, H, W, 1)`` masks."""
     if masks.ndim == 3:
         masks = masks[..., None]
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    if version is not None:
-        request.model_spec.version.value = version
-    request.model_spec.signature_name = signature
+    request = _request_for(model, version, signature)
     fill_tensor(request.inputs[IMAGE], images)
     fill_tensor(request.inputs[MASK], masks)
     request.output_filter.append(OUTPUT)
