@@ -20,7 +20,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from inpaint.core.contract import BYTES_SIGNATURE_NAME, MAX_MESSAGE_BYTES, SIGNATURE_NAME, VersionState, dtype_name
-from inpaint.core.images import ImageError, ImageLike, as_image, as_mask, check_pair, encoded_size
+from inpaint.core.images import ImageError, ImageLike, as_image, as_mask, check_pair, check_sizes, encoded_size
 from inpaint.core.protos import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -147,12 +147,9 @@ class _ClientBase:
         for index, (image, mask) in enumerate(zip(images, masks)):
             name = f"image #{index}" if len(images) > 1 else "image"
             try:
-                image_size, mask_size = encoded_size(image, name)[1:], encoded_size(mask, f"mask of {name}")[1:]
+                check_sizes(encoded_size(image, name)[1:], encoded_size(mask, f"mask of {name}")[1:], name)
             except ImageError as error:
                 raise InvalidInput(str(error)) from None
-            if image_size != mask_size:
-                raise InvalidInput(f"mask is {mask_size[0]}x{mask_size[1]} but {name} is "
-                                   f"{image_size[0]}x{image_size[1]}; they must match (no resizing is done)")
         return predict_bytes_request(list(images), list(masks), self.model, self.version)
 
     def _files_output(self, response: predict_pb2.PredictResponse, count: int) -> list[bytes]:

@@ -97,9 +97,14 @@ def holes_of(mask: np.ndarray) -> np.ndarray:
 
 
 def check_pair(image: np.ndarray, mask: np.ndarray, name: str = "image") -> None:
-    if image.shape[:2] != mask.shape:
-        raise ImageError(f"mask is {mask.shape[1]}x{mask.shape[0]} but {name} is "
-                           f"{image.shape[1]}x{image.shape[0]}; they must match (no resizing is done)")
+    check_sizes(image.shape[1::-1], mask.shape[1::-1], name)
+
+
+def check_sizes(image_size: tuple[int, int], mask_size: tuple[int, int], name: str = "image") -> None:
+    """An image's and its mask's ``(width, height)`` must be equal: masks are never resized."""
+    if tuple(image_size) != tuple(mask_size):
+        raise ImageError(f"mask is {mask_size[0]}x{mask_size[1]} but {name} is "
+                         f"{image_size[0]}x{image_size[1]}; they must match (no resizing is done)")
 
 
 def write_image(path: Path, image: np.ndarray) -> None:

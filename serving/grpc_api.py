@@ -10,6 +10,7 @@ becomes its status.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Awaitable, Callable, TypeVar
 
 import grpc
@@ -41,22 +42,38 @@ def parse(message_class, raw: bytes):
         raise InvalidInput(f"request body is not a valid {message_class.DESCRIPTOR.full_name}: {error}") from None
 
 
+def model_name_of(request) -> str:
+    """The model a request names: TF Serving's ``model_spec.name``, or the Open Inference Protocol's
+    ``model_name`` (infer) or ``name`` (metadata, ready); "" for a request that names none or was not parsed."""
+    if request is None:
+        return ""
+    if request.DESCRIPTOR.fields_by_name.get("model_spec") is not None:
+        return request.model_spec.name
+    return getattr(request, "model_name", getattr(request, "name", ""))
+
+
 async def call(context: grpc.aio.ServicerContext, dataplane: DataPlane, api: str, raw: bytes, message_class,
-               handler: Callable[[object, Outcome], Awaitable[T]]) -> T:
-    """Parse ``raw`` and run ``handler``; a domain error aborts with its status, anything else with INTERNAL."""
+               handler: Callable[[object, Outcome], Awaitable[T]], *, protocol: str = "tfserving",
+               counted: bool = True) -> T:
+    """Parse ``raw`` and run ``handler``; a domain error aborts with its status, anything else with INTERNAL.
+
+    The request is counted in the metrics under ``protocol``, unless it is a probe (``counted=False``).
+    """
     code = message = None
     try:
         request, problem = parse(message_class, raw), None
     except InvalidInput as error:
         request, problem = None, error
-    model_name = request.model_spec.name if request is not None else ""
-    async with dataplane.request(api, model_name) as outcome:
+    model_name = model_name_of(request)
+    scope = dataplane.request(api, model_name, protocol) if counted else contextlib.nullcontext(Outcome())
+    async with scope as outcome:
         try:
             if problem is not None:
                 raise problem
             return await handler(request, outcome)
         except Exception as error:  # noqa: BLE001 - every failure becomes a status
-            code, _, message = status_of(error, api, model_name)
+            label = api if protocol == "tfserving" else f"{protocol} {api}"
+            code, _, message = status_of(error, label, model_name)
             outcome.status = code.name
     await context.abort(code, message)
 
@@ -153,7 +170,7 @@ class ModelServicer:
                           handle)
 
 
-def _raw_unary(method, response_class) -> grpc.RpcMethodHandler:
+def raw_unary(method, response_class) -> grpc.RpcMethodHandler:
     """A handler that receives the request's bytes unparsed (``parse`` reads them)."""
     return grpc.unary_unary_rpc_method_handler(method, request_deserializer=None,
                                                response_serializer=response_class.SerializeToString)
@@ -164,11 +181,11 @@ def add_tf_serving_services(server: grpc.aio.Server, dataplane: DataPlane) -> No
     prediction, models = PredictionServicer(dataplane), ModelServicer(dataplane)
     server.add_generic_rpc_handlers((
         grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
-            "Predict": _raw_unary(prediction.Predict, predict_pb2.PredictResponse),
-            "GetModelMetadata": _raw_unary(prediction.GetModelMetadata,
+            "Predict": raw_unary(prediction.Predict, predict_pb2.PredictResponse),
+            "GetModelMetadata": raw_unary(prediction.GetModelMetadata,
                                            get_model_metadata_pb2.GetModelMetadataResponse),
         }),
         grpc.method_handlers_generic_handler("tensorflow.serving.ModelService", {
-            "GetModelStatus": _raw_unary(models.GetModelStatus, get_model_status_pb2.GetModelStatusResponse),
+            "GetModelStatus": raw_unary(models.GetModelStatus, get_model_status_pb2.GetModelStatusResponse),
         }),
     ))

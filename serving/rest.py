@@ -6,7 +6,7 @@
 * ``GET /monitoring/prometheus/metrics`` and ``/metrics``
 * ``GET /healthz`` (alive) and ``/readyz`` (a version AVAILABLE and not draining)
 * ``GET /``: the web page (``web``)
-* ``/v2/...``: the Open Inference Protocol (KServe v2), in ``v2_rest``
+* ``/v2/...``: the Open Inference Protocol (KServe v2), added by ``v2_rest`` on the same app
 
 A thin adapter: JSON to numpy (``rest_codec``), the data plane, numpy to JSON.
 Bodies over ``INLINE_BODY_BYTES`` are decoded and answers encoded in a worker
@@ -35,7 +35,6 @@ from .dataplane import DataPlane, is_bytes_signature
 from .errors import InvalidInput, RequestTooLarge, status_of
 from .models import ModelVersion
 from .rest_codec import decode_predict, encode_predictions
-from .v2_rest import add_v2_routes
 from .web import add_web_routes, cors_middleware
 
 INLINE_BODY_BYTES = 2**20  # parsed on the event loop: a few milliseconds at most
@@ -51,7 +50,7 @@ def version_status_json(model_version: ModelVersion) -> dict:
                        "error_message": model_version.error}}
 
 
-def _error(status: int, message: str) -> web.Response:
+def error_response(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
@@ -78,7 +77,6 @@ class RestApi:
             web.get("/healthz", self.healthz),
             web.get("/readyz", self.readyz),
         ])
-        add_v2_routes(self.app, self)  # the Open Inference Protocol (KServe v2) on the same port
 
     async def start_codec(self) -> None:
         """Start the codec process now, so the first large body does not pay its start-up on the event loop."""
@@ -90,7 +88,7 @@ class RestApi:
         if self.codec is not None:
             self.codec.shutdown(wait=False, cancel_futures=True)
 
-    async def _in_codec(self, size: int, function, *args):
+    async def in_codec(self, size: int, function, *args):
         """``function(*args)`` inline for small bodies, in the codec process for large ones."""
         if size < INLINE_BODY_BYTES:
             return function(*args)
@@ -102,7 +100,7 @@ class RestApi:
             self.codec = None  # the next large body starts a new one
             raise
 
-    async def _read_body(self, request: web.Request) -> bytes:
+    async def read_body(self, request: web.Request) -> bytes:
         """The body, decompressed; over-limit and undecodable bodies are the caller's errors."""
         try:
             return await request.read()
@@ -124,23 +122,33 @@ class RestApi:
         version = int(match["version"]) if match["version"] else None
         return match["name"], version, match["rest"] or ""
 
-    async def _respond(self, api: str, name: str, handler) -> web.Response:
-        """``handler``'s dict (or encoded JSON bytes) as the answer; a failure as ``{"error": ...}``."""
-        async with self.dataplane.request(api, name) as outcome:
+    async def respond(self, api: str, name: str, handler, protocol: str = "tfserving") -> web.Response:
+        """``handler``'s answer (a dict, encoded JSON bytes or a response); a failure as ``{"error": ...}``.
+
+        The request is counted in the metrics under ``protocol`` (``tfserving``, or ``v2`` from ``v2_rest``).
+        """
+        async with self.dataplane.request(api, name, protocol) as outcome:
             try:
                 answer = await handler(outcome)
+                if isinstance(answer, web.Response):
+                    return answer
                 if isinstance(answer, bytes):
                     return web.Response(body=answer, content_type="application/json")
                 return web.json_response(answer)
             except Exception as error:  # noqa: BLE001 - the same table as gRPC
-                code, http_status, message = status_of(error, f"REST {api}", name)
+                label = f"REST {api}" if protocol == "tfserving" else f"REST {protocol} {api}"
+                code, http_status, message = status_of(error, label, name)
                 outcome.status = code.name
-                return _error(http_status, message)
+                return error_response(http_status, message)
+
+    def deadline(self) -> float | None:
+        """A predict's deadline on the event loop's clock, ``timeout`` from now (its body has been read)."""
+        return None if self.timeout is None else asyncio.get_running_loop().time() + self.timeout
 
     async def get_model(self, request: web.Request) -> web.Response:
         name, version, rest = self._parse(request)
         if rest == ":predict":
-            return _error(405, "use POST for :predict")
+            return error_response(405, "use POST for :predict")
         if rest == "/metadata":
             async def metadata(outcome):
                 served = self.dataplane.signature(outcome, name, version)
@@ -149,33 +157,33 @@ class RestApi:
                 return {"model_spec": {"name": name, "signature_name": "", "version": str(served.version)},
                         "metadata": {"signature_def": {"signature_def": definitions}}}
 
-            return await self._respond("metadata", name, metadata)
+            return await self.respond("metadata", name, metadata)
 
         async def status(outcome):
             return {"model_version_status": [version_status_json(v)
                                              for v in self.dataplane.version_statuses(name, version)]}
 
-        return await self._respond("status", name, status)
+        return await self.respond("status", name, status)
 
     async def post_model(self, request: web.Request) -> web.Response:
         name, version, rest = self._parse(request)
         if rest != ":predict":
-            return _error(404, f"unknown REST method {request.path}; use .../models/{name}:predict")
+            return error_response(404, f"unknown REST method {request.path}; use .../models/{name}:predict")
 
         async def predict(outcome):
-            body = await self._read_body(request)
-            inputs, row_form, signature = await self._in_codec(len(body), decode_predict, body,
+            body = await self.read_body(request)
+            inputs, row_form, signature = await self.in_codec(len(body), decode_predict, body,
                                                                self.dataplane.limits, self.max_json_values)
-            deadline = None if self.timeout is None else asyncio.get_running_loop().time() + self.timeout
+            deadline = self.deadline()
             if is_bytes_signature(signature):
                 prediction = await self.dataplane.predict_bytes(outcome, name, version, inputs, [], deadline)
                 files = prediction.outputs[OUTPUT_BYTES]
-                return await self._in_codec(sum(map(len, files)), encode_predictions, files, row_form)
+                return await self.in_codec(sum(map(len, files)), encode_predictions, files, row_form)
             prediction = await self.dataplane.predict(outcome, name, version, signature, inputs, [], deadline)
             output = prediction.outputs[OUTPUT]
-            return await self._in_codec(output.nbytes * 4, encode_predictions, output, row_form)
+            return await self.in_codec(output.nbytes * 4, encode_predictions, output, row_form)
 
-        return await self._respond("predict", name, predict)
+        return await self.respond("predict", name, predict)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.dataplane.metrics.render(), content_type="text/plain", charset="utf-8")

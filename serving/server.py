@@ -35,6 +35,7 @@ from .models import ModelManager, ModelVersion, VersionPolicy
 from .rest import RestApi
 from .runtime import ModelLoader, return_freed_memory
 from .v2_api import SERVICE_NAME as V2_SERVICE_NAME, add_v2_service
+from .v2_rest import add_v2_routes
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,8 @@ class InpaintServer:
             json_values = config.max_request_bytes // 2
         self.rest = (RestApi(self.dataplane, self.max_rest_bytes, json_values, config.model_name,
                              config.cors_origin, config.rest_timeout_seconds) if config.rest_port is not None else None)
+        if self.rest is not None:
+            add_v2_routes(self.rest.app, self.rest)  # the Open Inference Protocol (KServe v2) on the same port
         self.rest_app_runner: web.AppRunner | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port: int | None = None

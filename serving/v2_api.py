@@ -17,7 +17,6 @@ on the TF Serving port by ``add_v2_service``; ``v2_rest`` is the REST adapter.
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import importlib.metadata
 import json
@@ -33,8 +32,8 @@ from inpaint.core.contract import INPUT_CHANNELS, OUTPUT, OUTPUT_CHANNELS, Versi
 from inpaint.core.protos import grpc_predict_v2_pb2 as pb
 
 from .dataplane import DataPlane, Outcome
-from .errors import InvalidInput, ModelNotFound, status_of
-from .grpc_api import deadline_of, parse
+from .errors import InvalidInput, ModelNotFound
+from .grpc_api import call, deadline_of, raw_unary
 from .inputs import Limits, check_shapes
 from .rest_codec import check_json_values, parse_body
 
@@ -331,24 +330,8 @@ class InferenceServicer:
 
     async def _call(self, context: grpc.aio.ServicerContext, api: str, raw: bytes, message_class,
                     handler: Callable[[object, Outcome], Awaitable[T]], counted: bool = True) -> T:
-        """Parse ``raw`` and run ``handler``; a domain error aborts with its status, anything else INTERNAL."""
-        code = message = None
-        try:
-            request, problem = parse(message_class, raw), None
-        except InvalidInput as error:
-            request, problem = None, error
-        model_name = "" if request is None else getattr(request, "model_name", getattr(request, "name", ""))
-        scope = (self.dataplane.request(api, model_name, PROTOCOL) if counted
-                 else contextlib.nullcontext(Outcome()))
-        async with scope as outcome:
-            try:
-                if problem is not None:
-                    raise problem
-                return await handler(request, outcome)
-            except Exception as error:  # noqa: BLE001 - every failure becomes a status
-                code, _, message = status_of(error, f"v2 {api}", model_name)
-                outcome.status = code.name
-        await context.abort(code, message)
+        return await call(context, self.dataplane, api, raw, message_class, handler, protocol=PROTOCOL,
+                          counted=counted)
 
     async def ServerLive(self, raw: bytes, context) -> pb.ServerLiveResponse:
         async def handle(request, outcome):
@@ -408,17 +391,11 @@ class InferenceServicer:
         return await self._call(context, "predict", raw, pb.ModelInferRequest, handle)
 
 
-def _raw_unary(method, response_class) -> grpc.RpcMethodHandler:
-    """A handler that receives the request's bytes unparsed (``parse`` reads them)."""
-    return grpc.unary_unary_rpc_method_handler(method, request_deserializer=None,
-                                               response_serializer=response_class.SerializeToString)
-
-
 def add_v2_service(server: grpc.aio.Server, dataplane: DataPlane) -> None:
     """Register ``inference.GRPCInferenceService`` (the Open Inference Protocol) on ``server``."""
     servicer = InferenceServicer(dataplane)
     methods = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, {
-        method.name: _raw_unary(getattr(servicer, method.name), getattr(pb, method.output_type.name))
+        method.name: raw_unary(getattr(servicer, method.name), getattr(pb, method.output_type.name))
         for method in methods
     }),))

@@ -10,14 +10,13 @@
   (output parameter ``binary_data``, or request parameter ``binary_data_output``, which tritonclient sets
   when it names no outputs), with the same header and ``application/octet-stream``; else as JSON ``data``.
 
-The body is read and size-capped as TF Serving's REST API reads it (``RestApi._read_body``); a large JSON
+The body is read and size-capped as TF Serving's REST API reads it (``RestApi.read_body``); a large JSON
 header is parsed, and a large JSON answer encoded, in its codec process. Errors are ``{"error": ...}`` with
 the statuses of ``errors``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 from aiohttp import web
@@ -25,14 +24,11 @@ from aiohttp import web
 from inpaint.core.contract import OUTPUT
 
 from .errors import InvalidInput, ModelNotFound, status_of
+from .rest import error_response
 from .v2_api import (PROTOCOL, array_from_bytes, decode_infer, encode_infer, model_metadata, model_ready,
                      requested_version, server_metadata)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 def _header_length(request: web.Request, body_bytes: int) -> int:
@@ -53,16 +49,6 @@ class V2Rest:
         self.rest = rest  # the RestApi: its data plane, body reading, codec process and timeout
         self.dataplane = rest.dataplane
 
-    async def _respond(self, api: str, name: str, handler) -> web.Response:
-        """``handler``'s response; a failure as ``{"error": ...}`` with its status."""
-        async with self.dataplane.request(api, name, PROTOCOL) as outcome:
-            try:
-                return await handler(outcome)
-            except Exception as error:  # noqa: BLE001 - the same table as gRPC
-                code, http_status, message = status_of(error, f"REST v2 {api}", name)
-                outcome.status = code.name
-                return _error(http_status, message)
-
     async def server_metadata(self, request: web.Request) -> web.Response:
         return web.json_response(server_metadata())
 
@@ -78,7 +64,7 @@ class V2Rest:
             ready = model_ready(self.dataplane, name, requested_version(request.match_info.get("version", "")))
         except (InvalidInput, ModelNotFound) as error:
             _, http_status, message = status_of(error, "REST v2 model ready", name)
-            return _error(http_status, message)
+            return error_response(http_status, message)
         return web.Response(status=200 if ready else 503)
 
     async def model_metadata(self, request: web.Request) -> web.Response:
@@ -88,7 +74,7 @@ class V2Rest:
             version = requested_version(request.match_info.get("version", ""))
             return web.json_response(model_metadata(self.dataplane, outcome, name, version))
 
-        return await self._respond("metadata", name, metadata)
+        return await self.rest.respond("metadata", name, metadata, PROTOCOL)
 
     async def infer(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -96,29 +82,27 @@ class V2Rest:
         async def infer(outcome):
             version = requested_version(request.match_info.get("version", ""))
             rest = self.rest
-            body = await rest._read_body(request)
+            body = await rest.read_body(request)
             header_length = _header_length(request, len(body))
             header = body[:header_length] if header_length < len(body) else body
-            parsed = await rest._in_codec(len(header), decode_infer, header, len(body) - header_length,
+            parsed = await rest.in_codec(len(header), decode_infer, header, len(body) - header_length,
                                           self.dataplane.limits, rest.max_json_values)
             arrays = dict(parsed.arrays)
             binary = memoryview(body)[header_length:]
             for spec, offset in parsed.binary:  # sizes checked by decode_infer
                 arrays[spec.name] = array_from_bytes(spec, binary[offset : offset + spec.nbytes], "binary data")
-            loop = asyncio.get_running_loop()
-            deadline = None if rest.timeout is None else loop.time() + rest.timeout
             prediction = await self.dataplane.predict(outcome, name, version, "", arrays,
-                                                      [output for output, _ in parsed.outputs], deadline)
+                                                      [output for output, _ in parsed.outputs], rest.deadline())
             output = prediction.outputs[OUTPUT]
             json_bytes = sum(output.nbytes * 4 for _, as_binary in parsed.outputs if not as_binary)
-            answer, json_length = await rest._in_codec(json_bytes, encode_infer, name, prediction.version,
+            answer, json_length = await rest.in_codec(json_bytes, encode_infer, name, prediction.version,
                                                        parsed.id, output, parsed.outputs)
             if json_length is None:
                 return web.Response(body=answer, content_type="application/json")
             return web.Response(body=answer, content_type="application/octet-stream",
                                 headers={HEADER_LENGTH: str(json_length)})
 
-        return await self._respond("predict", name, infer)
+        return await self.rest.respond("predict", name, infer, PROTOCOL)
 
 
 def add_v2_routes(app: web.Application, rest) -> None:
