@@ -15,13 +15,20 @@ no number.
 
 Methods: the model, ``cv2.inpaint`` Telea and NS (radius 3), and no fill. Each
 gets the masked input (holes black, so no method can see the truth), and every
-output is composited the same way before scoring. Sets are scored in batches
-(crops) or photo by photo (whole) and the scores pooled as one batch would be:
-MAE and hole-MAE over pixels, PSNR and SSIM averaged over images.
+output is composited the same way before scoring. Metrics: MAE, PSNR, SSIM on
+the whole image; hole-MAE; and two that see blur (``trainer/metrics.py``):
+texture (the fill's Sobel gradient over the photo's, in the holes without their
+border: 1 = as much texture as the photo, 0 = flat) and hole-box SSIM (SSIM over
+each image's hole bounding box). Sets are scored in batches (crops) or photo by
+photo (whole) and the scores pooled as one batch would be: MAE and hole-MAE over
+pixels, texture as one sum of gradients over all the set's scored pixels, PSNR,
+SSIM and hole-box SSIM averaged over images.
 
 Writes ``eval.json`` (every metric, the model/NS hole-MAE ratio per row and the
 worst one), ``examples.png`` (one row per size and mask set) and
-``examples_full/`` (the first whole photo of each mask set at full resolution).
+``examples_full/``: the first whole photo of each mask set at full resolution,
+and ``closeup_<mask set>.png``, a 1:1 crop (input, model, NS, truth) of the
+whole photo and window where the hole covers the most texture.
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ DEFAULT_COUNTS = {"64": 200, "256": 40}
 SIZE_SEED_KEYS = {"64": 64, "256": 256, "whole": 0}
 STROKE_BUCKETS: tuple[tuple[float, float], ...] = ((0.1, 0.3), (0.3, 0.5))
 MASK_SETS = ("lines",) + tuple(f"strokes {low:.0%}-{high:.0%}" for low, high in STROKE_BUCKETS)
-EVAL_METRICS = ("mae", "hole_mae", "psnr", "ssim")
+EVAL_METRICS = ("mae", "hole_mae", "psnr", "ssim", "texture", "hole_box_ssim")
 METHODS = ("model", "telea", "ns", "no_fill")
 CROP_BATCH = 20  # crops per model run: bounds memory at 256 px
 
@@ -63,6 +70,7 @@ EXAMPLE_TILE_HEIGHT = 192
 EXAMPLE_HEADER_HEIGHT = 24
 EXAMPLE_LABEL_WIDTH = 200
 EXAMPLE_GAP = 6  # white space between tiles and between rows
+CLOSEUP_SIDE = 320  # px of each close-up panel, at 1:1
 
 Method = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -196,20 +204,41 @@ def no_fill(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 @dataclass
 class PooledMetrics:
-    """Scores of a set's batches, pooled as if the set had been scored as one batch."""
+    """Scores of a set's batches, pooled as if the set had been scored as one batch.
 
+    Each metric is a weighted mean of its batch scores (weights: pixels, hole pixels or images),
+    except texture, a ratio of sums: its fill and truth gradient sums are added up over the batches.
+    """
+
+    names: tuple[str, ...] = EVAL_METRICS
     sums: dict[str, float] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
+    texture_sums: list[float] = field(default_factory=lambda: [0.0, 0.0])  # fill, truth
 
-    def add(self, scores: dict[str, float], masks: np.ndarray) -> None:
+    def add(self, truth: np.ndarray, output: np.ndarray, masks: np.ndarray) -> None:
+        """Score one batch of truth and composited output."""
+        scores = metrics.all_metrics(truth, output, masks, tuple(name for name in self.names if name != "texture"))
+        with_hole = int(np.count_nonzero(masks.reshape(len(masks), -1).any(axis=1)))
         weights = {"mae": masks.size, "hole_mae": int(np.count_nonzero(masks)), "psnr": len(masks),
-                   "ssim": len(masks)}
+                   "ssim": len(masks), "hole_box_ssim": with_hole}
         for name, value in scores.items():
             self.sums[name] = self.sums.get(name, 0.0) + value * weights[name]
             self.weights[name] = self.weights.get(name, 0) + weights[name]
+        if "texture" in self.names:
+            fill, true = metrics.texture_sums(truth, output, masks)
+            self.texture_sums[0] += fill
+            self.texture_sums[1] += true
 
     def result(self) -> dict[str, float]:
-        return {name: self.sums[name] / self.weights[name] if self.weights[name] else 0.0 for name in self.sums}
+        def pooled(name: str) -> float:
+            if name == "texture":
+                return metrics.texture_from_sums(*self.texture_sums)
+            weight = self.weights.get(name, 0)
+            if name == "hole_box_ssim" and not weight:
+                return 1.0  # no hole anywhere, as metrics.hole_box_ssim
+            return self.sums[name] / weight if weight else 0.0
+
+        return {name: pooled(name) for name in self.names}
 
 
 def set_summary(mask_set: MaskSet, pooled: dict[str, PooledMetrics]) -> dict:
@@ -223,23 +252,68 @@ def set_summary(mask_set: MaskSet, pooled: dict[str, PooledMetrics]) -> dict:
     return summary
 
 
+@dataclass
+class Closeup:
+    """Where a whole-photo set's close-up is cut: photo ``index``, window ``(top, left, height, width)``."""
+
+    index: int
+    top: int
+    left: int
+    height: int
+    width: int
+    texture: float  # the truth's gradient summed over the window's scored hole pixels
+
+    def cut(self, image: np.ndarray) -> np.ndarray:
+        return image[self.top : self.top + self.height, self.left : self.left + self.width]
+
+
+def closeup_window(image: np.ndarray, mask: np.ndarray, index: int = 0, side: int = CLOSEUP_SIDE) -> Closeup:
+    """The ``side`` x ``side`` window (smaller on a smaller photo) where the truth's gradient, summed
+    over the hole pixels that texture scores, is highest: a thick stroke over the most structure.
+    Ties go to the top-left-most window, so it is deterministic."""
+    region = metrics.texture_region(mask[None])[0]
+    gradient = np.where(region, metrics.gradient_magnitude(image[None])[0], 0.0).astype(np.float64)
+    height, width = min(side, mask.shape[0]), min(side, mask.shape[1])
+    total = cv2.integral(gradient, sdepth=cv2.CV_64F)
+    sums = total[height:, width:] - total[:-height, width:] - total[height:, :-width] + total[:-height, :-width]
+    top, left = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    return Closeup(index, int(top), int(left), height, width, float(sums[top, left]))
+
+
+def pick_closeup(mask_set: MaskSet) -> Closeup:
+    """The whole photo, and window, whose holes cover the most texture (the first such on a tie)."""
+    windows = [closeup_window(image, mask, index) for index, (image, mask) in
+               enumerate(zip(mask_set.images, mask_set.masks))]
+    return max(windows, key=lambda window: window.texture)  # max keeps the first of equals
+
+
 def score_set(methods: dict[str, Method], mask_set: MaskSet) -> tuple[dict, dict[str, np.ndarray]]:
-    """The set's summary, and its first image as each example column shows it."""
+    """The set's summary, and its first image as each example column shows it; whole-photo sets
+    also get ``closeup``, a 1:1 close-up picture (``FULL_EXAMPLE_COLUMNS`` of the methods run)."""
     pooled = {name: PooledMetrics() for name in methods}
     example: dict[str, np.ndarray] = {}
+    closeup = pick_closeup(mask_set) if mask_set.size == "whole" else None
     for start, images, masks in mask_set.batches():
         if mask_set.names:
             logger.info("%s: photo %d/%d, %s (%dx%d)", mask_set.label, start + 1, len(mask_set.images),
                         mask_set.names[start], images.shape[2], images.shape[1])
         masked = no_fill(images, masks)
+        outputs = {"input": masked, "truth": images}
         for name, method in methods.items():
-            output = metrics.composite(images, masks, method(masked, masks))
-            pooled[name].add(metrics.all_metrics(images, output, masks, EVAL_METRICS), masks)
-            if start == 0:
-                example[name] = output[0]
+            outputs[name] = metrics.composite(images, masks, method(masked, masks))
+            pooled[name].add(images, outputs[name], masks)
         if start == 0:
-            example.update(input=masked[0], truth=images[0])
-    return set_summary(mask_set, pooled), example
+            example.update({name: output[0] for name, output in outputs.items()})
+        if closeup is not None and start <= closeup.index < start + len(images):
+            example["closeup"] = closeup_picture({column: closeup.cut(outputs[column][closeup.index - start])
+                                                  for column in FULL_EXAMPLE_COLUMNS if column in outputs})
+    summary = set_summary(mask_set, pooled)
+    if closeup is not None:
+        summary["closeup"] = {"image": mask_set.names[closeup.index], "top": closeup.top, "left": closeup.left,
+                              "height": closeup.height, "width": closeup.width}
+        logger.info("%s: close-up of %s at (%d, %d), %dx%d", mask_set.label, mask_set.names[closeup.index],
+                    closeup.left, closeup.top, closeup.width, closeup.height)
+    return summary, example
 
 
 def evaluate(methods: dict[str, Method], sets: list[MaskSet]) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
@@ -267,14 +341,19 @@ def model_vs_ns(results: dict) -> dict[str, float]:
 
 
 def markdown_table(results: dict) -> str:
-    """Hole-MAE per method, one row per size and mask set."""
-    lines = ["| size | masks | hole % | model | telea | ns | no fill | model / NS |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Hole-MAE, texture and hole-box SSIM per method, one row per size and mask set."""
+    methods = " | ".join(method.replace("_", " ") for method in METHODS[1:])
+    lines = [f"| size | masks | hole % | model | {methods} | model / NS "
+             f"| texture model | {methods} | box SSIM model | {methods} |",
+             "|---" * (4 + 3 * len(METHODS)) + "|"]
     for size, by_set in results.items():
         for name, summary in by_set.items():
-            hole_maes = " | ".join(f"{summary['metrics'][method]['hole_mae']:.4f}" for method in METHODS)
+            scores = summary["metrics"]
+            hole_maes = " | ".join(f"{scores[method]['hole_mae']:.4f}" for method in METHODS)
+            textures = " | ".join(f"{scores[method]['texture']:.2f}" for method in METHODS)
+            box_ssims = " | ".join(f"{scores[method]['hole_box_ssim']:.3f}" for method in METHODS)
             lines.append(f"| {size} | {name} | {summary['hole_ratio']:.1%} | {hole_maes} "
-                         f"| {hole_mae_ratio(summary):.2f} |")
+                         f"| {hole_mae_ratio(summary):.2f} | {textures} | {box_ssims} |")
     return "\n".join(lines)
 
 
@@ -315,13 +394,27 @@ def example_grid(examples: dict[str, dict[str, np.ndarray]], tile_height: int = 
     return np.concatenate(rows, 0)
 
 
+def closeup_picture(panels: dict[str, np.ndarray]) -> np.ndarray:
+    """The panels side by side at 1:1 under a header naming them, ``EXAMPLE_GAP`` white between."""
+    height = max(panel.shape[0] for panel in panels.values())
+    width = sum(panel.shape[1] + EXAMPLE_GAP for panel in panels.values()) - EXAMPLE_GAP
+    canvas = np.full((EXAMPLE_HEADER_HEIGHT + height, width, 3), 255, np.uint8)
+    left = 0
+    for column, panel in panels.items():
+        _text(canvas, column, (left, 17))
+        canvas[EXAMPLE_HEADER_HEIGHT : EXAMPLE_HEADER_HEIGHT + panel.shape[0], left : left + panel.shape[1]] = panel
+        left += panel.shape[1] + EXAMPLE_GAP
+    return canvas
+
+
 def slug(name: str) -> str:
     """``strokes 10%-30%`` -> ``strokes-10-30``: a file-name-safe mask set name."""
     return "-".join(name.replace("%", "").replace("-", " ").split())
 
 
 def write_full_examples(folder: Path, sets: list[MaskSet], examples: dict[str, dict[str, np.ndarray]]) -> list[Path]:
-    """For each whole-photo set, its first photo at full resolution: ``<mask set>_<column>.png``."""
+    """For each whole-photo set, its first photo at full resolution, ``<mask set>_<column>.png``, and
+    its close-up, ``closeup_<mask set>.png``."""
     written = []
     for mask_set in sets:
         if mask_set.size != "whole":
@@ -332,6 +425,10 @@ def write_full_examples(folder: Path, sets: list[MaskSet], examples: dict[str, d
             write_image(path, examples[mask_set.label][column])
             written.append(path)
         logger.info("full-size examples of %s: %s", mask_set.label, mask_set.names[0])
+        if "closeup" in examples[mask_set.label]:
+            path = folder / f"closeup_{slug(mask_set.name)}.png"
+            write_image(path, examples[mask_set.label]["closeup"])
+            written.append(path)
     return written
 
 
@@ -427,7 +524,9 @@ def main(model_base_path: Path, version: int | None, data: str | None, report: P
             raise
         raise click.ClickException(str(error)) from None
     click.echo(f"model {path} on {source}: {describe_sets(sets)}\n")
-    click.echo("hole-MAE (lower is better); model / NS below 1 = model better\n")
+    click.echo("hole-MAE (lower is better); model / NS below 1 = model better; texture: the fill's luma "
+               "gradient over the photo's in the holes (1 = as much as the photo, 0 = flat); box SSIM: SSIM over "
+               "each image's hole bounding box (1 = identical)\n")
     click.echo(markdown_table(results))
     worst = max(ratios, key=ratios.get)
     click.echo(f"\nworst model / NS: {ratios[worst]:.2f} ({worst})")

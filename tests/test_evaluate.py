@@ -49,7 +49,9 @@ def test_cli_prints_one_row_per_size_and_mask_set(evaluated):
     result, _ = evaluated
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if line.startswith("| ") and "---" not in line]
-    assert rows[0].startswith("| size | masks | hole % | model | telea | ns | no fill | model / NS |")
+    assert rows[0] == ("| size | masks | hole % | model | telea | ns | no fill | model / NS "
+                       "| texture model | telea | ns | no fill | box SSIM model | telea | ns | no fill |")
+    assert all(row.count("|") == rows[0].count("|") for row in rows)
     assert [tuple(cell.strip() for cell in row.split("|")[1:3]) for row in rows[1:]] == [
         (size, name) for size in evaluate.SIZES for name in evaluate.MASK_SETS]
     assert "worst model / NS" in result.output
@@ -67,7 +69,13 @@ def test_json_has_nine_rows_and_ratios_are_model_over_ns(evaluated, photos_dir):
         for name, row in by_set.items():
             scores = row["metrics"]
             assert set(scores) == {"model", "telea", "ns", "no_fill"}
-            assert all(set(s) == {"mae", "hole_mae", "psnr", "ssim"} for s in scores.values())
+            assert all(list(s) == list(evaluate.EVAL_METRICS) for s in scores.values())
+            assert all(math.isfinite(value) for s in scores.values() for value in s.values())
+            for method in evaluate.METHODS:
+                assert 0.0 <= scores[method]["texture"] <= metrics.TEXTURE_CAP, (size, name, method)
+                assert -1.0 <= scores[method]["hole_box_ssim"] < scores[method]["ssim"] <= 1.0, (size, name, method)
+            if name != "lines":  # strokes have an interior: black holes and the fill-128 model are flat
+                assert scores["no_fill"]["texture"] == scores["model"]["texture"] == 0.0
             ratio = ratios[f"{size} {name}"]
             assert math.isfinite(ratio) and ratio > 0
             assert ratio == pytest.approx(scores["model"]["hole_mae"] / scores["ns"]["hole_mae"])
@@ -102,11 +110,49 @@ def test_full_size_examples_are_the_first_whole_photo(evaluated, photos_dir):
     _, report = evaluated
     truth = read_image(photos_dir / "a.png")
     files = sorted(p.name for p in (report / "examples_full").iterdir())
-    assert files == sorted(f"{evaluate.slug(name)}_{column}.png" for name in evaluate.MASK_SETS
-                           for column in evaluate.FULL_EXAMPLE_COLUMNS)
+    assert files == sorted([f"{evaluate.slug(name)}_{column}.png" for name in evaluate.MASK_SETS
+                            for column in evaluate.FULL_EXAMPLE_COLUMNS]
+                           + [f"closeup_{evaluate.slug(name)}.png" for name in evaluate.MASK_SETS])
     np.testing.assert_array_equal(read_image(report / "examples_full/lines_truth.png"), truth)
     filled = read_image(report / "examples_full/lines_model.png")
     assert filled.shape == truth.shape and (filled == 128).all(axis=-1).any(), "the fill model's holes"
+
+
+def test_closeups_are_1_to_1_crops_of_the_photo_named_in_the_json(evaluated, photos_dir):
+    from inpaint.core.images import read_image
+
+    _, report = evaluated
+    whole = json.loads((report / "eval.json").read_text())["sizes"]["whole"]
+    for name in evaluate.MASK_SETS:
+        window = whole[name]["closeup"]
+        truth = read_image(photos_dir / window["image"])
+        height, width = window["height"], window["width"]
+        side = evaluate.CLOSEUP_SIDE
+        assert (height, width) == (min(side, truth.shape[0]), min(side, truth.shape[1]))
+        picture = read_image(report / f"examples_full/closeup_{evaluate.slug(name)}.png")
+        columns = len(evaluate.FULL_EXAMPLE_COLUMNS)
+        assert picture.shape == (evaluate.EXAMPLE_HEADER_HEIGHT + height, columns * (width + evaluate.EXAMPLE_GAP)
+                                 - evaluate.EXAMPLE_GAP, 3)
+        left = (columns - 1) * (width + evaluate.EXAMPLE_GAP)  # truth is the last panel
+        top, left_in_photo = window["top"], window["left"]
+        np.testing.assert_array_equal(picture[evaluate.EXAMPLE_HEADER_HEIGHT:, left:],
+                                      truth[top : top + height, left_in_photo : left_in_photo + width])
+
+
+def test_the_closeup_window_is_where_the_hole_covers_the_most_texture():
+    image = np.full((200, 300, 3), 120, np.uint8)
+    image[:, 200:] = np.random.default_rng(1).integers(0, 256, (200, 100, 3))
+    mask = np.zeros((200, 300), np.uint8)
+    mask[80:120, 20:280] = 1  # a thick stroke across flat grey and noise
+    window = evaluate.closeup_window(image, mask, side=64)
+    assert (window.height, window.width) == (64, 64)
+    assert window.left >= 200 - 1 and 80 - 64 < window.top < 120, window
+    again = evaluate.closeup_window(image, mask, side=64)
+    assert again == window, "deterministic"
+    small = evaluate.closeup_window(image, mask, side=1000)
+    assert (small.top, small.left, small.height, small.width) == (0, 0, 200, 300)
+    flat = evaluate.MaskSet("whole", "lines", [image * 0 + 7, image], [mask, mask], ["flat", "noisy"])
+    assert evaluate.pick_closeup(flat).index == 1
 
 
 @pytest.mark.parametrize("sizes", ["128", "64,huge", " , "])
@@ -156,11 +202,16 @@ def test_pooled_batches_equal_scoring_one_batch():
     images = np.stack([random_image(32, 32, seed) for seed in range(5)])
     output = np.clip(images.astype(int) + rng.integers(-30, 30, images.shape), 0, 255).astype(np.uint8)
     masks = np.stack([evaluate.draw_mask(1, 32, 32, rng) for _ in range(5)])
-    pooled = evaluate.PooledMetrics()
+    masks[3] = 0  # an image without a hole: no hole box, no texture
+    pooled, per_image = evaluate.PooledMetrics(), evaluate.PooledMetrics()
     for part in (slice(0, 2), slice(2, 5)):
-        pooled.add(metrics.all_metrics(images[part], output[part], masks[part], evaluate.EVAL_METRICS), masks[part])
+        pooled.add(images[part], output[part], masks[part])
+    for index in range(5):  # as whole photos are scored: one at a time
+        per_image.add(images[index : index + 1], output[index : index + 1], masks[index : index + 1])
     expected = metrics.all_metrics(images, output, masks, evaluate.EVAL_METRICS)
     assert pooled.result() == pytest.approx(expected)
+    assert per_image.result() == pytest.approx(expected)
+    assert list(pooled.result()) == list(evaluate.EVAL_METRICS)
 
 
 def test_without_data_the_run_sources_held_out_photos_are_used_whole():
