@@ -51,6 +51,10 @@ class TrainConfig:
     precision: str = "auto"          # auto: bfloat16 compute where the hardware has it, else float32
     mask_kind: str = "mixed"         # lines | strokes | boxes | mixed
     hole_weight: float = 10.0        # L1 weight of hole pixels relative to known ones (partial conv used 6)
+    adversarial_weight: float = 0.0  # > 0: train against a PatchGAN discriminator (adversarial.py)
+    feature_matching_weight: float = 0.0  # the discriminator's feature-matching L1, next to the adversarial term
+    discriminator_filters: int = 32  # width of the discriminator's first level
+    discriminator_learning_rate: float = 1e-4  # peak, cosine-decayed like the generator's
     batch_size: int = 8
     epochs: int = 4
     steps_per_epoch: int = 50
@@ -105,7 +109,6 @@ def _train(config: TrainConfig, distribution) -> Path | None:
 
     import keras  # deferred: --help and bad-input errors stay fast
 
-    from .model import HoleWeightedL1
     from .pipeline import MaskedBatches, TensorBoardLogger, TimeLimit, ValidationMetrics
     from .resume import ResumableBackup, RunBackup, check_resumable, find_published
 
@@ -138,6 +141,7 @@ def _train(config: TrainConfig, distribution) -> Path | None:
     start_epoch = state.epoch if state else 0
     finished = state is not None and (state.stopped or state.epoch >= config.epochs)
 
+    check_adversarial(config, keras.backend.backend(), distribution.workers)
     keras.utils.set_random_seed(config.seed)
     precision = resolve_precision(config.precision)
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
@@ -151,14 +155,12 @@ def _train(config: TrainConfig, distribution) -> Path | None:
 
             load_weights_from_version(model, Path(config.init_weights))
             logger.info("starting from the weights of %s", config.init_weights)
-        total_steps = config.epochs * config.steps_per_epoch
-        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total_steps)
-        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=HoleWeightedL1(config.hole_weight))
+        model = compile_for_training(model, config)
         if distribution.strategy is not None or backup_dir:
-            model.optimizer.build(model.trainable_variables)  # in the scope: mirrored, and ready for a restore
+            build_optimizers(model)  # in the scope: mirrored, and ready for a restore
         if distribution.workers > 1:
             build_for_multi_worker(model, config)
-    logger.info("model %s: %d parameters", model.name, model.count_params())
+    logger.info("model %s: %d parameters", model.name, model.count_params())  # with a discriminator, if any
 
     distributed = distribution.strategy is not None
     if isinstance(data, Dataset):
@@ -228,6 +230,57 @@ def _train(config: TrainConfig, distribution) -> Path | None:
     if backup_dir:
         RunBackup(Path(backup_dir)).finish()
     return version
+
+
+def adversarial_weights(config: TrainConfig):
+    from .adversarial import AdversarialWeights
+
+    return AdversarialWeights(config.adversarial_weight, config.feature_matching_weight,
+                              config.discriminator_filters, config.discriminator_learning_rate)
+
+
+def compile_for_training(model, config: TrainConfig):
+    """The model compiled with its losses: the network alone (L1), or wrapped with a discriminator."""
+    import keras
+
+    from .model import HoleWeightedL1
+
+    total_steps = config.epochs * config.steps_per_epoch
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total_steps)
+    weights = adversarial_weights(config)
+    if not weights.enabled:
+        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=HoleWeightedL1(config.hole_weight))
+        return model
+    from .adversarial import AdversarialTrainer, build_discriminator
+
+    trainer = AdversarialTrainer(model, build_discriminator(weights.discriminator_filters),
+                                 HoleWeightedL1(config.hole_weight), weights)
+    critic_schedule = keras.optimizers.schedules.CosineDecay(weights.discriminator_learning_rate, total_steps)
+    # beta_1 0.5: the usual GAN setting; a slower first moment follows a moving opponent badly.
+    trainer.compile(optimizer=keras.optimizers.Adam(schedule, beta_1=0.5),
+                    discriminator_optimizer=keras.optimizers.Adam(critic_schedule, beta_1=0.5))
+    return trainer
+
+
+def build_optimizers(model) -> None:
+    from .adversarial import AdversarialTrainer
+
+    if isinstance(model, AdversarialTrainer):
+        model.build_optimizers()
+    else:
+        model.optimizer.build(model.trainable_variables)
+
+
+def check_adversarial(config: TrainConfig, backend: str, workers: int) -> None:
+    """The adversarial step is TensorFlow's, on one worker: say so before anything trains."""
+    if not adversarial_weights(config).enabled:
+        return
+    if backend != "tensorflow":
+        raise DataError(f"--adversarial-weight needs the TensorFlow backend (KERAS_BACKEND={backend}): "
+                        "unset KERAS_BACKEND, or train the L1 stage there and the adversarial stage with TensorFlow")
+    if workers > 1:
+        raise DataError("--adversarial-weight runs on one worker (one machine, any number of GPUs): "
+                        "use --strategy one or mirrored")
 
 
 def build_for_multi_worker(model, config: TrainConfig) -> None:
@@ -306,9 +359,11 @@ def float32_copy(model, config: TrainConfig):
     """The trained weights in an all-float32 model: what is exported and served."""
     import keras
 
+    from .adversarial import generator_of
+
     keras.mixed_precision.set_global_policy("float32")
     copy = build_model(config)
-    copy.set_weights(model.get_weights())
+    copy.set_weights(generator_of(model).get_weights())
     return copy
 
 
@@ -359,6 +414,8 @@ def run_record(config: TrainConfig, dataset, model, history: dict, seconds: floa
     """What is saved with the model: config, data, final metrics, the per-epoch history."""
     import keras
 
+    from .adversarial import generator_of
+
     history = {name: [float(v) for v in values] for name, values in history.items()}
     steps_done = len(history.get("loss", [])) * config.steps_per_epoch  # fewer than planned after a time limit
     return {
@@ -366,7 +423,7 @@ def run_record(config: TrainConfig, dataset, model, history: dict, seconds: floa
         "dataset": dataset.describe(),
         "final_metrics": {name: values[-1] for name, values in history.items()},
         "history": history,
-        "parameters": int(model.count_params()),
+        "parameters": int(generator_of(model).count_params()),
         "training_seconds": round(seconds, 1),
         "steps_done": steps_done,
         "seconds_per_step": round(seconds / max(1, steps_done), 4),
@@ -451,6 +508,19 @@ _DEFAULTS = TrainConfig()
               help="Hole generator used for training.")
 @click.option("--hole-weight", default=_DEFAULTS.hole_weight, callback=_positive, envvar="INPAINT_HOLE_WEIGHT",
               help="L1 weight of hole pixels relative to known pixels.")
+@click.option("--adversarial-weight", default=_DEFAULTS.adversarial_weight, type=click.FloatRange(min=0),
+              envvar="INPAINT_ADVERSARIAL_WEIGHT",
+              help="Weight of the adversarial loss (a PatchGAN discriminator on the composited output, next to the "
+                   "L1 whose weight is 1); 0 trains with L1 alone. The discriminator is not exported.")
+@click.option("--feature-matching-weight", default=_DEFAULTS.feature_matching_weight, type=click.FloatRange(min=0),
+              envvar="INPAINT_FEATURE_MATCHING_WEIGHT",
+              help="Weight of the discriminator's feature-matching L1 (truth vs fill features); > 0 enables the "
+                   "discriminator too.")
+@click.option("--discriminator-filters", default=_DEFAULTS.discriminator_filters, callback=_positive,
+              envvar="INPAINT_DISCRIMINATOR_FILTERS", help="Filters in the discriminator's first level.")
+@click.option("--discriminator-learning-rate", default=_DEFAULTS.discriminator_learning_rate, callback=_positive,
+              envvar="INPAINT_DISCRIMINATOR_LEARNING_RATE",
+              help="Peak Adam learning rate of the discriminator, cosine-decayed like the generator's.")
 @click.option("--batch-size", default=_DEFAULTS.batch_size, callback=_positive, envvar="INPAINT_BATCH_SIZE",
               help="Crops per training step and replica: the global batch is this times the replicas in sync.")
 @click.option("--epochs", default=_DEFAULTS.epochs, callback=_positive, envvar="INPAINT_EPOCHS",
