@@ -13,36 +13,77 @@ Request counts and latencies carry a ``protocol`` label: ``tfserving`` (TF Servi
 ``v2`` (the Open Inference Protocol, ``v2_api``). Latencies are in microseconds, as TF Serving's are. Each server has its own
 registry, so several can live in one process (the tests do). Every request
 looks up its labelled children, so those are cached (``_CachedChildren``).
+
+Labels take only values the server knows: the served model's name, version numbers and status code names.
+A request naming any other model (a client's string, perhaps megabytes long) is counted under
+``model_name="_unknown"``, so clients cannot grow the registry or the ``/metrics`` page. The ``api`` and
+``protocol`` labels are constants of the code.
 """
 
 from __future__ import annotations
 
+import re
+from typing import Callable
+
+import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 MICROSECOND_BUCKETS = tuple(b * 1000.0 for b in (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000,
                                                    2500, 5000, 10000, 30000))
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+UNKNOWN_LABEL = "_unknown"  # what a label value the server does not know is recorded as
+
+LabelRule = Callable[[str], bool]
+_VERSION_LABEL = re.compile(r"\d{1,19}|")  # an int64 version number, or "" (the request reached no version)
+STATUS_NAMES = frozenset(code.name for code in grpc.StatusCode)
+
+
+def is_version_label(value: str) -> bool:
+    return _VERSION_LABEL.fullmatch(value) is not None
 
 
 class _CachedChildren:
-    """``labels(*values)`` answered from a dict once a child exists.
+    """``labels(*values)`` answered from a dict once a child exists, and only for values its rules allow.
 
     prometheus_client's own ``labels`` validates the values, converts each to
     ``str`` and takes a lock on every call; a request calls it several times.
     Removing children drops the cache, so no stale child is ever returned.
+    A value that a label's rule (``only``) refuses becomes ``UNKNOWN_LABEL``
+    before anything is stored, so neither the children nor the cache hold it.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._children: dict[tuple, object] = {}
+        self._rules: tuple[LabelRule | None, ...] = ()
+
+    def only(self, **rules: LabelRule):
+        """Record a value of label ``name`` only where ``rules[name](value)`` holds, else ``UNKNOWN_LABEL``."""
+        unknown = set(rules) - set(self._labelnames)
+        if unknown:
+            raise ValueError(f"{self._name} has no label(s) {sorted(unknown)}")
+        self._rules = tuple(rules.get(name) for name in self._labelnames)
+        self._children.clear()
+        return self
 
     def labels(self, *values, **by_name):
         if by_name:
-            return super().labels(*values, **by_name)
+            if values or set(by_name) != set(self._labelnames):
+                return super().labels(*values, **by_name)  # prometheus_client's own error
+            values = tuple(by_name[name] for name in self._labelnames)
         child = self._children.get(values)
         if child is None:
-            child = self._children[values] = super().labels(*values)
+            allowed = self._allowed(values)
+            child = self._children.get(allowed)
+            if child is None:
+                child = self._children[allowed] = super().labels(*allowed)
         return child
+
+    def _allowed(self, values: tuple) -> tuple:
+        if not self._rules or len(values) != len(self._rules):
+            return values  # no rules, or the wrong count: prometheus_client says so
+        return tuple(value if rule is None or rule(str(value)) else UNKNOWN_LABEL
+                     for value, rule in zip(values, self._rules))
 
     def remove(self, *values) -> None:
         self._children.clear()
@@ -70,7 +111,10 @@ class CachedHistogram(_CachedChildren, Histogram):
 
 
 class ServerMetrics:
-    def __init__(self):
+    """The server's metrics; ``model_name`` is the one model name its labels record (others: ``_unknown``)."""
+
+    def __init__(self, model_name: str = "inpaint"):
+        self.model_name = model_name
         self.registry = CollectorRegistry(auto_describe=True)
         self.request_count = CachedCounter(
             "inpaint_request_count", "Requests by model, version, API, status code and protocol.",
@@ -93,6 +137,15 @@ class ServerMetrics:
         self.versions_loaded = CachedGauge(
             "inpaint_model_versions_loaded", "Model versions in the AVAILABLE state.",
             ["model_name"], registry=self.registry)
+        self._bound_labels()
+
+    def _bound_labels(self) -> None:
+        """Each label that a request's strings reach takes only values this server knows."""
+        rules = {"model_name": self.model_name.__eq__, "version": is_version_label,
+                 "status": STATUS_NAMES.__contains__}
+        for metric in (self.request_count, self.requests_in_flight, self.request_latency, self.runtime_latency,
+                       self.queuing_latency, self.batch_size, self.versions_loaded):
+            metric.only(**{name: rule for name, rule in rules.items() if name in metric._labelnames})
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

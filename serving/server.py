@@ -133,7 +133,7 @@ class InpaintServer:
 
     def __init__(self, config: ServerConfig):
         self.config = config
-        self.metrics = ServerMetrics()
+        self.metrics = ServerMetrics(config.model_name)
         threads = config.batching.num_batch_threads if config.enable_batching else config.compute_threads
         self.compute = ThreadPoolExecutor(threads, thread_name_prefix="inference")
         self.loading = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
