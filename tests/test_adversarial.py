@@ -48,13 +48,17 @@ def test_losses_on_known_answers():
 
 @pytest.fixture(scope="module")
 def adversarial_version(tiny_config, tmp_path_factory):
+    """A tiny adversarial run, backed up every epoch; the backup is kept (as a killed run's would be)."""
+    from inpaint.trainer import resume
     from inpaint.trainer.train import train
 
     base = tmp_path_factory.mktemp("adversarial") / "inpaint"
     config = dataclasses.replace(tiny_config, model_base_path=str(base), epochs=2, steps_per_epoch=2,
                                  adversarial_weight=0.05, feature_matching_weight=1.0, discriminator_filters=4,
                                  backup_dir=str(base.parent / "backup"))
-    return train(config), config
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(resume.RunBackup, "finish", lambda self: None)
+        return train(config), config
 
 
 def test_adversarial_run_publishes_a_version_without_the_discriminator(adversarial_version):
@@ -68,7 +72,27 @@ def test_adversarial_run_publishes_a_version_without_the_discriminator(adversari
     loaded = tf.saved_model.load(str(version))
     names = [variable.name for variable in loaded._all_variables]
     assert names and not [n for n in names if "discriminator" in n], names
-    assert not (version.parent.parent / "backup").exists(), "the backup is removed once published"
+
+
+def test_a_backup_epoch_publishes_the_network_it_holds(adversarial_version, tmp_path):
+    """--publish-checkpoint BACKUP/epoch-N: the run's generator after that epoch, without its discriminator."""
+    import tensorflow as tf
+
+    from conftest import random_image
+    from inpaint.core.masks import mask_batch
+    from inpaint.trainer.train import publish_checkpoint
+
+    version, config = adversarial_version
+    epoch = next(p for p in (version.parent.parent / "backup").iterdir() if p.name == "epoch-000002")
+    published = publish_checkpoint(epoch, str(tmp_path / "from-backup"))
+    record = json.loads((published / "assets.extra/run.json").read_text())
+    assert record["published_from"] == str(epoch) and record["steps_done"] == 2 * config.steps_per_epoch
+    image = random_image(32, 48, 5)[None]
+    mask = mask_batch("strokes", 1, 32, 48, 5)[..., None].astype(np.uint8)
+    outputs = [tf.saved_model.load(str(v)).signatures["serving_default"](image=tf.constant(image),
+                                                                         mask=tf.constant(mask))["inpainted"].numpy()
+               for v in (version, published)]
+    assert np.array_equal(outputs[0], outputs[1]), "the last epoch's backup is the published network"
 
 
 def test_adversarial_version_keeps_the_serving_contract(adversarial_version, tiny_version):

@@ -382,14 +382,21 @@ def save_checkpoint(model, config: TrainConfig, record: dict) -> Path:
 
 
 def publish_checkpoint(folder: Path, model_base_path: str) -> Path:
-    """Publish the weights a finished run left in ``folder`` as the next version of ``model_base_path``."""
+    """Publish the weights a finished run left in ``folder`` as the next version of ``model_base_path``.
+
+    ``folder`` may also be one epoch of a ``--backup-dir`` (``BACKUP/epoch-000012``): a run still
+    training, or stopped for good, publishes the network as it was after that epoch.
+    """
+    from .resume import METADATA_FILE, RUN_FILE, WEIGHTS_FILE
+
+    if (folder / WEIGHTS_FILE).is_file() and (folder / METADATA_FILE).is_file():
+        return _publish_backup_epoch(folder, model_base_path, folder.parent / RUN_FILE)
     record_path, weights = folder / CHECKPOINT_RECORD, folder / FINAL_WEIGHTS
     if not (record_path.is_file() and weights.is_file()):
-        raise DataError(f"{folder} holds no finished run ({CHECKPOINT_RECORD} and {FINAL_WEIGHTS})")
+        raise DataError(f"{folder} holds no finished run ({CHECKPOINT_RECORD} and {FINAL_WEIGHTS}) and no "
+                        f"backup epoch ({WEIGHTS_FILE} and {METADATA_FILE})")
     record = json.loads(record_path.read_text())
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in record["config"].items() if k in known})
-    config.model_base_path = model_base_path
+    config = _config_from(record["config"], model_base_path)
     import keras
 
     keras.mixed_precision.set_global_policy("float32")
@@ -397,6 +404,38 @@ def publish_checkpoint(folder: Path, model_base_path: str) -> Path:
     model.load_weights(str(weights))
     record["published_from"] = str(folder)
     return publish(model, config, record)
+
+
+def _config_from(options: dict, model_base_path: str) -> TrainConfig:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return dataclasses.replace(TrainConfig(**{k: v for k, v in options.items() if k in known}),
+                               model_base_path=model_base_path)
+
+
+def _publish_backup_epoch(folder: Path, model_base_path: str, run_file: Path) -> Path:
+    """The network of one backup epoch, loaded as the run built it (with its discriminator, if any)."""
+    from .resume import METADATA_FILE, WEIGHTS_FILE
+
+    if not run_file.is_file():
+        raise DataError(f"{folder} is a backup epoch but {run_file} (the run's options) is missing")
+    run = json.loads(run_file.read_text())
+    config = _config_from(run["config"], model_base_path)
+    metadata = json.loads((folder / METADATA_FILE).read_text())
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+    model = compile_for_training(build_model(config), config)
+    build_optimizers(model)
+    model.load_weights(str(folder / WEIGHTS_FILE))
+    from .adversarial import generator_of
+
+    record = {"parameters": int(generator_of(model).count_params()),"config": dataclasses.asdict(config), "history": metadata.get("history", {}),
+              "steps_done": int(metadata["epoch"]) * config.steps_per_epoch,
+              "training_seconds": metadata.get("seconds"), "run_id": run.get("run_id"),
+              "published_from": str(folder)}
+    if config.init_weights:
+        record["initialised_from"] = lineage(Path(config.init_weights))
+    return publish(float32_copy(model, config), config, record)
 
 
 def lineage(version: Path) -> dict:
@@ -559,7 +598,8 @@ _DEFAULTS = TrainConfig()
               help="Stop after the epoch that passes this many minutes of training (0: no limit).")
 @click.option("--publish-checkpoint", "finished_run", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
               envvar="INPAINT_PUBLISH_CHECKPOINT",
-              help="Publish a finished run's checkpoint folder (trained under another Keras backend) and exit.")
+              help="Publish a finished run's checkpoint folder (trained under another Keras backend), or one epoch "
+                   "of a --backup-dir (BACKUP/epoch-000012, while the run goes on), and exit.")
 @click.option("--seed", default=_DEFAULTS.seed, envvar="INPAINT_SEED", help="Random seed; a run is reproducible.")
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logs and tracebacks.")
 def main(verbose: bool, finished_run: Path | None, **options) -> None:
