@@ -28,6 +28,15 @@ BYTES_SIGNATURE = {"inputs": {IMAGE_BYTES: ("string", [-1]), MASK_BYTES: ("strin
 INPUT_CHANNELS: dict[str, int] = {IMAGE: 3, MASK: 1}
 OUTPUT_CHANNELS = 3
 
+# The padding rule: the graph pads H and W up to multiples of 2**depth (16 for the shipped model, depth 4)
+# before it runs, so a run's memory follows its padded size: a 1 x 262,144 strip runs as 16 x 262,144.
+RUN_MULTIPLE = 16
+
+
+def padded_pixels(count: int, height: int, width: int, multiple: int = RUN_MULTIPLE) -> int:
+    """N x H x W of a model run once the graph has padded H and W to multiples of ``multiple``."""
+    return count * -(-height // multiple) * multiple * -(-width // multiple) * multiple
+
 # TF Serving's ModelVersionStatus.State, taken from the generated enum so the numbers cannot drift.
 VersionState = enum.IntEnum("VersionState", dict(get_model_status_pb2.ModelVersionStatus.State.items()))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import IMAGE, MASK, OUTPUT
+from .contract import IMAGE, MASK, OUTPUT, padded_pixels
 
 # ONNX Runtime's tensor type strings, as numpy dtype names.
 _ORT_TYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(int64)": "int64"}
@@ -26,8 +26,9 @@ class OnnxModel:
     def __init__(self, path: Path, providers: list[str] | None = None, intra_op_threads: int = 0,
                  memory_arena: bool = True, shrink_above_pixels: int | None = None):
         """ORT's memory arena makes repeated runs faster (no page faults) but keeps the peak of the largest
-        run for good; ``shrink_above_pixels`` gives a run's memory back when it holds more pixels (N x H x W)
-        than that (a server's choice), ``memory_arena=False`` after every run."""
+        run for good; ``shrink_above_pixels`` gives a run's memory back when it holds more pixels (N x H x W,
+        counted as the graph pads them: ``contract.padded_pixels``) than that (a server's choice),
+        ``memory_arena=False`` after every run."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -46,7 +47,7 @@ class OnnxModel:
         if masks.ndim == 3:
             masks = masks[..., None]
         feeds = {IMAGE: np.ascontiguousarray(images, np.uint8), MASK: np.ascontiguousarray(masks, np.uint8)}
-        pixels = images.shape[0] * images.shape[1] * images.shape[2]
+        pixels = padded_pixels(*images.shape[:3])  # what the run holds, after the graph's padding
         shrink = self.shrink_above_pixels is not None and pixels > self.shrink_above_pixels
         return self.session.run([OUTPUT], feeds, self._shrinking_run if shrink else None)[0]
 

@@ -32,6 +32,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from .contract import padded_pixels
+
 logger = logging.getLogger(__name__)
 
 # (N, h, w, 3) uint8 images and (N, h, w, 1) uint8 masks (nonzero = hole) -> (N, h, w, 3) uint8 fills.
@@ -87,14 +89,17 @@ class TilingOptions:
         return min(side, height), min(side, width)
 
     def is_tiled(self, height: int, width: int) -> bool:
-        return self.mode == "always" or (self.mode == "auto" and height * width > self.whole_max_pixels)
+        """Whether the image runs in windows: by its size as the graph pads it (``contract.padded_pixels``),
+        so a 1 x 262,144 strip, a 16 x 262,144 run whole, is tiled."""
+        return self.mode == "always" or (self.mode == "auto" and padded_pixels(1, height, width) > self.whole_max_pixels)
 
     def run_pixels(self, height: int, width: int) -> int:
-        """The most pixels one model run holds for an image of this size: what bounds its memory."""
+        """The most pixels one model run holds for an image of this size, padded as the graph pads them:
+        what bounds its memory."""
         if not self.is_tiled(height, width):
-            return height * width
-        windows = self.batch * math.prod(self.window_shape(height, width))
-        return max(windows, min(self.whole_max_pixels, height * width))
+            return padded_pixels(1, height, width)
+        windows = self.batch * padded_pixels(1, *self.window_shape(height, width))
+        return max(windows, min(self.whole_max_pixels, padded_pixels(1, height, width)))
 
 
 def inpaint_large(image: np.ndarray, mask: np.ndarray, run: Run, options: TilingOptions = TilingOptions()
@@ -138,8 +143,7 @@ def fill_downscaled(output: np.ndarray, image: np.ndarray, holes: np.ndarray, re
                     max_pixels: int) -> None:
     """Fill ``region``'s pixels of ``output`` from a run on the whole image shrunk to ``max_pixels``."""
     height, width = holes.shape
-    scale = min(1.0, math.sqrt(max_pixels / (height * width)))
-    small_size = (max(1, int(width * scale)), max(1, int(height * scale)))  # cv2 order: (w, h)
+    small_size = downscaled_size(height, width, max_pixels)
     small_image = cv2.resize(image, small_size, interpolation=cv2.INTER_AREA)
     # A small pixel is a hole if any of its full-size pixels is: no hole colour leaks into the known ones.
     small_holes = cv2.resize(holes.view(np.uint8) * np.uint8(255), small_size, interpolation=cv2.INTER_AREA) > 0
@@ -149,6 +153,17 @@ def fill_downscaled(output: np.ndarray, image: np.ndarray, holes: np.ndarray, re
     target = region[top:bottom, left:right]
     output[top:bottom, left:right][target] = upsampled[target]
     logger.debug("wide holes in %dx%d filled from a %dx%d run", width, height, *small_size)
+
+
+def downscaled_size(height: int, width: int, max_pixels: int) -> tuple[int, int]:
+    """``(width, height)`` (cv2's order) of the image shrunk until its run, padded as the graph pads it, holds
+    at most ``max_pixels``."""
+    scale = min(1.0, math.sqrt(max_pixels / (height * width)))
+    while True:
+        size = (max(1, int(width * scale)), max(1, int(height * scale)))
+        if padded_pixels(1, size[1], size[0]) <= max_pixels or size == (1, 1):
+            return size
+        scale *= 0.97
 
 
 def _bounding_box(region: np.ndarray) -> tuple[int, int, int, int]:

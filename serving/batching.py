@@ -30,6 +30,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from .errors import DeadlineExpired, QueueFull
+from inpaint.core.contract import padded_pixels
 from inpaint.core.protos import session_bundle_config_pb2
 
 from .models import ModelVersion
@@ -80,11 +81,11 @@ class _Task:
     enqueued_at: float
     deadline: float | None
     size: int = field(init=False)    # images
-    pixels: int = field(init=False)  # N x H x W
+    pixels: int = field(init=False)  # N x H x W as the model runs it (padded: contract.padded_pixels)
 
     def __post_init__(self):
         batch, height, width = self.image.shape[:3]
-        self.size, self.pixels = batch, batch * height * width
+        self.size, self.pixels = batch, padded_pixels(batch, height, width)
 
 
 @dataclass(eq=False)

@@ -12,10 +12,12 @@ logger = logging.getLogger(__name__)
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 DEVICES = ("auto", "cpu", "cuda")
-# Runs up to this many pixels (N x H x W) keep ONNX Runtime's memory arena: a batch of 32 64-px images, or
-# of 8 windows of a large photo (8 x 256 x 256), about 225 MiB at most; 15 % faster without the page faults
-# of fresh memory (12 MP scratch in windows: 2.7-3.1 s against 3.3-3.6 s). Larger runs give it back.
-ARENA_KEEPS_PIXELS = 2**19
+# Runs up to this many pixels (N x H x W as the graph pads them, contract.padded_pixels) keep ONNX Runtime's
+# memory arena: a batch of 32 64-px images, about 80 MiB (640 bytes a padded pixel, measured); larger runs
+# give it back when they end, so a pod's memory returns to its idle level after a burst. At 2^19 (8 windows
+# of 256 x 256) windows ran 15 % faster but the arena kept 314 MiB per concurrent run for good, and a
+# 1 x 65,536 strip (a 16 x 65,536 run) kept 640 MiB.
+ARENA_KEEPS_PIXELS = 2**17
 
 
 def providers_for(device: str) -> list[str]:

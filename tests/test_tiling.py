@@ -125,7 +125,8 @@ def test_every_model_run_is_bounded_by_the_window_batch():
 def test_small_images_run_whole_under_auto():
     run = RecordingRun(constant)
     image = np.zeros((300, 400, 3), np.uint8)
-    inpaint_large(image, scratches(300, 400), run, TilingOptions(whole_max_pixels=300 * 400))
+    # 300 x 400 runs as 304 x 400 (the graph pads H and W to multiples of 16): that is its size for the rule
+    inpaint_large(image, scratches(300, 400), run, TilingOptions(whole_max_pixels=304 * 400))
     assert run.shapes == [(1, 300, 400, 3)]
 
 
@@ -211,3 +212,20 @@ def test_bad_options_are_refused():
         TilingOptions(margin=32, thin_margin=64)
     with pytest.raises(ValueError, match="batch"):
         TilingOptions(batch=0)
+
+
+def test_a_strip_counts_as_the_run_the_graph_pads_it_to():
+    """1 x 262,144 holds 0.25 MP but runs as 16 x 262,144 = 4 MP: it is tiled, and no run holds more than the
+    window batch once padded."""
+    from inpaint.core.contract import padded_pixels
+
+    options = TilingOptions()
+    assert options.is_tiled(1, 262_144) and options.is_tiled(1, 131_072) and not options.is_tiled(16, 65_536)
+    image = np.zeros((1, 262_144, 3), np.uint8)
+    mask = np.zeros((1, 262_144), np.uint8)
+    mask[0, 1000:1010] = 1
+    mask[0, 200_000:200_300] = 1
+    run = RecordingRun(constant)
+    output = inpaint_large(image, mask, run, options)
+    assert (output[0, 1000:1010] == 200).all() and (output[mask == 0] == 0).all()
+    assert max(padded_pixels(n, h, w) for n, h, w, _ in run.shapes) <= options.batch * 16 * options.window
