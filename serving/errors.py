@@ -18,6 +18,15 @@ from inpaint.core.tensors import TensorError
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 1024  # TF Serving truncates error messages there too
+QUOTED_CHARS = 64  # the most of a client's string (a model name, say) that a message or log line quotes
+
+
+def quoted(text: str, limit: int = QUOTED_CHARS) -> str:
+    """``text`` quoted for a message; a client's string may be megabytes, so only its first ``limit``
+    characters, and its length."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 class ModelNotFound(LookupError):
@@ -68,6 +77,6 @@ def status_of(error: Exception, api: str, model_name: str) -> tuple[grpc.StatusC
     """The status for any failed request; an unexpected error is INTERNAL and logged with its traceback."""
     status = to_status(error)
     if status is None:
-        logger.error("%s on %s failed unexpectedly", api, model_name, exc_info=error)
+        logger.error("%s on %s failed unexpectedly", api, quoted(model_name), exc_info=error)
         return grpc.StatusCode.INTERNAL, 500, f"internal error: {type(error).__name__}: {error}"[:MAX_MESSAGE_CHARS]
     return status

@@ -14,7 +14,11 @@ The base path is polled. Each poll converges what is loaded on what is on disk:
   back).
 * The **target** is ``policy.select(candidates)``. Target versions that are not
   loaded (new, failed with a since-changed file, or END after an unload) are
-  loaded and warmed up with one inference before they are AVAILABLE. After the
+  loaded and checked by running them (``warm_up``) before they are AVAILABLE:
+  runs at ``WARM_UP_SHAPES`` must return uint8 images of the input's shape
+  with every known pixel kept. A version that loads but answers with another
+  shape or dtype (say a fixed 16 x 16 crop) fails like one that cannot load:
+  END with the error, never AVAILABLE, and the versions serving go on. After the
   loads the target is computed again (a failure drops out, so under latest:N an
   older loadable version becomes the target) until nothing is left to load.
 * An AVAILABLE version outside the target is unloaded only once every target
@@ -25,8 +29,16 @@ The base path is polled. Each poll converges what is loaded on what is on disk:
 * Unloading drains: the version is UNLOADING (no new requests) until its
   in-flight requests finish, then END without an error.
 
-A loaded version's file is read once; to change a model, publish a new version
-number. Publish atomically (write under a hidden name, then rename) and no
+* A **loaded file changed in place** (its size, mtime or inode differ from
+  those of the file loaded; a new file renamed over it, say) is loaded again
+  once settled, as a new load of that version: loaded and warmed up while the
+  file loaded before goes on serving, then swapped in; requests in flight
+  finish on the old one. If the changed file fails, the old one keeps serving,
+  the version's status carries the error (AVAILABLE, error_code UNKNOWN) and
+  the log says so; it is not retried until the file changes again.
+
+Publishing a new version number remains the clean way to change a model.
+Publish atomically (write under a hidden name, then rename) and no
 truncated file is ever tried; the rules above make non-atomic writers safe, at
 worst with a failed attempt logged when a writer stalls mid-file.
 """
@@ -44,11 +56,11 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from inpaint.core.contract import VersionState, check_signature
+from inpaint.core.contract import OUTPUT_CHANNELS, ContractError, VersionState, check_signature
 from inpaint.core.onnx_model import Signature
 from inpaint.core.repository import ONNX_FILENAME, list_versions
 
-from .errors import ModelNotFound, ServerUnavailable
+from .errors import ModelNotFound, ServerUnavailable, quoted
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +104,39 @@ class VersionPolicy:
         return set(versions) & set(self.versions)
 
 
-FileStamp = tuple[int, int]  # a model.onnx's (size, mtime_ns): when it changes, the file changed
+FileStamp = tuple[int, int, int]  # a model.onnx's (size, mtime_ns, inode): when it changes, the file changed
 
 SETTLE_SECONDS = 5.0  # a file whose mtime is this old is taken as complete on first sight
+# (N, H, W) of the runs that check a version before it serves: square, oblong, a batch of two.
+WARM_UP_SHAPES = ((1, 64, 64), (1, 48, 80), (2, 32, 32))
+
+
+def warm_up_inputs(count: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed noise image and a mask whose hole is a centred box, a quarter of the image."""
+    image = np.random.default_rng(height * width + count).integers(0, 256, (count, height, width, 3), np.uint8)
+    mask = np.zeros((count, height, width, 1), np.uint8)
+    mask[:, height // 4 : height * 3 // 4, width // 4 : width * 3 // 4] = 1
+    return image, mask
+
+
+def warm_up(servable: "Servable") -> None:
+    """Run ``servable`` at each of ``WARM_UP_SHAPES``; ContractError unless every answer is the contract's:
+    a uint8 ``[N,H,W,3]`` array of the input's N, H and W, with every pixel outside the hole kept.
+
+    This is also TF Serving's warm-up: the first request pays no setup."""
+    for shape in WARM_UP_SHAPES:
+        image, mask = warm_up_inputs(*shape)
+        output = servable.inpaint(image, mask)
+        ran = "x".join(map(str, shape))
+        expected = [*shape, OUTPUT_CHANNELS]
+        if not isinstance(output, np.ndarray) or output.dtype != np.uint8 or list(output.shape) != expected:
+            got = (f"{output.dtype} {list(output.shape)}" if isinstance(output, np.ndarray)
+                   else type(output).__name__)
+            raise ContractError(f"warm-up run on {ran} images returned {got}; the contract is uint8 {expected}")
+        changed = int(np.count_nonzero((output != image).any(axis=-1) & (mask[..., 0] == 0)))
+        if changed:
+            raise ContractError(f"warm-up run on {ran} images changed {changed} known pixels (outside the hole); "
+                                "the contract keeps them")
 
 
 @dataclass
@@ -106,6 +148,7 @@ class ModelVersion:
     error: str = ""
     in_flight: int = 0
     stamp: FileStamp | None = None  # the model.onnx this entry loaded, or failed to load
+    refused: FileStamp | None = None  # a changed model.onnx that failed to load while this one served
     drained: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -133,7 +176,7 @@ class ModelManager:
     def acquire(self, name: str, version: int | None) -> ModelVersion:
         """The version to run (latest AVAILABLE by default), counted as in flight until released."""
         if name != self.name:
-            raise ModelNotFound(f"Servable not found for request: model '{name}' is not served "
+            raise ModelNotFound(f"Servable not found for request: model {quoted(name)} is not served "
                                 f"(this server serves '{self.name}')")
         available = [v for v in self.versions.values() if v.state == VersionState.AVAILABLE]
         if version is None:
@@ -157,7 +200,7 @@ class ModelManager:
 
     def statuses(self, name: str, version: int | None = None) -> list[ModelVersion]:
         if name != self.name:
-            raise ModelNotFound(f"Servable not found for request: model '{name}' is not served")
+            raise ModelNotFound(f"Servable not found for request: model {quoted(name)} is not served")
         if version is None:
             return sorted(self.versions.values(), key=lambda v: v.version)
         if version not in self.versions:
@@ -177,7 +220,7 @@ class ModelManager:
                 stat = (self.base_path / str(version) / ONNX_FILENAME).stat()
             except OSError:
                 continue  # a SavedModel-only version: TF Serving's, not ours (or one removed just now)
-            found[version] = (stat.st_size, stat.st_mtime_ns)
+            found[version] = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
         return found
 
     def _settled(self, on_disk: dict[int, FileStamp]) -> set[int]:
@@ -229,6 +272,7 @@ class ModelManager:
             while loads := [version for version in sorted(target) if self._needs_load(version)]:
                 await asyncio.gather(*(self._load(version, on_disk[version]) for version in loads))
                 target = self._target(on_disk, settled)  # failures drop out; an older version may step in
+            await self._reload_changed(target, on_disk, settled)
             if self._replacements_ready(target, self.policy.select(list(on_disk))):
                 self._unload_all_but(target)
             self.polls += 1
@@ -259,9 +303,38 @@ class ModelManager:
     def _load_and_warm_up(self, path: Path) -> Servable:
         servable = self.loader(path / ONNX_FILENAME)
         check_signature(servable.signature())
-        # One inference before AVAILABLE, as TF Serving's warmup does: the first request pays no setup.
-        servable.inpaint(np.zeros((1, 16, 16, 3), np.uint8), np.ones((1, 16, 16, 1), np.uint8))
+        warm_up(servable)
         return servable
+
+    def _changed_in_place(self, target: set[int], on_disk: dict[int, FileStamp], settled: set[int]) -> list[int]:
+        """AVAILABLE target versions whose settled model.onnx is not the file loaded, nor one refused before."""
+        return [version for version in sorted(target)
+                if (current := self.versions.get(version)) is not None and current.state == VersionState.AVAILABLE
+                and version in settled and on_disk[version] not in (current.stamp, current.refused)]
+
+    async def _reload_changed(self, target: set[int], on_disk: dict[int, FileStamp], settled: set[int]) -> None:
+        for version in self._changed_in_place(target, on_disk, settled):
+            await self._reload(self.versions[version], on_disk[version])
+
+    async def _reload(self, current: ModelVersion, stamp: FileStamp) -> None:
+        """Load a serving version's changed file; swap it in once warmed up, or keep the old one and say so."""
+        logger.warning("%s version %d: model.onnx changed in place; loading it again (the file loaded before "
+                       "serves until the new one passes its warm-up)", self.name, current.version)
+        loop = asyncio.get_running_loop()
+        try:
+            servable = await loop.run_in_executor(self.load_executor, self._load_and_warm_up, current.path)
+        except Exception as error:  # noqa: BLE001 - any load failure is reported, never fatal
+            current.refused = stamp
+            current.error = (f"model.onnx changed in place and the new file failed to load, so the file loaded "
+                             f"before still serves: {type(error).__name__}: {error}")
+            logger.error("%s version %d: %s (not retried until model.onnx changes again)", self.name,
+                         current.version, current.error)
+        else:
+            # Requests in flight hold the old entry and finish on its servable; new ones get this one.
+            self.versions[current.version] = ModelVersion(current.version, current.path, VersionState.AVAILABLE,
+                                                          servable=servable, stamp=stamp)
+            logger.info("%s version %d: its changed model.onnx is loaded and serves", self.name, current.version)
+        self._changed()
 
     def _unload_all_but(self, keep: set[int]) -> None:
         for model_version in list(self.versions.values()):
