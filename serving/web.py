@@ -4,6 +4,12 @@ The page (``static/``) is plain HTML, CSS and JavaScript shipped in the package:
 no build step, no CDN, nothing fetched from the network. It calls the REST API
 this server already speaks (``serving_bytes``), so any other front-end can do
 the same; ``cors_origin`` lets one on another origin call it.
+
+Every reply on the REST port carries ``SECURITY_HEADERS`` (``add_security_headers``): no MIME sniffing, no
+framing, no referrer sent elsewhere, and a content security policy. The page's policy lets it load only its
+own script and style sheet (no inline script or style in the markup), show the photos it holds as ``blob:``
+URLs, and read the PNG the server returns as a ``data:`` URL; every other reply may load nothing. The
+``Server`` header names the server without any version.
 """
 
 from __future__ import annotations
@@ -11,20 +17,31 @@ from __future__ import annotations
 import html
 from importlib import resources
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 STATIC = resources.files("inpaint.serving") / "static"
 _TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 MODEL_PLACEHOLDER = "{{MODEL_NAME}}"  # index.html's one template field
 
+SERVER_NAME = "inpaint-serve"  # the Server header: no versions of Python, aiohttp or ours
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+}
+PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+               "connect-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
 
 def add_web_routes(app: web.Application, model_name: str) -> None:
-    """``GET /`` (the page, told which model to call) and ``GET /static/{file}``."""
+    """``GET /`` (the page, told which model to call) and ``GET /static/{file}``; the security headers on
+    every reply of ``app`` (``add_security_headers``)."""
     page = (STATIC / "index.html").read_text(encoding="utf-8").replace(MODEL_PLACEHOLDER, html.escape(model_name))
 
     async def index(request: web.Request) -> web.Response:
         return web.Response(text=page, content_type="text/html", charset="utf-8",
-                            headers={"Cache-Control": "no-cache"})
+                            headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_POLICY})
 
     async def static(request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -37,6 +54,24 @@ def add_web_routes(app: web.Application, model_name: str) -> None:
 
     app.router.add_get("/", index)
     app.router.add_get("/static/{name}", static)
+    add_security_headers(app)
+
+
+def add_security_headers(app: web.Application) -> None:
+    """``SECURITY_HEADERS`` on every reply of ``app`` (a handler's own policy kept), ``Server`` without versions.
+
+    aiohttp answers requests its parser refuses (a malformed request line, say) before any application sees
+    them, with its module default for ``Server``; that default is replaced too, once per process.
+    """
+    web_response.SERVER_SOFTWARE = SERVER_NAME
+    if _secure not in app.on_response_prepare:
+        app.on_response_prepare.append(_secure)
+
+
+async def _secure(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_NAME
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
 
 
 def cors_middleware(origin: str):
