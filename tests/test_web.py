@@ -50,11 +50,13 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    """A fresh page; script errors on it fail the test."""
+    """A fresh page; script errors on it, and anything its content security policy blocks, fail the test."""
     context = browser.new_context(viewport={"width": 1000, "height": 700}, accept_downloads=True)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text)
+            if "Content Security Policy" in message.text else None)
     yield page
     context.close()
     assert errors == [], f"script errors on the page: {errors}"
