@@ -28,7 +28,8 @@ Writes ``eval.json`` (every metric, the model/NS hole-MAE ratio per row and the
 worst one), ``examples.png`` (one row per size and mask set) and
 ``examples_full/``: the first whole photo of each mask set at full resolution,
 and ``closeup_<mask set>.png``, a 1:1 crop (input, model, NS, truth) of the
-whole photo and window where the hole covers the most texture.
+whole photo and window where the hole covers the most texture (and at most
+half the window, so the photo around the fill shows).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ EXAMPLE_HEADER_HEIGHT = 24
 EXAMPLE_LABEL_WIDTH = 200
 EXAMPLE_GAP = 6  # white space between tiles and between rows
 CLOSEUP_SIDE = 320  # px of each close-up panel, at 1:1
+CLOSEUP_MAX_HOLE = 0.5  # of the close-up window, so that the known pixels around the fill show
 
 Method = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -267,15 +269,25 @@ class Closeup:
         return image[self.top : self.top + self.height, self.left : self.left + self.width]
 
 
+def window_sums(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The sum of ``values`` over every ``height`` x ``width`` window, indexed by its top-left corner."""
+    total = cv2.integral(values.astype(np.float64), sdepth=cv2.CV_64F)
+    return total[height:, width:] - total[:-height, width:] - total[height:, :-width] + total[:-height, :-width]
+
+
 def closeup_window(image: np.ndarray, mask: np.ndarray, index: int = 0, side: int = CLOSEUP_SIDE) -> Closeup:
     """The ``side`` x ``side`` window (smaller on a smaller photo) where the truth's gradient, summed
     over the hole pixels that texture scores, is highest: a thick stroke over the most structure.
-    Ties go to the top-left-most window, so it is deterministic."""
+    Only windows whose hole covers at most ``CLOSEUP_MAX_HOLE`` of them compete (all windows if none
+    does), so the fill is seen beside the photo it continues. Ties go to the top-left-most window,
+    so it is deterministic."""
     region = metrics.texture_region(mask[None])[0]
-    gradient = np.where(region, metrics.gradient_magnitude(image[None])[0], 0.0).astype(np.float64)
+    gradient = np.where(region, metrics.gradient_magnitude(image[None])[0], 0.0)
     height, width = min(side, mask.shape[0]), min(side, mask.shape[1])
-    total = cv2.integral(gradient, sdepth=cv2.CV_64F)
-    sums = total[height:, width:] - total[:-height, width:] - total[height:, :-width] + total[:-height, :-width]
+    sums = window_sums(gradient, height, width)
+    framed = window_sums(mask > 0, height, width) <= CLOSEUP_MAX_HOLE * height * width
+    if framed.any():
+        sums = np.where(framed, sums, -1.0)
     top, left = np.unravel_index(int(np.argmax(sums)), sums.shape)
     return Closeup(index, int(top), int(left), height, width, float(sums[top, left]))
 

@@ -147,6 +147,7 @@ def test_the_closeup_window_is_where_the_hole_covers_the_most_texture():
     window = evaluate.closeup_window(image, mask, side=64)
     assert (window.height, window.width) == (64, 64)
     assert window.left >= 200 - 1 and 80 - 64 < window.top < 120, window
+    assert mask[window.top : window.top + 64, window.left : window.left + 64].mean() <= evaluate.CLOSEUP_MAX_HOLE
     again = evaluate.closeup_window(image, mask, side=64)
     assert again == window, "deterministic"
     small = evaluate.closeup_window(image, mask, side=1000)
