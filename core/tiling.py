@@ -126,6 +126,16 @@ def _holes(mask: np.ndarray) -> np.ndarray:
     return (mask[..., 0] if mask.ndim == 3 else mask) != 0
 
 
+def has_wide_holes(mask: np.ndarray, options: TilingOptions) -> bool:
+    """Whether ``inpaint_large`` would take the downscaled pass (a run of ``whole_max_pixels``) for this mask:
+    it is tiled and holds a hole ``wide_hole`` pixels deep. What a server reserves for it before it runs."""
+    holes = _holes(mask)
+    if not options.is_tiled(*holes.shape) or options.wide_hole == 0:
+        return False
+    deep = _deep_inside(holes, options.wide_hole)
+    return bool(deep is not None and deep.any())
+
+
 def wide_holes(holes: np.ndarray, wide_hole: int) -> np.ndarray | None:
     """The hole components holding a square of side ``2 * wide_hole + 1`` of hole pixels; None if none."""
     if wide_hole == 0:

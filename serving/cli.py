@@ -91,10 +91,17 @@ def _port(ctx, param, value: int) -> int:
               envvar="INPAINT_MAX_IMAGES_PER_REQUEST", help="Most images (N) in one request.")
 @click.option("--max-request-pixels", default=_default("max_request_pixels"), type=click.IntRange(min=1),
               envvar="INPAINT_MAX_REQUEST_PIXELS", help="Most pixels (N x H x W) in one request.")
-@click.option("--max-inflight-pixels", default=_default("max_inflight_pixels"), type=click.IntRange(min=1),
-              envvar="INPAINT_MAX_INFLIGHT_PIXELS",
-              help="Most pixels of all requests served at once; beyond it requests get RESOURCE_EXHAUSTED "
-                   "(429). With the tiling bounds it caps memory.")
+@click.option("--memory-budget-mib", default=_default("memory_budget_mib"), type=click.IntRange(min=64),
+              envvar="INPAINT_MEMORY_BUDGET_MIB",
+              help="Memory all requests in flight may hold together; each reserves its cost before spending it, "
+                   "and what does not fit waits up to 2 s, then gets RESOURCE_EXHAUSTED (429). Size it with "
+                   "the pod's memory limit (README, Memory and limits).")
+@click.option("--memory-share", default=_default("memory_share"), type=click.FloatRange(0.05, 1.0),
+              envvar="INPAINT_MEMORY_SHARE",
+              help="The most of the budget one request may hold; a request costing more gets "
+                   "RESOURCE_EXHAUSTED (413), and the rest stays for the others.")
+@click.option("--max-inflight-pixels", default=None, type=click.IntRange(min=1), hidden=True,
+              envvar="INPAINT_MAX_INFLIGHT_PIXELS", help="Replaced by --memory-budget-mib; accepted and ignored.")
 @click.option("--max-request-bytes", default=_default("max_request_bytes"), type=click.IntRange(min=1024),
               envvar="INPAINT_MAX_REQUEST_BYTES",
               help="Largest message, gRPC and REST [default: gRPC 16 bytes per --max-request-pixels, REST 40 "
@@ -125,7 +132,8 @@ def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port
          file_system_poll_wait_seconds: float, enable_batching: bool, max_batch_size: int,
          batch_timeout_micros: int, max_enqueued_batches: int, num_batch_threads: int,
          batching_parameters_file: Path | None, max_pixels: int, max_images_per_request: int,
-         max_request_pixels: int, max_inflight_pixels: int, max_request_bytes: int | None, tiling: str,
+         max_request_pixels: int, memory_budget_mib: int, memory_share: float, max_inflight_pixels: int | None,
+         max_request_bytes: int | None, tiling: str,
          tile_above_pixels: int, tile_batch: int, device: str,
          intra_op_threads: int, compute_threads: int, drain_seconds: float, cors_origin: str | None,
          log_level: str) -> None:
@@ -144,6 +152,9 @@ def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port
     except ValueError as error:
         raise click.ClickException(str(error)) from None
     rest_port = _rest_port(rest_port, rest_api_port)
+    if max_inflight_pixels is not None:
+        logging.getLogger(__name__).warning("--max-inflight-pixels is replaced by --memory-budget-mib (memory, "
+                                            "not pixels, is what runs out); ignored")
     if tiling == "off" and max_pixels > tile_above_pixels:
         raise click.ClickException(f"--tiling off runs every image whole: --max-pixels ({max_pixels}) must not "
                                    f"exceed --tile-above-pixels ({tile_above_pixels}), which bounds a model run's "
@@ -153,7 +164,7 @@ def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port
         rest_port=None if rest_port == -1 else rest_port, version_policy=model_version_policy,
         poll_seconds=file_system_poll_wait_seconds, enable_batching=enable_batching, batching=batching,
         max_pixels=max_pixels, max_images_per_request=max_images_per_request,
-        max_request_pixels=max_request_pixels, max_inflight_pixels=max_inflight_pixels,
+        max_request_pixels=max_request_pixels, memory_budget_mib=memory_budget_mib, memory_share=memory_share,
         max_request_bytes=max_request_bytes, tiling=tiling, tile_above_pixels=tile_above_pixels,
         tile_batch=tile_batch, device=device,
         intra_op_threads=intra_op_threads, compute_threads=compute_threads, drain_seconds=drain_seconds,

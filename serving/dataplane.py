@@ -14,18 +14,20 @@ import contextlib
 import threading
 import time
 from dataclasses import dataclass
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
 
 from inpaint.core.contract import (BYTES_SIGNATURE_NAME, IMAGE_BYTES, MASK_BYTES, OUTPUT, OUTPUT_BYTES,
-                                   SIGNATURE_NAME)
+                                   SIGNATURE_NAME, padded_pixels)
 from inpaint.core.images import ImageTooLarge, check_encoded_size, decode_image, decode_mask, encode_png
 from inpaint.core.onnx_model import Signature
-from inpaint.core.tiling import TilingOptions, inpaint_large
+from inpaint.core.tiling import TilingOptions, has_wide_holes, inpaint_large
 
-from .errors import DeadlineExpired, InvalidInput, QueueFull, ServerUnavailable, to_status
+from .admission import Cost, MemoryBudget, Reservation, array_predict_cost, files_predict_cost, wide_holes_cost
+from .decoding import check_jpeg_scans
+from .errors import DeadlineExpired, InvalidInput, ServerUnavailable, to_status
 from .inputs import Limits, prepare_inputs
 from .metrics import ServerMetrics
 from .models import ModelManager, ModelVersion
@@ -50,6 +52,7 @@ class Outcome:
 
     version: str = ""
     status: str = "OK"
+    reservation: Reservation | None = None  # the memory it holds from the server's budget (admission)
 
 
 @dataclass
@@ -67,20 +70,22 @@ class ModelSignature:
 class DataPlane:
     """Predict, metadata and status for one model, whatever the protocol.
 
-    Images up to ``tiling.whole_max_pixels`` go to the scheduler whole, in runs of at most that many pixels
-    (a request of many images is split); larger ones run through ``inpaint_large`` in the ``large``
-    executor, so no model run holds more than the window batch. ``max_inflight_pixels`` caps the pixels of
-    all requests being served at once: with the per-run bounds it is what keeps memory under the pod limit.
+    Images up to ``tiling.whole_max_pixels`` (padded as the graph pads them) go to the scheduler whole, in
+    runs of at most that many pixels (a request of many images is split); larger ones run through
+    ``inpaint_large`` in the ``large`` executor, so no model run holds more than the window batch. Every
+    request's memory is reserved from ``budget`` before it is spent (``admission``): the adapters hold the
+    message as it arrives and ``admit`` the rest from the declared shapes before building any array. Files
+    are decoded and encoded in ``decoder``, threads of the data plane's own, never in the model's.
     """
 
     def __init__(self, manager: ModelManager, scheduler: Scheduler, limits: Limits, metrics: ServerMetrics,
                  tiling: TilingOptions = TilingOptions(), large: Executor | None = None,
-                 max_inflight_pixels: int | None = None):
+                 budget: MemoryBudget | None = None, decode_threads: int = 2):
         self.manager, self.scheduler, self.limits, self.metrics = manager, scheduler, limits, metrics
-        self.tiling, self.large, self.max_inflight_pixels = tiling, large, max_inflight_pixels
+        self.tiling, self.large, self.budget = tiling, large, budget
+        self.decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
         self.draining = False
         self.active = 0
-        self.inflight_pixels = 0
         self.finished_since_trim = False  # a request ended since freed memory was last given back
         self.last_request_at = 0.0
 
@@ -89,6 +94,8 @@ class DataPlane:
         """Counts the request as active, times it, and labels its metrics with its outcome and protocol
         (``tfserving`` or ``v2``)."""
         outcome, started = Outcome(), time.perf_counter()
+        if self.budget is not None:
+            outcome.reservation = self.budget.reservation()
         in_flight = self.metrics.requests_in_flight.labels(model_name)
         in_flight.inc()
         self.active += 1
@@ -101,6 +108,8 @@ class DataPlane:
                                                             else "INTERNAL")
             raise
         finally:
+            if outcome.reservation is not None:
+                outcome.reservation.release()
             in_flight.dec()
             self.active -= 1
             self.finished_since_trim = True
@@ -112,6 +121,27 @@ class DataPlane:
         if self.draining:
             raise ServerUnavailable("server is shutting down; retry on another replica")
 
+    def close(self) -> None:
+        self.decoder.shutdown(wait=False, cancel_futures=True)
+
+    # -- memory admission (``admission``) ---------------------------------------------------------------
+
+    async def admit(self, outcome: Outcome, cost: Cost, what: str, deadline: float | None) -> None:
+        """Reserve ``cost`` before spending it, waiting a little if the budget is full (then QueueFull)."""
+        if outcome.reservation is not None:
+            await outcome.reservation.grow(cost.total, f"{what} ({cost.describe()})", deadline)
+
+    async def admit_arrays(self, outcome: Outcome, shape: tuple[int, ...], itemsize: int,
+                           reply_bytes_per_value: int, deadline: float | None, list_values: int = 0) -> None:
+        """Admit a ``serving_default`` request whose image's declared ``[N, H, W, 3]`` passed the limits."""
+        count, height, width = shape[:3]
+        cost = array_predict_cost(count, height, width, itemsize, self.tiling, reply_bytes_per_value, list_values)
+        await self.admit(outcome, cost, f"a request of {count} image(s) of {width}x{height}", deadline)
+
+    async def decoded(self, function, *args):
+        """``function(*args)`` in the data plane's decoding threads (array conversions, file decoding)."""
+        return await asyncio.get_running_loop().run_in_executor(self.decoder, function, *args)
+
     async def predict(self, outcome: Outcome, name: str, version: int | None, signature: str,
                       arrays: dict[str, np.ndarray], output_filter: list[str],
                       deadline: float | None) -> Prediction:
@@ -119,23 +149,24 @@ class DataPlane:
         self._check_open()
         check_signature_name(signature, SIGNATURE_NAME)
         check_output_filter(output_filter, OUTPUT)
-        image, mask = prepare_inputs(arrays, self.limits)
+        image, mask = await self.decoded(prepare_inputs, arrays, self.limits)
         model_version = self.manager.acquire(name, version)
         outcome.version = str(model_version.version)
         try:
-            with self._admitted(image.shape[0] * image.shape[1] * image.shape[2]):
-                output = await self._inpaint(model_version, image, mask, deadline)
+            output = await self._inpaint(model_version, image, mask, deadline, outcome)
         finally:
             self.manager.release(model_version)
         return Prediction(model_version.version, {OUTPUT: output})
 
     async def predict_bytes(self, outcome: Outcome, name: str, version: int | None,
                             files: dict[str, list[bytes]], output_filter: list[str],
-                            deadline: float | None) -> Prediction:
+                            deadline: float | None, reply_factor: float = 2.0) -> Prediction:
         """``serving_bytes``: encoded image and mask files in, PNG files out.
 
-        Every file's size is read from its header and checked against the limits before any is decoded;
+        Every file's size is read from its header and checked against the limits (and a JPEG's scans against
+        ``decoding.MAX_JPEG_SCANS``) before any is decoded, and the request's memory is admitted from them;
         then the images are decoded, inpainted (the large-photo path included) and encoded one at a time.
+        ``reply_factor``: the reply's bytes per byte of the PNG files (copies, base64).
         """
         self._check_open()
         check_output_filter(output_filter, OUTPUT_BYTES)
@@ -145,17 +176,17 @@ class DataPlane:
         if total > self.limits.max_request_pixels:
             raise InvalidInput(f"request holds {len(images)} images of {total} pixels in all, over the limit of "
                                f"{self.limits.max_request_pixels} per request (--max-request-pixels)")
+        await self.admit(outcome, files_predict_cost(sizes, self.tiling, reply_factor),
+                         f"a request of {len(sizes)} file(s) of {total} pixels", deadline)
         model_version = self.manager.acquire(name, version)
         outcome.version = str(model_version.version)
-        loop = asyncio.get_running_loop()
         try:
-            with self._admitted(total):
-                outputs = []
-                for index, (image_file, mask_file) in enumerate(zip(images, masks)):
-                    image, mask = await loop.run_in_executor(self.large, self._decode_pair, index, image_file,
-                                                             mask_file)
-                    output = await self._inpaint(model_version, image[None], mask[None, ..., None], deadline)
-                    outputs.append(await loop.run_in_executor(self.large, encode_png, output[0]))
+            outputs = []
+            for index, (image_file, mask_file) in enumerate(zip(images, masks)):
+                image, mask = await self.decoded(self._decode_pair, index, image_file, mask_file)
+                output = await self._inpaint(model_version, image[None], mask[None, ..., None], deadline, outcome)
+                del image, mask
+                outputs.append(await self.decoded(encode_png, output[0]))
         finally:
             self.manager.release(model_version)
         return Prediction(model_version.version, {OUTPUT_BYTES: outputs})
@@ -181,6 +212,8 @@ class DataPlane:
             mask_size = check_encoded_size(mask, self.limits.max_pixels, f"input '{MASK_BYTES}'[{index}]")
         except ImageTooLarge as error:
             raise InvalidInput(f"{error} per image (--max-pixels)") from None
+        check_jpeg_scans(image, f"input '{IMAGE_BYTES}'[{index}]")
+        check_jpeg_scans(mask, f"input '{MASK_BYTES}'[{index}]")
         if size != mask_size:
             raise InvalidInput(f"input '{MASK_BYTES}'[{index}] is {mask_size[1]}x{mask_size[0]} but "
                                f"'{IMAGE_BYTES}'[{index}] is {size[1]}x{size[0]}; they must match")
@@ -191,31 +224,29 @@ class DataPlane:
         return (decode_image(image, limit, f"input '{IMAGE_BYTES}'[{index}]"),
                 decode_mask(mask, limit, f"input '{MASK_BYTES}'[{index}]"))
 
-    @contextlib.contextmanager
-    def _admitted(self, pixels: int):
-        """Count the request's pixels as in flight, or refuse it while others hold the budget."""
-        budget = self.max_inflight_pixels
-        if budget is not None and self.inflight_pixels and self.inflight_pixels + pixels > budget:
-            raise QueueFull(f"server is busy: {self.inflight_pixels} pixels of requests in flight and this one "
-                            f"holds {pixels}, over --max-inflight-pixels {budget}; retry later")
-        self.inflight_pixels += pixels
-        try:
-            yield
-        finally:
-            self.inflight_pixels -= pixels
-
     async def _inpaint(self, model_version: ModelVersion, image: np.ndarray, mask: np.ndarray,
-                       deadline: float | None) -> np.ndarray:
+                       deadline: float | None, outcome: Outcome | None = None) -> np.ndarray:
         count, height, width = image.shape[:3]
         if self.tiling.is_tiled(height, width):
+            if outcome is not None and outcome.reservation is not None:
+                await self._admit_wide_holes(outcome, mask, deadline)
             return await self._inpaint_large(model_version, image, mask, deadline)
-        per_run = max(1, self.tiling.whole_max_pixels // (height * width))
+        per_run = max(1, self.tiling.whole_max_pixels // padded_pixels(1, height, width))
         if count <= per_run:
             return await self.scheduler.run(model_version, image, mask, deadline)
         parts = [await self.scheduler.run(model_version, image[start : start + per_run],
                                           mask[start : start + per_run], deadline)
                  for start in range(0, count, per_run)]
         return np.concatenate(parts)
+
+    async def _admit_wide_holes(self, outcome: Outcome, mask: np.ndarray, deadline: float | None) -> None:
+        """Reserve the downscaled pass of photos whose mask holds wide holes (known only from the mask)."""
+        height, width = mask.shape[1:3]
+        wide = sum([await self.decoded(has_wide_holes, one_mask, self.tiling) for one_mask in mask])
+        if wide:
+            cost = wide_holes_cost(height, width, self.tiling)
+            await outcome.reservation.grow(cost.total * wide, f"wide holes in {wide} {width}x{height} photo(s) "
+                                           f"({cost.describe()} each)", deadline)
 
     async def _inpaint_large(self, model_version: ModelVersion, image: np.ndarray, mask: np.ndarray,
                              deadline: float | None) -> np.ndarray:
@@ -231,6 +262,8 @@ class DataPlane:
             return model_version.servable.inpaint(images, masks)
 
         def inpaint_all() -> np.ndarray:
+            if len(image) == 1:  # no stacked copy of a large photo's output
+                return inpaint_large(image[0], mask[0], run, self.tiling)[None]
             return np.stack([inpaint_large(one_image, one_mask, run, self.tiling)
                              for one_image, one_mask in zip(image, mask)])
 

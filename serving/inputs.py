@@ -28,9 +28,10 @@ class Limits:
     max_pixels: int          # per image, H x W
     max_images: int          # images per request (N)
     max_request_pixels: int  # N x H x W over the whole request
+    max_list_values: int = 2**20  # values sent as gRPC value lists (int_val, contents): a 512 x 512 image and mask
 
     def __post_init__(self):
-        for name in ("max_pixels", "max_images", "max_request_pixels"):
+        for name in ("max_pixels", "max_images", "max_request_pixels", "max_list_values"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
@@ -65,12 +66,22 @@ def check_shapes(shapes: dict[str, Shape], limits: Limits) -> None:
                            f"over the limit of {limits.max_request_pixels} per request (--max-request-pixels)")
 
 
+CONVERT_CHUNK_VALUES = 2**22  # float inputs are converted this many values at a time: no full-size temporaries
+
+
 def _to_uint8(name: str, array: np.ndarray) -> np.ndarray:
+    """uint8 as it is; float in [0, 1] scaled to 0..255, in chunks, so the conversion's own memory is the
+    uint8 result (what ``admission.tensors_cost`` counts), not float copies of the whole input."""
     if array.dtype == np.uint8:
         return array
-    if not np.isfinite(array).all() or array.min(initial=0.0) < 0.0 or array.max(initial=0.0) > 1.0:
-        raise InvalidInput(f"input '{name}' is float and must lie in [0, 1]")
-    return np.round(array * 255.0).astype(np.uint8)  # the one conversion; the model takes uint8
+    flat = array.reshape(-1)
+    converted = np.empty(flat.shape, np.uint8)
+    for start in range(0, flat.size, CONVERT_CHUNK_VALUES):
+        chunk = flat[start : start + CONVERT_CHUNK_VALUES]
+        if not np.isfinite(chunk).all() or chunk.min(initial=0.0) < 0.0 or chunk.max(initial=0.0) > 1.0:
+            raise InvalidInput(f"input '{name}' is float and must lie in [0, 1]")
+        converted[start : start + chunk.size] = np.rint(chunk * np.float32(255.0))
+    return converted.reshape(array.shape)  # the one conversion; the model takes uint8
 
 
 def prepare_inputs(arrays: dict[str, np.ndarray], limits: Limits) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,9 @@
 A thin adapter: JSON to numpy (``rest_codec``), the data plane, numpy to JSON.
 Bodies over ``INLINE_BODY_BYTES`` are decoded and answers encoded in a worker
 process, so the event loop keeps answering health checks while they are parsed.
+A body is held from the memory budget chunk by chunk as it is read and inflated
+(``read_body``: gzip and deflate are inflated here, with a cap, not by aiohttp),
+and its parse and the rest of the request are admitted before they are spent.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import zlib
 import re
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -28,16 +32,33 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
 
-from inpaint.core.contract import BYTES_SIGNATURE, BYTES_SIGNATURE_NAME, OUTPUT, OUTPUT_BYTES, SIGNATURE_NAME
+from inpaint.core.contract import BYTES_SIGNATURE, BYTES_SIGNATURE_NAME, IMAGE, OUTPUT, OUTPUT_BYTES, SIGNATURE_NAME
 from inpaint.core.tensors import signature_def
 
-from .dataplane import DataPlane, is_bytes_signature
+from .admission import JSON_BYTES_PER_VALUE, JSON_OUT_BYTES_PER_VALUE, Cost
+from .dataplane import DataPlane, Outcome, is_bytes_signature
 from .errors import InvalidInput, RequestTooLarge, status_of
 from .models import ModelVersion
-from .rest_codec import decode_predict, encode_predictions
+from .rest_codec import check_json_values, decode_predict, encode_predictions
 from .web import add_web_routes, cors_middleware
 
 INLINE_BODY_BYTES = 2**20  # parsed on the event loop: a few milliseconds at most
+BODY_PIECE_BYTES = 2**20   # a body is read, and inflated, this much at a time, each piece held from the budget
+ENCODINGS = {"identity": None, "gzip": 47, "x-gzip": 47, "deflate": 47}  # zlib's wbits: gzip or zlib header
+PARSE_COPIES = 3           # a body's bytes in the codec process: its copy there, the parsed strings, files
+FILES_REPLY_FACTOR = 4.0   # PNG answers as base64 JSON: the files, their base64 and the JSON's copies
+
+
+def json_values(body: bytes) -> int:
+    """About how many JSON values ``body`` holds (its separators): what parsing it costs."""
+    return body.count(b",") + body.count(b"[") + body.count(b"{")
+
+
+def parse_cost(body: bytes, max_json_values: int) -> Cost:
+    """What parsing a JSON body costs: its copies, and its values as Python objects and arrays; a body of more
+    values than REST takes as arrays is refused first (``check_json_values``), whatever the budget."""
+    check_json_values(body, max_json_values)
+    return Cost(message=PARSE_COPIES * len(body) + JSON_BYTES_PER_VALUE * json_values(body))
 
 
 _MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?P<rest>/metadata|:predict)?$")
@@ -100,19 +121,70 @@ class RestApi:
             self.codec = None  # the next large body starts a new one
             raise
 
-    async def read_body(self, request: web.Request) -> bytes:
-        """The body, decompressed; over-limit and undecodable bodies are the caller's errors."""
+    async def read_body(self, request: web.Request, outcome: Outcome | None = None) -> bytes:
+        """The body, inflated; over-limit and undecodable bodies are the caller's errors.
+
+        Its bytes are held from the memory budget (``outcome``'s reservation) as they arrive and as they
+        inflate, now or never: a body the budget cannot hold is refused with 429 as soon as it passes what is
+        free, and one that inflates past --max-request-bytes with 413, a piece at a time, so neither a large
+        body nor a gzip bomb grows memory past the budget.
+        """
+        reservation = outcome.reservation if outcome is not None else None
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower() or "identity"
+        if encoding not in ENCODINGS:
+            raise InvalidInput(f"cannot read the request body: Content-Encoding {encoding[:32]!r} is not one of "
+                               f"{', '.join(ENCODINGS)}")
+        declared = request.content_length
+        if declared is not None and declared > self.max_request_bytes:
+            raise self._too_large()
         try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise RequestTooLarge(f"request body is larger than the limit of {self.max_request_bytes} bytes "
-                                  "(--max-request-bytes)") from None
-        except web.HTTPException as error:
-            raise InvalidInput(f"cannot read the request body: {error.reason}") from None
+            body = await self._read_pieces(request, reservation)
         except (RequestPayloadError, aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError,
                 ValueError) as error:
             reason = " ".join(str(error).split())
             raise InvalidInput(f"cannot read the request body: {reason}") from None
+        if ENCODINGS[encoding] is None:
+            return body
+        return await self._inflate(body, ENCODINGS[encoding], reservation)
+
+    def _too_large(self, what: str = "request body is larger") -> RequestTooLarge:
+        return RequestTooLarge(f"{what} than the limit of {self.max_request_bytes} bytes (--max-request-bytes)")
+
+    async def _read_pieces(self, request: web.Request, reservation) -> bytes:
+        pieces, size = [], 0
+        async for piece in request.content.iter_chunked(BODY_PIECE_BYTES):
+            size += len(piece)
+            if size > self.max_request_bytes:
+                raise self._too_large()
+            if reservation is not None:
+                reservation.grow_now(len(piece), "the request body")
+            pieces.append(piece)
+        if reservation is not None and len(pieces) > 1:
+            reservation.grow_now(size, "the request body")  # joined: a second copy for a moment
+        return b"".join(pieces)
+
+    async def _inflate(self, body: bytes, wbits: int, reservation) -> bytes:
+        """``body`` inflated a piece at a time, each piece held from the budget, capped at the body limit."""
+        inflater = zlib.decompressobj(wbits)
+        pieces, size, remaining = [], 0, body
+        try:
+            while not inflater.eof:
+                piece = inflater.decompress(remaining, BODY_PIECE_BYTES)
+                remaining = inflater.unconsumed_tail
+                if not piece and not remaining:
+                    raise InvalidInput("cannot read the request body: the compressed data ends early")
+                size += len(piece)
+                if size > self.max_request_bytes:
+                    raise self._too_large("request body inflates to more")
+                if reservation is not None:
+                    reservation.grow_now(len(piece), "the inflated request body")
+                pieces.append(piece)
+                await asyncio.sleep(0)  # a piece is milliseconds: others run in between
+        except zlib.error as error:
+            raise InvalidInput(f"cannot read the request body: not valid compressed data ({error})") from None
+        if reservation is not None:
+            reservation.grow_now(size, "the inflated request body")
+        return b"".join(pieces)
 
     def _parse(self, request: web.Request) -> tuple[str, int | None, str]:
         match = _MODEL_PATH.match(request.match_info["path"])
@@ -171,14 +243,19 @@ class RestApi:
             return error_response(404, f"unknown REST method {request.path}; use .../models/{name}:predict")
 
         async def predict(outcome):
-            body = await self.read_body(request)
+            body = await self.read_body(request, outcome)
+            deadline = self.deadline()
+            await self.dataplane.admit(outcome, parse_cost(body, self.max_json_values), "parsing the body", deadline)
             inputs, row_form, signature = await self.in_codec(len(body), decode_predict, body,
                                                                self.dataplane.limits, self.max_json_values)
-            deadline = self.deadline()
             if is_bytes_signature(signature):
-                prediction = await self.dataplane.predict_bytes(outcome, name, version, inputs, [], deadline)
+                prediction = await self.dataplane.predict_bytes(outcome, name, version, inputs, [], deadline,
+                                                                FILES_REPLY_FACTOR)
                 files = prediction.outputs[OUTPUT_BYTES]
                 return await self.in_codec(sum(map(len, files)), encode_predictions, files, row_form)
+            if IMAGE in inputs:
+                await self.dataplane.admit_arrays(outcome, inputs[IMAGE].shape, 1, JSON_OUT_BYTES_PER_VALUE,
+                                                  deadline)
             prediction = await self.dataplane.predict(outcome, name, version, signature, inputs, [], deadline)
             output = prediction.outputs[OUTPUT]
             return await self.in_codec(output.nbytes * 4, encode_predictions, output, row_form)

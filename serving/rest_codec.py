@@ -31,22 +31,24 @@ def declared_shape(value) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _first_scalar(value):
-    while isinstance(value, list) and value:
-        value = value[0]
-    return value
-
-
 def to_array(name: str, value) -> np.ndarray:
-    """A JSON tensor as uint8 (integers 0..255) or float32 (floats, which must lie in [0, 1])."""
-    first = _first_scalar(value)
-    dtype = np.float32 if isinstance(first, float) else np.uint8
+    """A JSON tensor read as the signature's dtype, uint8, whatever the spelling of its numbers.
+
+    JSON has one number type and writers spell it as they like (JavaScript writes ``0.0`` as ``0``), so no
+    value's spelling picks the dtype: every value must be an integer 0..255 (``255.0`` is 255), and any
+    other number is refused naming the input, never truncated to a wrong image.
+    """
     try:
-        return np.asarray(value, dtype=dtype)
-    except OverflowError:
-        raise InvalidInput(f"input '{name}' has integers outside 0..255") from None
-    except (ValueError, TypeError):
+        array = np.asarray(value, dtype=np.float32)  # exact for 0..255; 4 bytes a value
+    except (ValueError, TypeError, OverflowError):
         raise InvalidInput(f"input '{name}' is not a rectangular array of numbers") from None
+    wrong = ~np.isfinite(array) | (array < 0) | (array > 255) | (array != np.rint(array))
+    if wrong.any():
+        example = array[wrong].flat[0]
+        raise InvalidInput(f"input '{name}' is uint8 (the signature's dtype) and its JSON values must be integers "
+                           f"0..255; it holds {example:g}. Send pixels as integers (a float image in [0, 1] "
+                           "times 255, rounded), or the image file (signature 'serving_bytes')")
+    return array.astype(np.uint8)
 
 
 def parse_body(body: bytes) -> dict:

@@ -26,6 +26,7 @@ from inpaint.core.protos import model_service_pb2, prediction_service_pb2
 from inpaint.core.protos._pool import POOL
 from inpaint.core.tiling import TilingOptions
 
+from .admission import DEFAULT_BUDGET_MIB, DEFAULT_SHARE, MiB, MemoryBudget
 from .batching import BatchingOptions, BatchScheduler, DirectScheduler
 from .dataplane import DataPlane
 from .grpc_api import add_tf_serving_services
@@ -54,15 +55,18 @@ class ServerConfig:
     poll_seconds: float = 2.0
     enable_batching: bool = False
     batching: BatchingOptions = field(default_factory=BatchingOptions)
-    # Memory (README, "Memory"): a model run peaks at about 430 bytes per pixel, and never holds more than
-    # tile_above_pixels (photos over it run in windows, wide holes at that size), with up to compute_threads
-    # (or num_batch_threads) runs at once; requests' own tensors take about 24 bytes per pixel, and the
-    # pixels of all requests in flight are capped. With these defaults the worst case measured is 1,973 MiB
-    # (benchmarks/memory.py), inside the Deployment's 2.5 GiB.
+    # Memory (README, "Memory and limits"; serving/admission.py): every request reserves what it will cost
+    # (its message, tensors by dtype, model runs padded to multiples of 16 at 640 bytes a pixel, the
+    # large-photo path's arrays, its reply) from one budget of memory_budget_mib before it spends it, and no
+    # request may hold more than memory_share of it; the rest waits up to 2 s, then gets RESOURCE_EXHAUSTED
+    # (429). The default budget leaves room in the Deployment's 2.5 GiB for the idle process and its
+    # children (~300 MiB), ORT's arena (at most ~80 MiB a thread) and gRPC's receive buffers; the measured
+    # worst cases per path are in the README.
     max_pixels: int = 50_000_000           # per image
     max_images_per_request: int = 64
     max_request_pixels: int = 50_000_000   # N x H x W per request
-    max_inflight_pixels: int = 40_000_000  # N x H x W of all requests being served at once; more get 429
+    memory_budget_mib: int = DEFAULT_BUDGET_MIB  # what all requests in flight may hold together
+    memory_share: float = DEFAULT_SHARE    # the most of it one request may hold
     max_request_bytes: int | None = None   # None: from the pixel limits (request_bytes_for)
     tiling: str = "auto"                   # auto: photos over tile_above_pixels run in windows; off; always
     tile_above_pixels: int = TilingOptions.whole_max_pixels  # images up to this run whole; the most in one run
@@ -147,8 +151,9 @@ class InpaintServer:
         max_images = (min(config.max_images_per_request, config.batching.max_batch_size) if config.enable_batching
                       else config.max_images_per_request)
         limits = Limits(config.max_pixels, max_images, config.max_request_pixels)
+        self.budget = MemoryBudget(config.memory_budget_mib * MiB, config.memory_share)
         self.dataplane = DataPlane(self.manager, self.scheduler, limits, self.metrics, tiling, self.compute,
-                                   config.max_inflight_pixels)
+                                   self.budget)
         self.health = health_aio.HealthServicer()
         grpc_bytes, rest_bytes, json_values = request_bytes_for(config.max_request_pixels, config.tile_above_pixels)
         self.max_request_bytes = config.max_request_bytes or grpc_bytes
@@ -178,7 +183,8 @@ class InpaintServer:
         await self.grpc_server.start()
         if self.rest is not None:
             await self.rest.start_codec()
-            self.rest_app_runner = web.AppRunner(self.rest.app, access_log=None)
+            # Bodies are inflated by RestApi.read_body, with a cap and held from the memory budget.
+            self.rest_app_runner = web.AppRunner(self.rest.app, access_log=None, auto_decompress=False)
             await self.rest_app_runner.setup()
             await web.TCPSite(self.rest_app_runner, config.host, config.rest_port).start()
             self.rest_port = self.rest_app_runner.addresses[0][1]  # what port 0 resolved to
@@ -186,11 +192,11 @@ class InpaintServer:
                     config.model_base_path, config.host, self.grpc_port,
                     f"{config.host}:{self.rest_port}" if self.rest_port else "off",
                     config.batching if config.enable_batching else "off")
-        logger.info("limits: %d pixels per image, %d images and %d pixels per request, %d in flight; "
-                    "%d bytes per gRPC message, %d per REST body; tiling %s above %d pixels",
-                    config.max_pixels, self.dataplane.limits.max_images, config.max_request_pixels,
-                    config.max_inflight_pixels, self.max_request_bytes, self.max_rest_bytes, config.tiling,
-                    config.tile_above_pixels)
+        logger.info("limits: %d pixels per image, %d images and %d pixels per request; memory budget %d MiB "
+                    "(at most %d MiB a request); %d bytes per gRPC message, %d per REST body; tiling %s above "
+                    "%d pixels", config.max_pixels, self.dataplane.limits.max_images, config.max_request_pixels,
+                    config.memory_budget_mib, self.budget.per_request // MiB, self.max_request_bytes,
+                    self.max_rest_bytes, config.tiling, config.tile_above_pixels)
         self.poller = asyncio.get_running_loop().create_task(self.manager.poll_forever(config.poll_seconds))
         self.trimmer = asyncio.get_running_loop().create_task(self._return_memory_when_idle())
 
@@ -237,6 +243,7 @@ class InpaintServer:
         if self.rest is not None:
             self.rest.close()
         await self.scheduler.stop()
+        self.dataplane.close()
         self.compute.shutdown(wait=False, cancel_futures=True)
         self.loading.shutdown(wait=False, cancel_futures=True)
         self.stopped.set()

@@ -28,14 +28,15 @@ from typing import Awaitable, Callable, TypeVar
 import grpc
 import numpy as np
 
-from inpaint.core.contract import INPUT_CHANNELS, OUTPUT, OUTPUT_CHANNELS, VersionState
+from inpaint.core.contract import IMAGE, INPUT_CHANNELS, OUTPUT, OUTPUT_CHANNELS, VersionState
 from inpaint.core.protos import grpc_predict_v2_pb2 as pb
 
 from .dataplane import DataPlane, Outcome
 from .errors import InvalidInput, ModelNotFound
-from .grpc_api import call, deadline_of, raw_unary
+from .grpc_api import REPLY_BYTES_PER_VALUE, call, check_list_values, deadline_of, raw_unary
 from .inputs import Limits, check_shapes
 from .rest_codec import check_json_values, parse_body
+from .wire import WireError, infer_list_values
 
 T = TypeVar("T")
 
@@ -306,10 +307,23 @@ def encode_infer(model_name: str, version: int, request_id: str | None, output: 
 
 # -- gRPC ------------------------------------------------------------------------------------------
 
-def grpc_input_arrays(request: pb.ModelInferRequest, limits: Limits) -> dict[str, np.ndarray]:
-    """The request's inputs as numpy, after their declared shapes passed the limits."""
+def grpc_input_specs(request: pb.ModelInferRequest, limits: Limits) -> list[InputSpec]:
+    """The request's inputs as declared, checked against the signature and the limits."""
     specs = [InputSpec(tensor.name, tensor.datatype, tuple(tensor.shape)) for tensor in request.inputs]
     check_inputs(specs, limits)
+    return specs
+
+
+def infer_lists_checked(raw: bytes, limits: Limits) -> None:
+    try:
+        count = infer_list_values(raw, limits.max_list_values)
+    except WireError:
+        return  # not a message: the parser says so
+    check_list_values(count, limits)
+
+
+def grpc_input_arrays(request: pb.ModelInferRequest, specs: list[InputSpec]) -> dict[str, np.ndarray]:
+    """The request's inputs as numpy, after their declared shapes passed the limits (``grpc_input_specs``)."""
     raw = request.raw_input_contents
     if not raw:
         return {spec.name: array_from_contents(spec, tensor.contents) for spec, tensor in zip(specs, request.inputs)}
@@ -377,18 +391,24 @@ class InferenceServicer:
             version = requested_version(request.model_version)
             requested = check_outputs([output.name for output in request.outputs])
             output_names = list(dict.fromkeys(requested)) or [OUTPUT]
-            arrays = grpc_input_arrays(request, self.dataplane.limits)
+            specs, deadline = grpc_input_specs(request, self.dataplane.limits), deadline_of(context)
+            image = next(spec for spec in specs if spec.name == IMAGE)
+            listed = 0 if request.raw_input_contents else sum(spec.count for spec in specs)
+            await self.dataplane.admit_arrays(outcome, image.shape, max(spec.dtype.itemsize for spec in specs),
+                                              REPLY_BYTES_PER_VALUE * len(output_names), deadline, listed)
+            arrays = await self.dataplane.decoded(grpc_input_arrays, request, specs)
             prediction = await self.dataplane.predict(outcome, request.model_name, version, "", arrays,
-                                                      output_names, deadline_of(context))
+                                                      output_names, deadline)
             output = np.ascontiguousarray(prediction.outputs[OUTPUT])
             response = pb.ModelInferResponse(model_name=request.model_name, model_version=str(prediction.version),
                                              id=request.id)
             for name in output_names:
                 response.outputs.add(name=name, datatype=OUTPUT_DATATYPE, shape=output.shape)
                 response.raw_output_contents.append(output.tobytes())
-            return response
+            return response.SerializeToString()  # while its memory is still held
 
-        return await self._call(context, "predict", raw, pb.ModelInferRequest, handle)
+        return await call(context, self.dataplane, "predict", raw, pb.ModelInferRequest, handle, protocol=PROTOCOL,
+                          check_raw=lambda message: infer_lists_checked(message, self.dataplane.limits))
 
 
 def add_v2_service(server: grpc.aio.Server, dataplane: DataPlane) -> None:

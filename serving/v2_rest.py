@@ -21,10 +21,11 @@ import re
 
 from aiohttp import web
 
-from inpaint.core.contract import OUTPUT
+from inpaint.core.contract import IMAGE, OUTPUT
 
+from .admission import JSON_OUT_BYTES_PER_VALUE
 from .errors import InvalidInput, ModelNotFound, status_of
-from .rest import error_response
+from .rest import error_response, parse_cost
 from .v2_api import (PROTOCOL, array_from_bytes, decode_infer, encode_infer, model_metadata, model_ready,
                      requested_version, server_metadata)
 
@@ -82,17 +83,25 @@ class V2Rest:
         async def infer(outcome):
             version = requested_version(request.match_info.get("version", ""))
             rest = self.rest
-            body = await rest.read_body(request)
+            body = await rest.read_body(request, outcome)
+            deadline = rest.deadline()
             header_length = _header_length(request, len(body))
             header = body[:header_length] if header_length < len(body) else body
+            await self.dataplane.admit(outcome, parse_cost(header, rest.max_json_values), "parsing the body",
+                                       deadline)
             parsed = await rest.in_codec(len(header), decode_infer, header, len(body) - header_length,
                                           self.dataplane.limits, rest.max_json_values)
             arrays = dict(parsed.arrays)
             binary = memoryview(body)[header_length:]
+            image = next(spec for spec, _ in parsed.binary if spec.name == IMAGE) if IMAGE not in arrays else None
+            shape = arrays[IMAGE].shape if image is None else image.shape
+            itemsize = max([spec.dtype.itemsize for spec, _ in parsed.binary] + [1])
+            reply = sum(JSON_OUT_BYTES_PER_VALUE if not as_binary else 2 for _, as_binary in parsed.outputs)
+            await self.dataplane.admit_arrays(outcome, shape, itemsize, reply, deadline)
             for spec, offset in parsed.binary:  # sizes checked by decode_infer
                 arrays[spec.name] = array_from_bytes(spec, binary[offset : offset + spec.nbytes], "binary data")
             prediction = await self.dataplane.predict(outcome, name, version, "", arrays,
-                                                      [output for output, _ in parsed.outputs], rest.deadline())
+                                                      [output for output, _ in parsed.outputs], deadline)
             output = prediction.outputs[OUTPUT]
             json_bytes = sum(output.nbytes * 4 for _, as_binary in parsed.outputs if not as_binary)
             answer, json_length = await rest.in_codec(json_bytes, encode_infer, name, prediction.version,

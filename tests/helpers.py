@@ -120,3 +120,105 @@ class ServerThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         return finished
+
+
+# -- memory cgroups: a server under a memory cap like the pod's -------------------------------------------
+
+CGROUP_MEMORY_ROOT = "/sys/fs/cgroup/memory"
+
+
+def cgroup_unavailable_reason() -> str | None:
+    """Why a cgroup v1 memory cgroup cannot be made here (None when it can)."""
+    import os
+
+    if not os.path.isdir(CGROUP_MEMORY_ROOT):
+        return f"no cgroup v1 memory controller at {CGROUP_MEMORY_ROOT}"
+    probe = os.path.join(CGROUP_MEMORY_ROOT, f"inpaint-probe-{os.getpid()}")
+    try:
+        os.mkdir(probe)
+        os.rmdir(probe)
+    except OSError as error:
+        return f"cannot create a memory cgroup in {CGROUP_MEMORY_ROOT}: {error.strerror}"
+    return None
+
+
+class MemoryCgroup:
+    """A cgroup v1 memory cgroup capped at ``limit_bytes``: a process started with ``preexec`` runs in it (with
+    every child it starts), as a container runs under its pod's memory limit. The kernel's own counters are
+    the evidence: ``peak`` (memory.max_usage_in_bytes), ``failures`` (memory.failcnt: allocations that hit
+    the limit and made the kernel reclaim) and ``oom_kills`` (memory.oom_control). ``remove`` after."""
+
+    def __init__(self, limit_bytes: int, name: str | None = None):
+        import os
+
+        self.limit = limit_bytes
+        self.path = os.path.join(CGROUP_MEMORY_ROOT, name or f"inpaint-test-{os.getpid()}-{time.monotonic_ns()}")
+        os.mkdir(self.path)
+        self._write("memory.limit_in_bytes", str(limit_bytes))
+        try:
+            self._write("memory.memsw.limit_in_bytes", str(limit_bytes))  # no swap past the cap either
+        except OSError:
+            pass
+
+    def _write(self, name: str, value: str) -> None:
+        with open(f"{self.path}/{name}", "w") as handle:
+            handle.write(value)
+
+    def _read(self, name: str) -> str:
+        with open(f"{self.path}/{name}") as handle:
+            return handle.read()
+
+    def preexec(self) -> None:
+        """For ``subprocess.Popen(preexec_fn=...)``: the child joins the cgroup before it runs anything."""
+        import os
+
+        self._write("cgroup.procs", str(os.getpid()))
+
+    @property
+    def usage(self) -> int:
+        return int(self._read("memory.usage_in_bytes"))
+
+    @property
+    def peak(self) -> int:
+        return int(self._read("memory.max_usage_in_bytes"))
+
+    def reset_peak(self) -> None:
+        self._write("memory.max_usage_in_bytes", "0")
+
+    @property
+    def failures(self) -> int:
+        return int(self._read("memory.failcnt"))
+
+    @property
+    def oom_kills(self) -> int:
+        for line in self._read("memory.oom_control").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def rss(self) -> int:
+        """Resident anonymous memory and page cache charged to the cgroup (memory.stat's total_rss + cache)."""
+        stats = dict(line.split() for line in self._read("memory.stat").splitlines())
+        return int(stats.get("total_rss", stats.get("rss", 0)))
+
+    def remove(self) -> None:
+        """Move any process left to the parent cgroup, then delete this one."""
+        import os
+
+        try:
+            left = self._read("cgroup.procs").split()
+        except OSError:
+            return
+        for pid in left:
+            try:
+                with open(f"{CGROUP_MEMORY_ROOT}/cgroup.procs", "w") as handle:
+                    handle.write(pid)
+            except OSError:
+                pass
+        for _ in range(100):
+            try:
+                os.rmdir(self.path)
+                return
+            except OSError:
+                time.sleep(0.05)

@@ -242,7 +242,7 @@ def test_kserve_runtime_and_inference_service_render_and_agree():
     # The memory the Deployment was sized for, with the same limits.
     deployment = server_container(render("overlays/onnx-cpu"))
     assert container["resources"]["limits"]["memory"] == deployment["resources"]["limits"]["memory"]
-    for name in ("--max-pixels", "--max-request-pixels", "--max-inflight-pixels", "--tile-above-pixels"):
+    for name in ("--max-pixels", "--max-request-pixels", "--memory-budget-mib", "--tile-above-pixels"):
         assert flag(container["args"], name) == flag(deployment["args"], name), name
 
 

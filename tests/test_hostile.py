@@ -165,7 +165,16 @@ def test_json_arrays_are_refused_by_their_count_before_parsing(capped):
     capped.assert_alive_and_serving()
 
 
-def test_health_answers_quickly_while_a_large_json_body_is_parsed(capped):
+@pytest.fixture
+def roomy(onnx_repo):
+    """A capped server whose memory budget admits a 2 MP JSON body (parsed as Python lists: ~1 GB)."""
+    server = CappedServer(onnx_repo, "--memory-budget-mib", "4096")
+    yield server
+    server.stop()
+
+
+def test_health_answers_quickly_while_a_large_json_body_is_parsed(roomy):
+    capped = roomy
     image = np.random.default_rng(0).integers(0, 256, (1, 1400, 1400, 3), dtype=np.uint8)
     mask = np.zeros((1, 1400, 1400, 1), np.uint8)
     mask[:, 100:200, 100:900] = 1

@@ -1,0 +1,241 @@
+"""Memory admitted before it is spent: one budget per server, and what each request will cost.
+
+Every predict, on every path (TF Serving's gRPC and REST APIs, the Open Inference Protocol's, arrays or
+encoded files), reserves its cost from the server's one ``MemoryBudget`` before it allocates it, and gives it
+back when its answer has been written:
+
+1. **the message**, as soon as it has arrived (gRPC: the bytes received and their parsed copy; REST: the
+   body, reserved chunk by chunk as it is read and inflated, so a gzip bomb stops at what the budget holds);
+2. **the rest**, once the declared shapes and dtypes are known and before any array is built
+   (``predict_cost``): the decoded tensors at their dtype, the uint8 copies, the model runs padded as the
+   graph pads them (``contract.padded_pixels``), the large-photo path's own arrays (windows, hole maps),
+   decoded files, and the encoded reply.
+
+What does not fit waits, in arrival order, for at most ``wait_seconds`` (or the request's deadline), then
+is refused with RESOURCE_EXHAUSTED (HTTP 429). No request may hold more than ``share`` of the budget: one
+costing more is refused at once (RESOURCE_EXHAUSTED, HTTP 413), so whatever runs, the rest of the budget
+stays for the others (a 49 MP photo that runs for minutes cannot lock small requests out).
+
+The coefficients are measured with the shipped model (``benchmarks/soak.py`` and ``tests/test_memory_admission.py``
+check them under a memory cgroup); the budget's default leaves room under the Deployment's 2.5 GiB for the
+idle process and its children (about 300 MiB), ONNX Runtime's arena and what gRPC buffers while receiving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+from inpaint.core.contract import padded_pixels
+from inpaint.core.tiling import TilingOptions
+
+from .errors import QueueFull, RequestTooLarge
+
+logger = logging.getLogger(__name__)
+
+MiB = 2**20
+
+# One ONNX Runtime run of the shipped model, per pixel of the run as the graph pads it (measured: 640 B for
+# 1 x 1024 x 1024, 628 for 8 x 256 x 256, 640 for 16 x 65,536, 520 for 32 x 64 x 64).
+RUN_BYTES_PER_PIXEL = 640
+# inpaint_large's own arrays per pixel of the photo: the output copy, the hole map, the erosions (measured on
+# 50 MP: 5.2 B/px for a scratch or stripes) and, for wide holes, the component labels (13.0 B/px in all).
+TILED_BYTES_PER_PIXEL = 6
+WIDE_HOLES_BYTES_PER_PIXEL = 8
+# A decoded pair of files, per pixel: the decoder's BGR image and its RGB copy (one at a time), the mask's
+# pixels (up to RGBA) and its hole map.
+DECODED_FILE_BYTES_PER_PIXEL = 10
+# A PNG answer per pixel: the RGB->BGR copy and the encoded file (at most the raw size at level 1).
+PNG_OUT_BYTES_PER_PIXEL = 6
+# The parse of a REST JSON array body in the codec process, per value: the Python list slot and number
+# object, the body's copy sent to it, the float32 array and the arrays sent back.
+JSON_BYTES_PER_VALUE = 48
+# A JSON answer per value of the output: list slots, the JSON text and its copies between processes.
+JSON_OUT_BYTES_PER_VALUE = 24
+# gRPC value lists (int_val, float_val, typed contents) per value: the parsed repeated field and the numpy
+# arrays built from it.
+LIST_BYTES_PER_VALUE = 24
+
+DEFAULT_BUDGET_MIB = 1536
+DEFAULT_SHARE = 0.75
+DEFAULT_WAIT_SECONDS = 2.0
+
+
+def mib(nbytes: int) -> str:
+    return f"{nbytes / MiB:,.0f} MiB"
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one request will hold at most, by part, in bytes."""
+
+    message: int = 0   # the request as it arrived and as parsed
+    tensors: int = 0   # decoded arrays at their dtype and the uint8 copies the model takes
+    runs: int = 0      # the largest model run the request makes (runs of one request are sequential)
+    work: int = 0      # the large-photo path's arrays, decoded files, outputs
+    reply: int = 0     # the encoded answer
+
+    @property
+    def total(self) -> int:
+        return self.message + self.tensors + self.runs + self.work + self.reply
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{name} {mib(getattr(self, name))}" for name in ("message", "tensors", "runs", "work",
+                                                                              "reply") if getattr(self, name))
+        return f"{mib(self.total)} ({parts})"
+
+
+def inpaint_cost(count: int, height: int, width: int, tiling: TilingOptions) -> tuple[int, int]:
+    """``(runs, work)`` bytes of inpainting ``count`` uint8 images of ``height`` x ``width``, as the data plane
+    runs them: whole in runs of at most ``tiling.whole_max_pixels`` padded pixels, or one at a time in
+    windows (and the downscaled pass for wide holes)."""
+    pixels = count * height * width
+    if tiling.is_tiled(height, width):
+        run = window_run_pixels(height, width, tiling)
+        stacked = 3 * pixels if count > 1 else 0  # several photos' outputs are stacked into one array
+        return run * RUN_BYTES_PER_PIXEL, TILED_BYTES_PER_PIXEL * height * width + stacked
+    per_run = max(1, tiling.whole_max_pixels // padded_pixels(1, height, width))
+    run = padded_pixels(min(count, per_run), height, width)
+    outputs = 3 * pixels * (2 if count > per_run else 1)  # split runs are concatenated
+    return run * RUN_BYTES_PER_PIXEL, outputs
+
+
+def window_run_pixels(height: int, width: int, tiling: TilingOptions) -> int:
+    """The largest run of windows of a tiled photo, padded as the graph pads them."""
+    return tiling.batch * padded_pixels(1, *tiling.window_shape(height, width))
+
+
+def wide_holes_cost(height: int, width: int, tiling: TilingOptions) -> Cost:
+    """What a tiled photo with wide holes costs on top of ``inpaint_cost``: the downscaled pass's larger run and
+    the hole components' labels. Reserved once the mask shows wide holes, before that pass runs."""
+    extra_run = max(0, tiling.run_pixels(height, width) - window_run_pixels(height, width, tiling))
+    return Cost(runs=extra_run * RUN_BYTES_PER_PIXEL, work=WIDE_HOLES_BYTES_PER_PIXEL * height * width)
+
+
+def tensors_cost(count: int, height: int, width: int, itemsize: int) -> int:
+    """The image and mask arrays at their dtype, and their uint8 copies when they are float."""
+    values = count * height * width * 4
+    return values * itemsize + (values if itemsize > 1 else 0)
+
+
+def array_predict_cost(count: int, height: int, width: int, itemsize: int, tiling: TilingOptions,
+                       reply_bytes_per_value: int, list_values: int = 0) -> Cost:
+    """A ``serving_default`` request once its message is held: tensors, runs, work and the reply."""
+    runs, work = inpaint_cost(count, height, width, tiling)
+    reply = reply_bytes_per_value * count * height * width * 3
+    return Cost(tensors=tensors_cost(count, height, width, itemsize) + LIST_BYTES_PER_VALUE * list_values,
+                runs=runs, work=work, reply=reply)
+
+
+def files_predict_cost(sizes: list[tuple[int, int]], tiling: TilingOptions, reply_factor: float) -> Cost:
+    """A ``serving_bytes`` request: its pairs are decoded, inpainted and encoded one at a time, and the PNG
+    answers (at most ``PNG_OUT_BYTES_PER_PIXEL / 2`` bytes a pixel each) are kept until the reply."""
+    largest = max(height * width for height, width in sizes)
+    runs = max(inpaint_cost(1, height, width, tiling)[0] for height, width in sizes)
+    work = max(inpaint_cost(1, height, width, tiling)[1] for height, width in sizes)
+    pngs = sum(3 * height * width for height, width in sizes)
+    return Cost(tensors=DECODED_FILE_BYTES_PER_PIXEL * largest, runs=runs,
+                work=work + PNG_OUT_BYTES_PER_PIXEL * largest, reply=int(pngs * reply_factor))
+
+
+class Reservation:
+    """Bytes held from a ``MemoryBudget`` until ``release``; ``grow`` adds to them."""
+
+    def __init__(self, budget: "MemoryBudget"):
+        self.budget, self.nbytes = budget, 0
+
+    async def grow(self, nbytes: int, what: str, deadline: float | None = None) -> None:
+        """Hold ``nbytes`` more, waiting for them as ``MemoryBudget.reserve`` does."""
+        await self.budget.acquire(self, nbytes, what, deadline)
+
+    def grow_now(self, nbytes: int, what: str) -> None:
+        """Hold ``nbytes`` more now, or QueueFull (nothing waits: a body being read holds its connection)."""
+        self.budget.acquire_now(self, nbytes, what)
+
+    def release(self) -> None:
+        self.budget.give_back(self)
+
+
+class MemoryBudget:
+    """The bytes every request in flight may hold together; first come, first served, with a bounded wait."""
+
+    def __init__(self, total: int, share: float = DEFAULT_SHARE, wait_seconds: float = DEFAULT_WAIT_SECONDS):
+        if total < 1 or not 0 < share <= 1:
+            raise ValueError(f"memory budget {total} bytes with share {share}: need a positive budget and a "
+                             "share in (0, 1]")
+        self.total, self.share, self.wait_seconds = total, share, wait_seconds
+        self.held = 0
+        self.peak = 0
+        self._waiters: deque[tuple[int, asyncio.Future]] = deque()
+
+    @property
+    def per_request(self) -> int:
+        """The most one request may hold."""
+        return int(self.total * self.share)
+
+    def reservation(self) -> Reservation:
+        return Reservation(self)
+
+    def _check_share(self, reservation: Reservation, nbytes: int, what: str) -> None:
+        if reservation.nbytes + nbytes > self.per_request:
+            raise RequestTooLarge(f"{what} needs {mib(reservation.nbytes + nbytes)} of memory, over the "
+                                  f"{mib(self.per_request)} one request may hold ({self.share:.0%} of "
+                                  f"--memory-budget-mib {self.total // MiB}); send a smaller image, uint8 "
+                                  "rather than float, or fewer images at once")
+
+    def _fits(self, nbytes: int) -> bool:
+        return self.held + nbytes <= self.total
+
+    def _take(self, reservation: Reservation, nbytes: int) -> None:
+        self.held += nbytes
+        self.peak = max(self.peak, self.held)
+        reservation.nbytes += nbytes
+
+    def _busy(self, nbytes: int, what: str) -> QueueFull:
+        return QueueFull(f"server is busy: {what} needs {mib(nbytes)} of memory and requests in flight hold "
+                         f"{mib(self.held)} of the {mib(self.total)} budget (--memory-budget-mib); retry later")
+
+    def acquire_now(self, reservation: Reservation, nbytes: int, what: str) -> None:
+        self._check_share(reservation, nbytes, what)
+        if not self._fits(nbytes):
+            raise self._busy(nbytes, what)
+        self._take(reservation, nbytes)
+
+    async def acquire(self, reservation: Reservation, nbytes: int, what: str, deadline: float | None) -> None:
+        self._check_share(reservation, nbytes, what)
+        if not self._waiters and self._fits(nbytes):
+            self._take(reservation, nbytes)
+            return
+        loop = asyncio.get_running_loop()
+        timeout = self.wait_seconds if deadline is None else min(self.wait_seconds, deadline - loop.time())
+        waiter = loop.create_future()
+        entry = (nbytes, waiter)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(waiter, max(timeout, 0.0))
+        except asyncio.TimeoutError:
+            raise self._busy(nbytes, what) from None
+        finally:
+            if waiter.done() and not waiter.cancelled():
+                reservation.nbytes += nbytes  # _wake took them for us
+            else:
+                if entry in self._waiters:
+                    self._waiters.remove(entry)
+                self._wake()  # the first in line left: those behind it may fit
+
+    def _wake(self) -> None:
+        """Let waiters in, in arrival order, while the first one fits."""
+        while self._waiters and self._fits(self._waiters[0][0]):
+            nbytes, waiter = self._waiters.popleft()
+            if waiter.done():
+                continue
+            self.held += nbytes
+            self.peak = max(self.peak, self.held)
+            waiter.set_result(None)
+
+    def give_back(self, reservation: Reservation) -> None:
+        self.held -= reservation.nbytes
+        reservation.nbytes = 0
+        self._wake()
