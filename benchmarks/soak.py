@@ -123,7 +123,7 @@ class Soak:
         way = rng.choice(["grpc", "v2", "rest"])
         kind = f"mix {way} {width}x{height}"
         if way == "grpc":
-            self.grpc_call(kind, self.tf.Predict, predict_request(image[None], mask[None]))
+            self.grpc_call(kind, self.tf.Predict, predict_request(image[None], mask[None], "inpaint"))
         elif way == "v2":
             self.grpc_call(kind, self.v2.ModelInfer, infer_request(image[None], mask[None], "inpaint"))
         elif height * width <= 256 * 256:
@@ -146,10 +146,10 @@ class Soak:
     def burst(self) -> None:
         """The worst admitted requests, all at once."""
         big_image, big_mask = photo(4000, 6000, 7)
-        big = predict_request(big_image[None], big_mask[None])
+        big = predict_request(big_image[None], big_mask[None], "inpaint")
         as_float = predict_request(big_image[None, :3000, :4000].astype(np.float32) / 255,
-                                   big_mask[None, :3000, :4000].astype(np.float32))
-        strip = predict_request(np.zeros((1, 1, 262_144, 3), np.uint8), np.ones((1, 1, 262_144, 1), np.uint8))
+                                   big_mask[None, :3000, :4000].astype(np.float32), "inpaint")
+        strip = predict_request(np.zeros((1, 1, 262_144, 3), np.uint8), np.ones((1, 1, 262_144, 1), np.uint8), "inpaint")
         bomb = gzip.compress(b" " * (400 * MiB))
         jpeg = many_scans_jpeg()
         jpeg_request = predict_bytes_request([jpeg], [cv2.imencode(".png", np.zeros((1200, 1600), np.uint8))[1]

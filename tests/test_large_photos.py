@@ -79,10 +79,13 @@ def test_many_small_images_in_one_request_run_in_bounded_groups(onnx_repo, start
     assert (images_run, runs) == (7, 4), "7 images over runs of at most 2"
 
 
-def test_requests_over_the_inflight_budget_are_refused_while_others_run(shipped_repo, start_server):
+def test_a_large_photo_holds_only_its_share_of_the_memory_budget_while_others_run(shipped_repo, start_server):
+    """A request may hold at most --memory-share of --memory-budget-mib: while a large photo runs, small
+    requests are admitted and served, not refused; a request costing more than its share gets 413's
+    RESOURCE_EXHAUSTED at once."""
     height, width = 1100, 1500
-    server = start_server(shipped_repo, rest_port=None, tile_above_pixels=2**20,
-                          max_inflight_pixels=height * width + 10)
+    server = start_server(shipped_repo, rest_port=None, tile_above_pixels=2**20, memory_budget_mib=768,
+                          memory_share=0.75)
     image, mask = photo(height, width), diagonal_scratch(height, width)
     first: dict = {}
 
@@ -92,13 +95,17 @@ def test_requests_over_the_inflight_budget_are_refused_while_others_run(shipped_
 
     sender = threading.Thread(target=send_first)
     sender.start()
-    wait_for(lambda: server.call(lambda: server.server.dataplane.inflight_pixels) > 0, what="first request in flight")
+    budget = server.server.budget
+    wait_for(lambda: server.call(lambda: budget.held) > 0, what="first request in flight")
     with InpaintClient(server.grpc_target) as client:
-        with pytest.raises(Overloaded, match="max-inflight-pixels"):
-            client.inpaint(image[:100, :100], mask[:100, :100], timeout=30)
+        assert client.inpaint(image[:100, :100], mask[:100, :100], timeout=30).shape == (100, 100, 3)
     sender.join()
     assert first["output"].shape == image.shape
-    assert server.call(lambda: server.server.dataplane.inflight_pixels) == 0
+    assert server.call(lambda: budget.held) == 0
+    huge = start_server(shipped_repo, rest_port=None, memory_budget_mib=64)
+    with InpaintClient(huge.grpc_target, tiling=TilingOptions(mode="off")) as client:
+        with pytest.raises(Exception, match="one request may hold"):
+            client.inpaint(image, mask, timeout=30)
 
 
 def test_tiling_off_refuses_an_image_limit_above_what_one_run_may_hold(tmp_path):
