@@ -174,6 +174,8 @@ def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port
         asyncio.run(serve(config))
     except OSError as error:
         raise click.ClickException(str(error)) from None
+    except KeyboardInterrupt:  # Ctrl+C before serve() handles it: nothing was started yet
+        sys.exit(130)
 
 
 if __name__ == "__main__":

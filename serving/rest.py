@@ -22,7 +22,11 @@ import asyncio
 import json
 import multiprocessing
 import zlib
+import os
 import re
+import select
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -76,8 +80,43 @@ def error_response(status: int, message: str) -> web.Response:
 
 
 def _codec_pool() -> ProcessPoolExecutor:
-    """One worker, from a fork server: forking this threaded process directly is unsafe."""
-    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
+    """One worker, from a fork server: forking this threaded process directly is unsafe.
+
+    The worker exits when the server does, however the server ends (even SIGKILL), and with it the fork
+    server and multiprocessing's resource tracker, which live while it holds their pipes.
+    """
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"),
+                               initializer=exit_with, initargs=(os.getpid(),))
+
+
+def exit_with(pid: int) -> None:
+    """In a child process: exit as soon as process ``pid`` has ended (watched by a daemon thread)."""
+    try:
+        watched = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfd (not Linux 5.3+): poll for the process instead
+        watched = None
+    if watched is None and not _alive(pid):
+        os._exit(0)
+    threading.Thread(target=_exit_when_gone, args=(pid, watched), name=f"exit-with-{pid}", daemon=True).start()
+
+
+def _exit_when_gone(pid: int, watched: int | None) -> None:
+    if watched is not None:
+        select.select([watched], [], [])  # readable once the process has exited
+    else:
+        while _alive(pid):
+            time.sleep(1.0)
+    os._exit(0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class RestApi:

@@ -252,12 +252,33 @@ class InpaintServer:
 
 
 async def serve(config: ServerConfig) -> None:
-    """Run until SIGTERM or SIGINT, then drain and return."""
-    server = InpaintServer(config)
-    await server.start()
+    """Run until SIGTERM or SIGINT, then drain and return.
+
+    The signals are handled before anything starts, so a server stopped while it starts (its codec process
+    half-spawned, say) still stops its children: none is left behind.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await server.drain_and_stop()
+    server = InpaintServer(config)
+    try:
+        if await started_unless_stopped(server, stop):
+            await stop.wait()
+    finally:
+        await server.drain_and_stop()
+
+
+async def started_unless_stopped(server: InpaintServer, stop: asyncio.Event) -> bool:
+    """Start ``server``; False if ``stop`` is set first (the start is cancelled, what it started is kept)."""
+    starting = asyncio.ensure_future(server.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if starting.done():
+        starting.result()  # a failed start raises here
+        return True
+    logger.info("stopped while starting")
+    starting.cancel()
+    await asyncio.gather(starting, return_exceptions=True)
+    return False
