@@ -164,9 +164,10 @@ class _ClientBase:
             raise InvalidInput(f"{len(images)} images but {len(masks)} masks")
         pairs = []
         for index, (image, mask) in enumerate(zip(images, masks)):
+            name = f"image #{index}" if len(images) > 1 else "image"
             try:
-                image, mask = as_image(image), as_mask(mask)
-                check_pair(image, mask, f"image #{index}" if len(images) > 1 else "image")
+                image, mask = as_image(image), as_mask(mask, "mask" if len(images) == 1 else f"mask of {name}")
+                check_pair(image, mask, name)
             except ImageError as error:
                 raise InvalidInput(str(error)) from None
             pairs.append((image, mask))

@@ -3,11 +3,17 @@
 The client checks what it sends with it, the trainer reads its photos with it,
 and the server decodes ``serving_bytes`` requests with it.
 
-**The mask rule**, for files, encoded bytes and arrays alike: in a mask with an
-alpha channel (grey + alpha, RGBA), transparent pixels (alpha below 255) are
-holes; a mask without one, or whose every pixel is opaque, marks holes with
-its nonzero pixels (any colour channel). So a black mask with white strokes
-and a photo with the damage erased to transparency both work.
+**The mask rule**, for files, encoded bytes and arrays alike (``holes_of``), read
+at 8 bits (16-bit levels // 257, floats in [0, 1] times 255): a pixel is a hole
+where its level is at least half the scale, 128 of 255, in any colour channel;
+in a mask with transparency (an alpha channel below 255 somewhere) where its
+alpha is below 128. A mask holding only 0 and 1 marks holes with its 1s. So JPEG
+noise and a brush's anti-aliased edges do not become holes, a black mask with
+white strokes and a photo with the damage erased to transparency both work, and
+two mistakes are refused instead of answered with a useless image: a photo given
+as the mask (over a quarter of its pixels shades of grey, levels 16-239 besides
+the 4 most common ones, which flat-coloured strokes may use) and a mask whose
+holes cover over 90 % of the image (IMAGE and MASK swapped, or an inverted mask).
 
 Encoded images (PNG, JPEG, WebP, BMP) are measured from their headers before
 anything is decoded: a 40-byte file claiming 100,000 x 100,000 pixels is refused
@@ -34,6 +40,11 @@ class ImageError(ValueError):
 
 class ImageTooLarge(ImageError):
     """An encoded image whose header declares more pixels than allowed."""
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Every image file under ``folder``, subfolders too, sorted: how a folder of photos is read everywhere."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def _decode(path: Path, what: str) -> np.ndarray:
@@ -75,25 +86,76 @@ def as_image(value: ImageLike) -> np.ndarray:
     return read_image(Path(value)) if isinstance(value, (str, Path)) else to_rgb(np.asarray(value))
 
 
-def as_mask(value: ImageLike) -> np.ndarray:
-    """A mask as uint8 HxW {0, 1}, by the module's mask rule."""
-    return holes_of(_decode(Path(value), "mask") if isinstance(value, (str, Path)) else np.asarray(value))
+def as_mask(value: ImageLike, what: str = "mask") -> np.ndarray:
+    """A mask as uint8 HxW {0, 1}, by the module's mask rule; MaskError for a photo or an all-hole mask."""
+    if isinstance(value, (str, Path)):
+        return holes_of(_decode(Path(value), what), f"{what} {value}")
+    return holes_of(np.asarray(value), what)
 
 
-def holes_of(mask: np.ndarray) -> np.ndarray:
-    """uint8 HxW {0, 1} from a mask's pixels: transparent ones if it has alpha and any, else nonzero ones."""
-    if mask.ndim == 3 and mask.shape[2] in (2, 4):
-        alpha = mask[..., -1]
-        opaque = np.iinfo(mask.dtype).max if np.issubdtype(mask.dtype, np.integer) else 1.0
-        transparent = alpha < opaque
-        if transparent.any():
-            return transparent.astype(np.uint8)
-        mask = mask[..., :-1]
-    if mask.ndim == 3:
-        mask = mask.any(axis=2)
-    if mask.ndim != 2:
-        raise ImageError(f"mask must be HxW or HxWxC, got shape {mask.shape}")
-    return (mask != 0).astype(np.uint8)
+# The mask rule's levels, at 8 bits.
+HOLE_LEVEL = 128                 # a hole at or above this level, or with alpha below it where there is transparency
+GREY_LEVELS = (16, 239)          # neither black nor white: JPEG noise and brush edges put few pixels here
+FLAT_SHADES = 4                  # the most common grey levels do not count: a mask may be drawn in flat colours
+PHOTO_GREY_FRACTION = 0.25       # more grey pixels than this, of other levels: a photo, not a mask
+MOST_HOLES = 0.9                 # holes over this fraction of the image leave nothing to fill them from
+
+
+class MaskError(ImageError):
+    """A readable mask that cannot be what was meant: a photo, or holes over (nearly) the whole image."""
+
+
+def mask_levels(mask: np.ndarray) -> np.ndarray:
+    """A mask's pixels as 8-bit levels: uint8 as it is, 16-bit // 257, bool and [0, 1] floats scaled to 255."""
+    if mask.dtype == np.uint8:
+        return mask
+    if mask.dtype == np.bool_:
+        return mask.astype(np.uint8)
+    if mask.dtype == np.uint16:
+        return (mask // 257).astype(np.uint8)
+    if np.issubdtype(mask.dtype, np.floating) and (not mask.size or (mask.min() >= 0 and mask.max() <= 1)):
+        return np.round(mask * 255).astype(np.uint8)
+    if np.issubdtype(mask.dtype, np.integer) and (not mask.size or (mask.min() >= 0 and mask.max() <= 255)):
+        return mask.astype(np.uint8)
+    raise ImageError(f"mask must be uint8 (0-255 or 0/1), uint16, bool or float in [0, 1], got {mask.dtype} "
+                     "values outside that range")
+
+
+def holes_of(mask: np.ndarray, what: str = "mask") -> np.ndarray:
+    """uint8 HxW {0, 1} from a mask's pixels by the module's mask rule; MaskError for a photo or all holes."""
+    levels = mask_levels(mask)
+    if levels.ndim == 3 and levels.shape[2] in (2, 4) and np.any(levels[..., -1] < 255):
+        decisive = levels[..., -1]
+        holes = decisive < HOLE_LEVEL
+    else:
+        if levels.ndim == 3:
+            levels = levels[..., :-1] if levels.shape[2] in (2, 4) else levels
+            levels = levels.max(axis=2)
+        if levels.ndim != 2:
+            raise ImageError(f"{what} must be HxW or HxWxC, got shape {mask.shape}")
+        decisive = levels
+        binary = decisive.size > 0 and decisive.max() == 1
+        holes = decisive >= (1 if binary else HOLE_LEVEL)
+    check_mask(decisive, holes, what)
+    return holes.astype(np.uint8)
+
+
+def check_mask(levels: np.ndarray, holes: np.ndarray, what: str = "mask") -> None:
+    """MaskError where the levels that decided (colour or alpha) are a photo's, or holes cover the image."""
+    if not levels.size:
+        return
+    low, high = GREY_LEVELS
+    shades = np.sort(np.bincount(levels.ravel(), minlength=256)[low : high + 1])
+    grey = int(shades[:-FLAT_SHADES].sum()) / levels.size
+    if grey > PHOTO_GREY_FRACTION:
+        raise MaskError(f"{what} looks like a photo, not a mask: {grey:.0%} of its pixels are shades of grey "
+                        f"(levels {low}-{high} of 255), where a mask is black with its holes white (or "
+                        "transparent); did you swap IMAGE and MASK?")
+    covered = np.count_nonzero(holes) / holes.size
+    if covered > MOST_HOLES:
+        raise MaskError(f"{what} marks {covered:.0%} of the image as holes (white, or transparent), over "
+                        f"{MOST_HOLES:.0%}: nothing is left to fill them from; did you swap IMAGE and MASK, or "
+                        "invert the mask?")
 
 
 def check_pair(image: np.ndarray, mask: np.ndarray, name: str = "image") -> None:
@@ -229,7 +291,7 @@ def decode_image(data: bytes, max_pixels: int, what: str = "image") -> np.ndarra
 
 def decode_mask(data: bytes, max_pixels: int, what: str = "mask") -> np.ndarray:
     """uint8 ``(H, W)`` {0, 1} from encoded bytes, by the mask rule, checked against ``max_pixels`` first."""
-    return holes_of(_decode_bytes(data, max_pixels, what))
+    return holes_of(_decode_bytes(data, max_pixels, what), what)
 
 
 def encode_png(image: np.ndarray, compression: int = 1) -> bytes:

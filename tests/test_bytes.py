@@ -115,21 +115,24 @@ def test_unreadable_bytes_are_named(data, fragment):
         decode_mask(data, 10**6, "input 'mask_bytes'[3]")
 
 
-def test_the_mask_rule_nonzero_pixels_or_transparent_ones():
+def test_the_mask_rule_half_scale_or_transparent_ones():
     grey = np.zeros((4, 5), np.uint8)
-    grey[1, 2] = 9
+    grey[1, 2], grey[2, 2], grey[3, 0] = 128, 127, 9  # half scale and up is a hole; JPEG-like noise is not
     assert holes_of(grey).sum() == 1 and holes_of(np.dstack([grey] * 3)).sum() == 1
+    assert holes_of((grey >= 128).astype(np.uint8)).sum() == 1, "a mask of 0 and 1 marks holes with its 1s"
     erased = np.full((4, 5, 4), 200, np.uint8)   # a photo with the damage erased to transparency
     erased[..., 3] = 255
     erased[2:4, 0:2, 3] = 0
-    erased[0, 4, 3] = 128                        # partly erased counts as erased
+    erased[0, 4, 3] = 127                        # mostly erased counts as erased
+    erased[0, 3, 3] = 128                        # half erased does not
     assert holes_of(erased).tolist() == [[0, 0, 0, 0, 1], [0] * 5, [1, 1, 0, 0, 0], [1, 1, 0, 0, 0]]
     opaque = np.zeros((4, 5, 4), np.uint8)       # an RGBA mask that is opaque everywhere: colour decides
     opaque[..., 3] = 255
     opaque[3, 3, :3] = 255
     assert holes_of(opaque).sum() == 1
-    rgba_png = encode(np.dstack([grey * 0, grey * 0, grey * 0, 255 - grey * 28]), ".png")
+    rgba_png = encode(np.dstack([grey * 0, grey * 0, grey * 0, 255 - (grey >= 128) * 252]).astype(np.uint8), ".png")
     assert decode_mask(rgba_png, 100).tolist() == holes_of(grey).tolist()
+    assert decode_mask(encode(grey.astype(np.uint16) * 257, ".png"), 100).tolist() == holes_of(grey).tolist()
 
 
 # -- the server ----------------------------------------------------------------------------------------------

@@ -56,13 +56,35 @@ def image_files(photo: np.ndarray) -> dict[str, bytes]:
 
 
 def mask_files(holes: np.ndarray, photo: np.ndarray) -> dict[str, bytes]:
-    """The same holes as a grey PNG, a colour PNG and a photo erased to transparency."""
+    """The same holes, by the mask rule, as a grey PNG, a colour PNG, a photo erased to transparency, and as
+    masks whose other pixels are not all zero: JPEG noise, a brush's anti-aliased edge, a soft eraser."""
     white = (holes * 255).astype(np.uint8)
+    # A brush's edge: some pixels next to the holes just under half scale (not holes), some holes at half.
+    columns = np.arange(holes.shape[1])
+    edge = (cv2.dilate(white, np.ones((3, 3), np.uint8)) > 0) & ~holes & (columns % 3 == 0)
+    brushed = np.where(holes, 255, np.where(edge, 127, 0)).astype(np.uint8)
+    brushed[holes & (columns % 5 == 0)] = 128
     return {
         "grey png": encode(white, ".png"),
         "rgb png": encode(np.dstack([white, np.zeros_like(white), white // 2]), ".png"),
         "rgba transparent": encode(np.dstack([photo, np.where(holes, 0, 255).astype(np.uint8)]), ".png"),
+        "grey jpeg": encode(white, ".jpg", cv2.IMWRITE_JPEG_QUALITY, 90),
+        "anti-aliased png": encode(brushed, ".png"),
+        "anti-aliased 16-bit png": encode(brushed.astype(np.uint16) * 257, ".png"),
+        "soft eraser rgba": encode(np.dstack([photo, 255 - brushed]), ".png"),  # alpha 127 a hole, 128 not
+        "0 and 1 png": encode(holes.astype(np.uint8), ".png"),
     }
+
+
+def test_every_mask_file_holds_exactly_the_holes_by_the_mask_rule():
+    """Noise below half scale, edges at 127 and soft alpha at 128 are not holes; the old rule (nonzero) said so."""
+    from inpaint.core.images import decode_mask
+
+    holes, photo = strokes(*SIZE), random_image(*SIZE, seed=12)
+    for name, data in mask_files(holes, photo).items():
+        np.testing.assert_array_equal(decode_mask(data, MAX_PIXELS), holes, err_msg=name)
+    jpeg = cv2.imdecode(np.frombuffer(mask_files(holes, photo)["grey jpeg"], np.uint8), cv2.IMREAD_UNCHANGED)
+    assert np.count_nonzero(jpeg) > holes.sum(), "the JPEG's noise made holes under the nonzero rule"
 
 
 @pytest.fixture(scope="module")
@@ -151,10 +173,37 @@ def test_a_mask_of_another_size_is_an_invalid_argument_naming_the_inputs(shipped
     photo = encode(random_image(37, 53), ".png")
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=r"mask_bytes\[1\] is 53x30 but image_bytes\[1\] is 53x37; they must match"):
-        serve_bytes(shipped, [photo, photo], [encode(np.ones((37, 53), np.uint8), ".png"),
-                                              encode(np.ones((30, 53), np.uint8), ".png")])
+        serve_bytes(shipped, [photo, photo], [encode(strokes(37, 53).astype(np.uint8), ".png"),
+                                              encode(strokes(30, 53).astype(np.uint8), ".png")])
     with pytest.raises(tf.errors.InvalidArgumentError, match="image_bytes holds 1 files and mask_bytes 2"):
-        serve_bytes(shipped, [photo], [encode(np.ones((37, 53), np.uint8), ".png")] * 2)
+        serve_bytes(shipped, [photo], [encode(strokes(37, 53).astype(np.uint8), ".png")] * 2)
+
+
+def test_a_photo_as_the_mask_and_an_all_hole_mask_are_invalid_arguments_as_in_the_server(shipped):
+    """The mask rule's two refusals, in the graph (TF Serving) with the words inpaint-serve uses."""
+    import tensorflow as tf
+
+    from inpaint.core.images import MaskError, decode_mask
+
+    photo = encode(smooth_photo(37, 53), ".jpg")
+    white = encode(np.full((37, 53), 255, np.uint8), ".png")
+    cases = [(photo, r"looks like a photo, not a mask: \d+% of its pixels are shades of grey .* did you swap IMAGE "
+                     r"and MASK\?"),
+             (white, r"marks 100% of the image as holes .* over 90%: nothing is left to fill them from; did you swap "
+                     r"IMAGE and MASK, or invert the mask\?")]
+    good = encode(strokes(37, 53).astype(np.uint8) * 255, ".png")
+    for mask, message in cases:
+        with pytest.raises(MaskError, match="^mask " + message):
+            decode_mask(mask, MAX_PIXELS)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"mask_bytes\[1\] " + message):
+            serve_bytes(shipped, [photo, photo], [good, mask])
+
+
+def smooth_photo(height: int, width: int) -> np.ndarray:
+    """Gradients and texture: what a photo's levels look like (mostly mid-grey)."""
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 200 / width, y * 200 / height, (x + y) * 100 / (width + height)], -1) + 30
+    return np.clip(base + np.random.default_rng(3).normal(0, 10, base.shape), 0, 255).astype(np.uint8)
 
 
 def test_the_warmup_file_holds_one_request_per_signature_and_each_runs(shipped):

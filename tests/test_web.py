@@ -9,6 +9,7 @@ playwright``; not ``playwright install``: the browser is Debian's).
 from __future__ import annotations
 
 import base64
+import json
 import re
 import struct
 import urllib.request
@@ -246,6 +247,42 @@ def test_a_rotated_jpeg_is_sent_as_shown(start_server, onnx_repo, page, tmp_path
     # Outside the stroke: the shown pixels, up to the two JPEG decoders' rounding.
     difference = np.abs(result.astype(int) - shown.astype(int))[~band]
     assert difference.mean() < 1.5 and np.percentile(difference, 99) <= 4, difference.max()
+
+
+def sent_mask(body: str) -> np.ndarray:
+    """The mask file of a ``serving_bytes`` request body, decoded as stored (grey levels)."""
+    instance = json.loads(body)["instances"][0]
+    data = base64.b64decode(instance["mask_bytes"]["b64"])
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+
+
+def test_the_page_decides_brush_edges_by_the_mask_rule_and_refuses_strokes_over_the_photo(start_server, onnx_repo,
+                                                                                           page, tmp_path):
+    """The mask sent holds only black and white (the anti-aliased edges decided at half scale, as the server
+    would); strokes over (nearly) the whole photo are refused on the page, with nothing sent."""
+    server = start_server(onnx_repo)
+    bodies: list[str] = []
+    page.on("request", lambda request: bodies.append(request.post_data) if request.method == "POST" else None)
+    photo = random_image(120, 160, seed=5)
+    open_page(page, server)
+    choose_photo(page, write_png(tmp_path / "small.png", photo), 160, 120)
+    set_brush(page, BRUSH)
+    box, a, b = drag(page, (0.1, 0.3), (0.9, 0.7))
+    page.click("#inpaint")
+    _, result = download_result(page)
+    mask = sent_mask(bodies[-1])
+    assert set(np.unique(mask)) == {0, 255}, np.unique(mask)
+    np.testing.assert_array_equal(result == FILL, np.repeat((mask == 255)[..., None], 3, axis=2) | (photo == FILL))
+
+    set_brush(page, 160)
+    for row in np.linspace(0.02, 0.98, 7):
+        drag(page, (0.01, row), (0.99, row))
+    page.click("#inpaint")
+    page.wait_for_selector("#status.error", timeout=WAIT_MS)
+    message = page.inner_text("#status")
+    assert re.search(r"the strokes cover (9\d|100) % of the photo, over 90 %", message), message
+    assert len(bodies) == 1, "nothing was sent the second time"
+    assert page.is_enabled("#inpaint")
 
 
 def fetch(url: str) -> tuple[str, str]:

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from inpaint.core.contract import (BYTES_SIGNATURE_NAME, IMAGE, IMAGE_BYTES, MASK, MASK_BYTES, OUTPUT,
                                    OUTPUT_BYTES, SIGNATURE_NAME)
+from inpaint.core.images import FLAT_SHADES, GREY_LEVELS, HOLE_LEVEL, MOST_HOLES, PHOTO_GREY_FRACTION
 from inpaint.core.masks import mask_batch
 from inpaint.core.tensors import predict_bytes_request, predict_request
 
@@ -28,7 +29,6 @@ JPEG_SIGNATURE = b"\xff\xd8"  # what core.images.encoded_size takes for a JPEG
 # Files are decoded to 16 bits: 8-bit levels times 257 are exactly the 16-bit ones (255 -> 65535), and
 # // 257 brings both back to 8 bits as core.images.to_rgb does.
 LEVELS_8_TO_16 = 257
-OPAQUE_16 = 65535
 PNG_COMPRESSION = 1  # as core.images.encode_png: a 12 MP photo takes seconds at zlib's default
 
 
@@ -99,9 +99,10 @@ def inpaint_file(model: keras.Model, depth: int, index: tf.Tensor, image_file: t
                  mask_file: tf.Tensor) -> tf.Tensor:
     """The PNG of one inpainted image, from its encoded image and mask files."""
     image = rgb_of(decode_pixels(image_file))
-    holes = holes_of_pixels(decode_pixels(mask_file))
-    with tf.control_dependencies([check_same_size(index, image, holes)]):
-        inpainted = inpaint_arrays(model, image[None], holes[None, :, :, None], depth)
+    mask = decode_pixels(mask_file)
+    with tf.control_dependencies([check_same_size(index, image, mask)]):
+        holes = holes_of_pixels(mask, index)
+    inpainted = inpaint_arrays(model, image[None], holes[None, :, :, None], depth)
     return tf.io.encode_png(inpainted[0], compression=PNG_COMPRESSION)
 
 
@@ -156,16 +157,22 @@ def rgb_of(pixels: tf.Tensor) -> tf.Tensor:
     return tf.ensure_shape(tf.cast(rgb, tf.uint8), [None, None, 3])
 
 
-def holes_of_pixels(pixels: tf.Tensor) -> tf.Tensor:
-    """uint8 [H, W] {0, 1} by ``core.images.holes_of``'s rule.
+def holes_of_pixels(pixels: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+    """uint8 [H, W] {0, 1} by ``core.images.holes_of``'s rule, with its two refusals as assertions.
 
-    With an alpha channel and any transparent pixel, the transparent pixels
-    are the holes; otherwise any nonzero colour channel marks one.
+    At 8 bits (// 257): with an alpha channel below 255 somewhere, alpha below
+    128 marks a hole; otherwise a level of 128 or more in any colour channel,
+    or any 1 in a mask holding only 0 and 1.
     """
-    transparent = pixels[..., -1] < OPAQUE_16
-    marked = tf.reduce_any(tf.not_equal(colour_channels(pixels), 0), axis=-1)
-    by_alpha = tf.logical_and(has_alpha(pixels), tf.reduce_any(transparent))
-    return tf.cast(tf.where(by_alpha, transparent, marked), tf.uint8)
+    levels = tf.cast(pixels, tf.int32) // LEVELS_8_TO_16
+    alpha = levels[..., -1]
+    by_alpha = tf.logical_and(has_alpha(pixels), tf.reduce_any(alpha < 255))
+    colour = tf.reduce_max(colour_channels(levels), axis=-1)
+    threshold = tf.where(tf.equal(tf.reduce_max(colour), 1), 1, HOLE_LEVEL)
+    decisive = tf.where(by_alpha, alpha, colour)
+    holes = tf.where(by_alpha, alpha < HOLE_LEVEL, colour >= threshold)
+    with tf.control_dependencies(check_mask(index, decisive, holes)):
+        return tf.cast(holes, tf.uint8)
 
 
 # Assertions fail as InvalidArgumentError, which TF Serving reports as INVALID_ARGUMENT. Their messages
@@ -179,13 +186,42 @@ def check_same_count(image_bytes: tf.Tensor, mask_bytes: tf.Tensor) -> tf.Operat
     return tf.debugging.Assert(tf.equal(images, masks), [detail])
 
 
-def check_same_size(index: tf.Tensor, image: tf.Tensor, holes: tf.Tensor) -> tf.Operation:
+def check_same_size(index: tf.Tensor, image: tf.Tensor, mask: tf.Tensor) -> tf.Operation:
     """An assertion that a pair's mask is its image's size."""
-    image_size, mask_size = tf.shape(image)[:2], tf.shape(holes)[:2]
+    image_size, mask_size = tf.shape(image)[:2], tf.shape(mask)[:2]
     detail = tf.strings.format(
         f"input {MASK_BYTES}[{{}}] is {{}}x{{}} but {IMAGE_BYTES}[{{}}] is {{}}x{{}}; they must match "
         "(no resizing is done)", (index, mask_size[1], mask_size[0], index, image_size[1], image_size[0]))
     return tf.debugging.Assert(tf.reduce_all(tf.equal(mask_size, image_size)), [detail])
+
+
+def percent(count: tf.Tensor, total: tf.Tensor) -> tf.Tensor:
+    """``count`` of ``total`` as a whole percentage, rounded as Python's ``:.0%`` rounds it (to even)."""
+    return tf.cast(tf.round(100 * tf.cast(count, tf.float64) / tf.cast(total, tf.float64)), tf.int64)
+
+
+def check_mask(index: tf.Tensor, levels: tf.Tensor, holes: tf.Tensor) -> list[tf.Operation]:
+    """Assertions that a mask is not a photo (shades of grey) and leaves known pixels (``core.images.check_mask``)."""
+    low, high = GREY_LEVELS
+    total = tf.maximum(tf.size(levels, out_type=tf.int64), 1)
+    shades = tf.cast(tf.math.bincount(tf.reshape(levels, [-1]), minlength=256, maxlength=256)[low : high + 1],
+                     tf.int64)
+    grey = tf.reduce_sum(shades) - tf.reduce_sum(tf.math.top_k(shades, FLAT_SHADES).values)
+    covered = tf.math.count_nonzero(holes)
+    photo = tf.strings.format(
+        f"input {MASK_BYTES}[{{}}] looks like a photo, not a mask: {{}}% of its pixels are shades of grey (levels "
+        f"{low}-{high} of 255), where a mask is black with its holes white (or transparent); did you swap IMAGE "
+        "and MASK?", (index, percent(grey, total)))
+    most = f"{MOST_HOLES:.0%}"
+    all_holes = tf.strings.format(
+        f"input {MASK_BYTES}[{{}}] marks {{}}% of the image as holes (white, or transparent), over {most}: nothing "
+        "is left to fill them from; did you swap IMAGE and MASK, or invert the mask?",
+        (index, percent(covered, total)))
+    not_photo = tf.debugging.Assert(
+        tf.cast(grey, tf.float64) <= PHOTO_GREY_FRACTION * tf.cast(total, tf.float64), [photo])
+    with tf.control_dependencies([not_photo]):
+        return [not_photo, tf.debugging.Assert(
+            tf.cast(covered, tf.float64) <= MOST_HOLES * tf.cast(total, tf.float64), [all_holes])]
 
 
 def export_saved_model(model: keras.Model, depth: int, path: Path) -> None:

@@ -260,13 +260,40 @@ function fullSizeCanvas() {
   return canvas;
 }
 
-// The mask at the photo's full resolution: opaque black, the strokes in white (nonzero = hole).
+// The mask rule (README, "The mask rule"), as the server applies it: a hole where the level is 128 of 255 or
+// more, and holes may cover at most 90 % of the photo.
+const HOLE_LEVEL = 128, MOST_HOLES = 0.9, BAND_ROWS = 256;
+
+// The mask at the photo's full resolution: opaque black, the strokes in white, their anti-aliased edges
+// decided here by the mask rule, so the page sends exactly the holes the server will fill.
 function maskBlob() {
   const canvas = fullSizeCanvas(), context = canvas.getContext("2d");
   context.fillStyle = "#000";
   context.fillRect(0, 0, canvas.width, canvas.height);
   for (const stroke of visibleStrokes()) drawStroke(context, stroke, true);
+  const covered = applyMaskRule(context, canvas.width, canvas.height);
+  if (covered > MOST_HOLES) {
+    const percent = Math.round(covered * 100);
+    return Promise.reject(new Error(`the strokes cover ${percent} % of the photo, over ${MOST_HOLES * 100} %: ` +
+                                    "nothing is left to fill them from. Undo or erase some, then inpaint again."));
+  }
   return canvasBlob(canvas);
+}
+
+// Each pixel white (hole) or black by the mask rule, a band of rows at a time (a 24 MP photo never holds a
+// second full copy); returns the fraction of the photo that is holes.
+function applyMaskRule(context, width, height) {
+  let holes = 0;
+  for (let top = 0; top < height; top += BAND_ROWS) {
+    const band = context.getImageData(0, top, width, Math.min(BAND_ROWS, height - top)), data = band.data;
+    for (let i = 0; i < data.length; i += 4) {
+      const level = data[i] >= HOLE_LEVEL ? 255 : 0;
+      holes += level & 1;
+      data[i] = data[i + 1] = data[i + 2] = level;
+    }
+    context.putImageData(band, 0, top);
+  }
+  return holes / (width * height);
 }
 
 // The file's own bytes; but the server ignores EXIF orientation (as TensorFlow's decoders do), so a
