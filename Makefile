@@ -32,6 +32,8 @@ TARGET        ?= localhost:$(PORT)
 CONCURRENCY   ?= 1,8,32,64
 DURATION      ?= 10
 LOAD_ARGS     ?=
+# How long `make demo` waits for its server to be SERVING (a busy machine takes seconds to load the model)
+DEMO_WAIT     ?= 120
 
 opt = $(if $(2),$(1) $(2))
 TRAIN_ARGS = $(strip --data $(or $(DATA),$(PHOTOS_SPEC)) $(call opt,--epochs,$(EPOCHS)) \
@@ -112,7 +114,8 @@ demo: $(INSTALLED)  ## Serve SERVE_BASE (no training needed), inpaint a held-out
 	$(BIN)/inpaint-serve --model-base-path $(SERVE_BASE) --port $(PORT) --rest-port $(REST_PORT) \
 		--enable-batching > $$demo/server.log 2>&1 & server=$$!; \
 	trap 'kill -TERM $$server 2>/dev/null; wait $$server 2>/dev/null || true' EXIT; \
-	$(BIN)/inpaint-client --target $(TARGET) --timeout 120 health; \
+	$(BIN)/inpaint-client --target $(TARGET) health --wait $(DEMO_WAIT) || \
+		{ echo "the server did not start; its log, $$demo/server.log:" >&2; tail -n 20 $$demo/server.log >&2; exit 1; }; \
 	photo=$$($(BIN)/python -c "from inpaint.trainer.data import SAMPLE_TEST, samples_dir; print(samples_dir() / SAMPLE_TEST[0])"); \
 	$(BIN)/python -c "import sys, cv2; cv2.imwrite(sys.argv[2], cv2.resize(cv2.imread(sys.argv[1]), (256, 256), interpolation=cv2.INTER_AREA))" $$photo $$demo/photo.png; \
 	$(BIN)/inpaint-client mask $$demo/photo.png --kind strokes --seed 3 -o $$demo/photo_mask.png; \

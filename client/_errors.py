@@ -42,12 +42,19 @@ _BY_CODE: dict[grpc.StatusCode, type[InpaintError]] = {
 }
 
 
+def how_to_start(target: str) -> str:
+    """How to start a server at ``target``, or point at one: the fix for "no server reachable"."""
+    port = target.rsplit(":", 1)[-1]
+    return (f"start one with `make serve PORT={port}` or `inpaint-serve --model-base-path models/pretrained/inpaint "
+            f"--port {port}`, or point --target (INPAINT_TARGET) at a running one")
+
+
 def from_rpc_error(error: grpc.RpcError, target: str) -> InpaintError:
     """The InpaintError for a failed call; its message names the target and the server's reason."""
     code, details = error.code(), (error.details() or "").strip()
     error_type = _BY_CODE.get(code, ServerError)
     if error_type is ServerUnavailable and ("connect" in details.lower() or "dns" in details.lower()):
-        return ServerUnavailable(f"no server reachable at {target}: {details}")
+        return ServerUnavailable(f"no server reachable at {target}: {details}; {how_to_start(target)}")
     if error_type is Overloaded and "message larger than max" in details.lower():
         side = "this client's max_message_bytes" if "sent message" in details.lower() else \
             "the server's --max-request-bytes"

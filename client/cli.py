@@ -5,19 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 import click
 import numpy as np
 
-from inpaint.core.images import (IMAGE_SUFFIXES, ImageError, as_image, decode_image, encoded_size, write_encoded,
-                                 write_image)
+from inpaint.core.images import (IMAGE_SUFFIXES, ImageError, as_image, as_mask, decode_image, encoded_size,
+                                 write_encoded, write_image)
 from inpaint.core.masks import MASK_KINDS, generate_mask
 from inpaint.core.tiling import TILING_MODES, TilingOptions
 
 from ._client import InpaintClient
 from .loadtest import PROTOCOLS
-from ._errors import InpaintError, InvalidInput, ModelNotFound, ServerUnavailable
+from ._errors import DeadlineExceeded, InpaintError, InvalidInput, ModelNotFound, ServerUnavailable
 
 
 SEND_MODES = ("auto", "files", "pixels")
@@ -91,7 +92,10 @@ def pair_inputs(paths: tuple[Path, ...], mask_suffix: str) -> list[tuple[Path, P
             raise InvalidInput(f"{folder} holds no images with masks named like x{mask_suffix}.png")
         return pairs
     if len(paths) % 2:
-        raise InvalidInput(f"give IMAGE MASK pairs (or one folder); got {len(paths)} paths")
+        unpaired = paths[-1]
+        raise InvalidInput(f"give IMAGE MASK pairs (or one folder); got {len(paths)} path{'s' * (len(paths) > 1)}, "
+                           f"so {unpaired} has no mask: make one with `inpaint-client mask {unpaired}` (writes "
+                           f"{unpaired.with_name(unpaired.stem + '_mask.png')}) or paint one in the web page")
     return [(paths[i], paths[i + 1]) for i in range(0, len(paths), 2)]
 
 
@@ -137,6 +141,7 @@ def predict(settings: Settings, paths, output, mask_suffix, batch_size, tiling, 
     settings.tiling = TilingOptions(tiling, tile_above_pixels)
     try:
         pairs = pair_inputs(paths, mask_suffix)
+        check_masks(pairs)
         chunks = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
         with settings.client() as client, click.progressbar(
                 length=len(pairs), label="inpainting", file=sys.stderr, hidden=len(pairs) < 2) as bar:
@@ -171,6 +176,13 @@ def _read_pair(pair: tuple[Path, Path]) -> tuple[bytes, bytes]:
     return files[0], files[1]
 
 
+def check_masks(pairs: list[tuple[Path, Path]]) -> None:
+    """Every mask read by the mask rule before anything is sent: a photo or an all-hole mask is refused here,
+    whichever way the pairs then travel (and TF Serving's serving_default would not refuse them)."""
+    for _, mask_path in pairs:
+        as_mask(mask_path)
+
+
 def _sent_whole(image: bytes, tiling: TilingOptions) -> bool:
     """Whether ``auto`` sends this file as it is: a format the server decodes, and no windows needed."""
     try:
@@ -198,7 +210,7 @@ def _write_result(target: Path, *, png: bytes | None = None, pixels: np.ndarray 
               help="Mask file [default: NAME_mask.png beside the image].")
 @click.pass_obj
 def mask(settings: Settings, image: Path, kind: str, seed: int, output: Path | None):
-    """Write a test mask (255 = hole) the size of IMAGE."""
+    """Write a test mask the size of IMAGE: black, holes white (255), as the mask rule reads masks (README)."""
     try:
         height, width = as_image(image).shape[:2]
         holes = generate_mask(kind, height, width, np.random.default_rng(seed))
@@ -255,14 +267,50 @@ def status(settings: Settings, as_json: bool):
 
 @main.command()
 @click.option("--service", default="", help="Health service name ('' = the whole server).")
+@click.option("--wait", "wait_seconds", type=click.FloatRange(min=0), default=0, envvar="INPAINT_HEALTH_WAIT",
+              help="Poll until SERVING for at most this many seconds (a server starting, a model loading); "
+                   "0: ask once.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def health(settings: Settings, service: str, as_json: bool):
-    """grpc.health.v1 status; exits 1 unless SERVING."""
-    state = ask(settings, lambda client: client.health(service))
+def health(settings: Settings, service: str, wait_seconds: float, as_json: bool):
+    """grpc.health.v1 status; exits 1 unless SERVING (within --wait seconds)."""
+    if wait_seconds:
+        click.echo(f"waiting up to {wait_seconds:g} s for {settings.target} to be SERVING", err=True)
+        try:
+            with settings.client() as client:
+                state = wait_until_serving(client, service, wait_seconds, settings.timeout)
+        except InpaintError as error:
+            fail(settings, error)
+    else:
+        state = ask(settings, lambda client: client.health(service))
     click.echo(json.dumps({"service": service, "status": state}) if as_json else state)
     if state != "SERVING":
         sys.exit(1)
+
+
+POLL_SECONDS = 0.5
+
+
+def wait_until_serving(client: InpaintClient, service: str, seconds: float, timeout: float) -> str:
+    """SERVING once the server says so; ServerUnavailable naming the last answer when ``seconds`` pass first.
+
+    Nobody listening yet, NOT_SERVING, UNAVAILABLE and a slow answer are waited out; any other error ends
+    the wait.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            state = client.health(service, timeout=max(min(left, timeout), 0.001))
+            last = state
+        except (ServerUnavailable, DeadlineExceeded) as error:
+            state, last = None, str(error)
+        if state == "SERVING":
+            return state
+        if time.monotonic() + POLL_SECONDS >= deadline:
+            raise ServerUnavailable(f"{client.target} was not SERVING within --wait {seconds:g} s "
+                                    f"(last: {last}); see the server's log, or wait longer")
+        time.sleep(POLL_SECONDS)
 
 
 def _levels(kind):
@@ -300,7 +348,9 @@ def _levels(kind):
 @click.option("--mask-kind", type=click.Choice(MASK_KINDS), default="strokes",
               envvar="INPAINT_MASK_KIND", help="Mask generator.")
 @click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              envvar="INPAINT_IMAGES", help="Crop real photos from this folder instead of random pixels.")
+              envvar="INPAINT_IMAGES",
+              help="Crop real photos from this folder and its subfolders (as the trainer reads a folder) instead "
+                   "of random pixels.")
 @click.option("--protocol", type=click.Choice(list(PROTOCOLS)), default="tfserving", envvar="INPAINT_PROTOCOL",
               help="tfserving: TF Serving's Predict; v2: the Open Inference Protocol's ModelInfer (same port).")
 @click.option("--metrics-url", default=None, envvar="INPAINT_METRICS_URL",

@@ -30,7 +30,7 @@ import grpc
 import numpy as np
 
 from inpaint.core.contract import MAX_MESSAGE_BYTES
-from inpaint.core.images import IMAGE_SUFFIXES, ImageError, as_image
+from inpaint.core.images import IMAGE_SUFFIXES, ImageError, as_image, find_images
 from inpaint.core.masks import generate_mask
 from inpaint.core.protos import grpc_predict_v2_pb2, predict_pb2
 from inpaint.core.tensors import infer_request, predict_request
@@ -87,9 +87,10 @@ class LevelResult:
 
 
 def _photo_crops(folder: Path, size: int, count: int, rng) -> list[np.ndarray]:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = find_images(folder)
     if not files:
-        raise InvalidInput(f"--images {folder} holds no images")
+        raise InvalidInput(f"--images {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}), in subfolders "
+                           "neither")
     crops = []
     for index in range(count):
         try:

@@ -116,7 +116,7 @@ def image_files(folder: Path) -> list[Path]:
     """Every image file under ``folder``, sorted; DataError if there is none."""
     if not folder.is_dir():
         raise DataError(f"data folder {folder} does not exist")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = image_io.find_images(folder)
     if not files:
         raise DataError(f"data folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return files
