@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
 import click
 
 from inpaint.core.repository import RepositoryError, version_dir
+from inpaint.trainer.startup import import_tensorflow
 
 from .onnx_export import OPSET, ExportError
 
@@ -23,12 +23,12 @@ from .onnx_export import OPSET, ExportError
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logs and tracebacks.")
 def main(model_base_path: Path, version: int | None, opset: int, verbose: bool) -> None:
     """Convert a version's SavedModel to ONNX, check it, and check it agrees with TensorFlow."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")  # TensorFlow's C++ start-up noise
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         path = version_dir(model_base_path, version)
-        from .onnx_export import export_version  # TensorFlow loads only once the input is known good
+        import_tensorflow(verbose)  # only once the input is known good; its start-up banners hidden unless -v
+        from .onnx_export import export_version
 
         report = export_version(path, opset)
     except (RepositoryError, ExportError, ValueError, OSError) as error:

@@ -612,6 +612,9 @@ def main(verbose: bool, finished_run: Path | None, **options) -> None:
         if finished_run is not None:
             version = publish_checkpoint(finished_run, config.model_base_path)
         else:
+            from .startup import check_init_weights, import_tensorflow  # run record first, then TF, quietly
+            check_init_weights(config)
+            import_tensorflow(verbose)
             version = train(config)
     except (DataError, ValueError, OSError) as error:
         if verbose:
