@@ -121,3 +121,23 @@ def test_spectral_transform_exports_with_dynamic_height_and_width(tmp_path):
         assert actual.shape == shape
         assert np.abs(actual - expected).max() <= 1e-4
         assert np.abs(expected - x).max() > 1e-3  # the block did something to compare
+
+
+def test_spectral_blocks_added_to_trained_weights_start_as_the_identity(tiny_version, tiny_config):
+    """--spectral-blocks on --init-weights without them: same fills as the version until training moves them."""
+    import dataclasses
+
+    from inpaint.trainer.model import SPECTRAL_PREFIX
+    from inpaint.trainer.savedmodel import load_weights_from_version
+    from inpaint.trainer.train import build_model
+
+    plain = build_model(tiny_config)
+    load_weights_from_version(plain, tiny_version)
+    reaching = build_model(dataclasses.replace(tiny_config, spectral_blocks=1))
+    load_weights_from_version(reaching, tiny_version)
+    assert any(w.path.startswith(SPECTRAL_PREFIX) for w in reaching.weights)
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 32, 48, 4)).astype(np.float32)
+    x[..., 3] = (x[..., 3] > 0.7).astype(np.float32)
+    x[..., :3] *= 1 - x[..., 3:]
+    assert np.allclose(np.asarray(plain(x)), np.asarray(reaching(x)), atol=1e-6)

@@ -30,6 +30,8 @@ import math
 import keras
 from keras import layers, ops
 
+from .reach import SpectralTransform
+
 PUSH_PULL_LEVELS = 13  # 2**13 = 8192 px: enough to reach one cell on a 24 MP photo
 SMOOTHING_STEPS = 8    # Jacobi steps per pyramid level: holes get smooth, harmonic-like fills
 DOWNSCALE_STEPS = 6    # bilinear halvings at most: an alias-free downscale by up to 64x
@@ -162,12 +164,18 @@ def _conv_block(x, filters: int, name: str):
     return _conv(_conv(x, filters, f"{name}_conv1"), filters, f"{name}_conv2")
 
 
-def build_refiner(depth: int, base_filters: int, dilations: tuple[int, ...]) -> keras.Model:
+SPECTRAL_PREFIX = "bottleneck_spectral"
+
+
+def build_refiner(depth: int, base_filters: int, dilations: tuple[int, ...], spectral_blocks: int = 0) -> keras.Model:
     """U-Net from (known RGB, mask, current fill) to a correction of the fill.
 
     ``depth`` down-sampling blocks, a bottleneck whose dilated convolutions
     widen the receptive field at almost no cost (it runs at 1/2**depth scale),
     mirrored up-sampling with skips, and a linear 3-channel output.
+    ``spectral_blocks`` Fourier units (``reach.SpectralTransform``, LaMa's FFC) after the bottleneck let
+    every cell see the whole image: a wide hole's middle sees texture far away. Each starts as the
+    identity, so they can be added to trained weights.
     """
     inputs = keras.Input((None, None, 7), name="known_mask_fill")
     x, skips = inputs, []
@@ -176,6 +184,8 @@ def build_refiner(depth: int, base_filters: int, dilations: tuple[int, ...]) -> 
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"down{level}_pool")(x)
     x = _conv_block(x, base_filters * 2**depth, "bottleneck")
+    for index in range(spectral_blocks):
+        x = SpectralTransform(name=f"{SPECTRAL_PREFIX}{index}")(x)
     for rate in dilations:
         x = _conv(x, base_filters * 2**depth, f"bottleneck_dilated{rate}", dilation=rate)
     for level in reversed(range(depth)):
@@ -190,10 +200,10 @@ def build_refiner(depth: int, base_filters: int, dilations: tuple[int, ...]) -> 
 
 
 def build_model(depth: int = 4, base_filters: int = 16, dilations: tuple[int, ...] = (),
-                coarse_side: int = 128, smoothing: int = SMOOTHING_STEPS) -> keras.Model:
+                coarse_side: int = 128, smoothing: int = SMOOTHING_STEPS, spectral_blocks: int = 0) -> keras.Model:
     """The whole network (see the module docstring). Under mixed precision the fills stay float32."""
     inputs = keras.Input((None, None, 4), name="masked_image_and_mask")
-    refiner = build_refiner(depth, base_filters, dilations)
+    refiner = build_refiner(depth, base_filters, dilations, spectral_blocks)
     outputs = CoarseToFine(refiner, coarse_side, 2**depth, smoothing, dtype="float32", name="coarse_to_fine")(inputs)
     return keras.Model(inputs, outputs, name=f"inpaint_d{depth}_f{base_filters}")
 

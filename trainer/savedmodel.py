@@ -9,6 +9,7 @@ converted to ONNX: the server decodes files itself, around the ONNX graph.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import keras
@@ -25,6 +26,8 @@ WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 WARMUP_BYTES_SIDE = 64  # the serving_bytes warmup request: a small PNG pair is enough to run every op
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+logger = logging.getLogger(__name__)
+
 JPEG_SIGNATURE = b"\xff\xd8"  # what core.images.encoded_size takes for a JPEG
 # Files are decoded to 16 bits: 8-bit levels times 257 are exactly the 16-bit ones (255 -> 65535), and
 # // 257 brings both back to 8 bits as core.images.to_rgb does.
@@ -275,14 +278,24 @@ def load_serving_signature(path: Path):
 def load_weights_from_version(model: keras.Model, path: Path) -> None:
     """Copy a published version's SavedModel weights into ``model``, matched by variable name.
 
-    The model must have the version's architecture (build it from the version's run record).
+    The model must have the version's architecture (build it from the version's run record), except
+    for Fourier units the version lacks: they keep their identity start (``model.SPECTRAL_PREFIX``).
     """
+    from .model import SPECTRAL_PREFIX
+
     loaded = tf.saved_model.load(str(path))
     # Keras' ExportArchive keeps every tracked variable in this list; names are unique per layer.
     saved = {variable.name.split(":")[0]: variable for variable in loaded._all_variables}
+    has_spectral = any(name.startswith(SPECTRAL_PREFIX) for name in saved)
+    added = set()
     for weight in model.weights:
         source = saved.get(weight.path)
+        if source is None and not has_spectral and weight.path.startswith(SPECTRAL_PREFIX):
+            added.add(weight.path.split("/")[0])
+            continue
         if source is None or tuple(source.shape) != tuple(weight.shape):
             raise SignatureError(f"{path} does not match this architecture at {weight.path}: "
                                  "train with the version's own options (see its run.json)")
         weight.assign(source.numpy())
+    if added:
+        logger.info("%s has no %s: they start as the identity", path, ", ".join(sorted(added)))

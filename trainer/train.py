@@ -46,6 +46,7 @@ class TrainConfig:
     depth: int = 4                   # encoder levels; the report compared 2, 3 and 5
     base_filters: int = 20           # width of the first level; the report used 32 (7.8 M params)
     dilations: str = ""              # dilated bottleneck convolutions, e.g. "2,4" (slow in TF on a CPU)
+    spectral_blocks: int = 0         # Fourier units after the bottleneck (reach.py): the whole image in view
     coarse_side: int = 128           # the coarse pass runs with the long side at most this
     smoothing: int = 8               # Jacobi steps per pyramid level of the push-pull fill (0: plain push-pull)
     precision: str = "auto"          # auto: bfloat16 compute where the hardware has it, else float32
@@ -332,7 +333,7 @@ def build_model(config: TrainConfig):
     from .model import build_model as build
 
     return build(config.depth, config.base_filters, parse_int_list(config.dilations), config.coarse_side,
-                 config.smoothing)
+                 config.smoothing, config.spectral_blocks)
 
 
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -536,6 +537,10 @@ _DEFAULTS = TrainConfig()
               help="Filters in the first U-Net level; doubled at every level.")
 @click.option("--dilations", default=_DEFAULTS.dilations, callback=_positive_list, envvar="INPAINT_DILATIONS",
               help="Dilation rates of extra bottleneck convolutions, comma-separated ('' for none).")
+@click.option("--spectral-blocks", default=_DEFAULTS.spectral_blocks, type=click.IntRange(min=0),
+              envvar="INPAINT_SPECTRAL_BLOCKS",
+              help="Fourier units (LaMa's FFC, exported as plain matmuls) after the U-Net bottleneck: every cell sees "
+                   "the whole image. Added to --init-weights that lack them, they start as the identity.")
 @click.option("--coarse-side", default=_DEFAULTS.coarse_side, callback=_positive, envvar="INPAINT_COARSE_SIDE",
               help="Long side, in pixels, of the coarse pass (larger images are downscaled to it first).")
 @click.option("--smoothing", default=_DEFAULTS.smoothing, type=click.IntRange(min=0), envvar="INPAINT_SMOOTHING",
