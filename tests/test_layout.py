@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import subprocess
 import sys
@@ -104,3 +105,25 @@ def test_each_contract_constant_is_defined_once():
                  for number, line in enumerate(path.read_text().splitlines(), 1)
                  if spelled.match(line) and path.name != "contract.py"]
     assert not offenders, offenders
+
+
+def test_ci_fails_a_skipped_browser_cluster_or_protocol_test_and_only_those(tmp_path):
+    """Under CI=true a skip in a required tier is a failure (CI must install what it needs); elsewhere a skip."""
+    import shutil
+
+    shutil.copy(Path(__file__).parent / "conftest.py", tmp_path / "conftest.py")
+    body = "import pytest\n\ndef test_needs_something():\n    pytest.skip('chromium is missing')\n"
+    (tmp_path / "test_web.py").write_text(body)       # the browser tier
+    (tmp_path / "test_masks.py").write_text(body)     # no required tier
+
+    def run(ci: str):
+        env = {**os.environ, "CI": ci}
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA", str(tmp_path)],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+
+    in_ci = run("true")
+    assert in_ci.returncode == 1, in_ci.stdout
+    assert "1 failed, 1 skipped" in in_ci.stdout and "make test-deps" in in_ci.stdout
+    assert "chromium is missing" in in_ci.stdout
+    outside = run("")
+    assert outside.returncode == 0 and "2 skipped" in outside.stdout, outside.stdout
