@@ -19,7 +19,7 @@ TIERS = {
              "test_reach", "test_savedmodel_bytes", "test_train_scale", "test_tool_faults", "test_cli",
              "test_evaluate"),
     "browser": ("test_web",),
-    "cluster": ("test_deploy", "test_training_job", "test_triton", "test_images"),
+    "cluster": ("test_deploy", "test_training_job", "test_triton"),
     "protocol": ("test_v2", "test_compat"),
 }
 # Under CI=true a skipped test of these tiers fails: CI installs what they need (make test-deps), so a
