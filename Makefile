@@ -134,7 +134,7 @@ image:  ## docker build the serving image (ORT_PACKAGE="onnxruntime-gpu[cuda,cud
 
 k8s-validate: $(INSTALLED)  ## Render every kustomize overlay and validate it offline against Kubernetes 1.30
 	@command -v kubectl >/dev/null || { echo "kubectl not found: install it (https://kubernetes.io/docs/tasks/tools/) or apt-get install kubectl"; exit 1; }
-	$(BIN)/python -m pytest -q tests/test_deploy.py tests/test_training_job.py
+	$(BIN)/python -m pytest -q tests/test_deploy.py tests/test_training_job.py tests/test_triton.py
 
 # What the browser and cluster tiers need from Debian: Chromium for tests/test_web.py (driven through
 # playwright; never `playwright install`: no downloads) and kubectl for the manifests. Installed once

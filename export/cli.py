@@ -1,4 +1,5 @@
-"""``inpaint-export MODEL_BASE_PATH [--version V]``: add a checked ``model.onnx`` to a version."""
+"""``inpaint-export MODEL_BASE_PATH [--version V] [--triton-repository DIR]``: add a checked ``model.onnx``
+to a version, and optionally lay it out as a Triton model repository."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from pathlib import Path
 
 import click
 
-from inpaint.core.repository import RepositoryError, version_dir
+from inpaint.core.repository import ONNX_FILENAME, RepositoryError, version_dir
 from inpaint.trainer.startup import import_tensorflow
 
-from .onnx_export import OPSET, ExportError
+from .onnx_export import OPSET, ExportError, ExportReport
+from .triton import MODEL_NAME, TritonOptions, TritonReport
+
+logger = logging.getLogger(__name__)
 
 
 @click.command(context_settings={"show_default": True})
@@ -20,26 +24,81 @@ from .onnx_export import OPSET, ExportError
               help="Version folder to export [default: the latest].")
 @click.option("--opset", type=click.IntRange(min=OPSET), default=OPSET, envvar="INPAINT_OPSET",
               help="ONNX opset to convert to.")
+@click.option("--triton-repository", type=click.Path(file_okay=False, path_type=Path), default=None,
+              envvar="INPAINT_TRITON_REPOSITORY",
+              help="Also write a Triton model repository here: DIR/NAME/config.pbtxt (ONNX Runtime backend) and "
+                   "DIR/NAME/VERSION/model.onnx. A version that has a model.onnx is not converted again "
+                   "(run without this option to convert it anew).")
+@click.option("--triton-model-name", default=MODEL_NAME, envvar="INPAINT_TRITON_MODEL_NAME",
+              help="The model's name in Triton (its folder).")
+@click.option("--triton-max-batch-size", type=click.IntRange(min=1), default=TritonOptions.max_batch_size,
+              envvar="INPAINT_TRITON_MAX_BATCH_SIZE", help="Triton's max_batch_size (images of one size per batch).")
+@click.option("--triton-cpu-instances", type=click.IntRange(min=0), default=TritonOptions.cpu_instances,
+              envvar="INPAINT_TRITON_CPU_INSTANCES", help="Model instances on CPU (a KIND_CPU group; 0: none).")
+@click.option("--triton-gpu-instances", type=click.IntRange(min=0), default=TritonOptions.gpu_instances,
+              envvar="INPAINT_TRITON_GPU_INSTANCES",
+              help="Model instances on each GPU (a KIND_GPU group; 0: none). Triton refuses to load a model with "
+                   "a KIND_GPU group where it sees no GPU: use 0 for CPU-only Triton.")
 @click.option("-v", "--verbose", is_flag=True, help="Show debug logs and tracebacks.")
-def main(model_base_path: Path, version: int | None, opset: int, verbose: bool) -> None:
-    """Convert a version's SavedModel to ONNX, check it, and check it agrees with TensorFlow."""
+def main(model_base_path: Path, version: int | None, opset: int, triton_repository: Path | None,
+         triton_model_name: str, triton_max_batch_size: int, triton_cpu_instances: int,
+         triton_gpu_instances: int, verbose: bool) -> None:
+    """Convert a version's SavedModel to ONNX, check it, and check it agrees with TensorFlow.
+
+    With --triton-repository, also write it as a Triton model repository (docs/triton.md).
+    """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         path = version_dir(model_base_path, version)
-        import_tensorflow(verbose)  # only once the input is known good; its start-up banners hidden unless -v
-        from .onnx_export import export_version
+        if triton_repository is None:
+            _echo_export(_export_onnx(path, opset, verbose))
+            return
+        options = TritonOptions(triton_model_name, triton_max_batch_size, cpu_instances=triton_cpu_instances,
+                                gpu_instances=triton_gpu_instances)
+        if (path / ONNX_FILENAME).is_file():
+            logger.info("%s has a %s: written to Triton as it is", path, ONNX_FILENAME)
+        else:
+            _echo_export(_export_onnx(path, opset, verbose))
+        from .triton import write_triton_repository
 
-        report = export_version(path, opset)
+        _echo_triton(write_triton_repository(path, triton_repository, options))
     except (RepositoryError, ExportError, ValueError, OSError) as error:
         if verbose:
             raise
         raise click.ClickException(str(error)) from None
+
+
+def _export_onnx(path: Path, opset: int, verbose: bool) -> ExportReport:
+    import_tensorflow(verbose)  # only once the input is known good; its start-up banners hidden unless -v
+    from .onnx_export import export_version
+
+    return export_version(path, opset)
+
+
+def _echo_export(report: ExportReport) -> None:
     click.echo(f"wrote {report.onnx_path}")
     click.echo(f"  size        {report.size_bytes / 2**20:.2f} MiB")
     click.echo(f"  parameters  {report.parameters:,}")
     shapes = ", ".join("x".join(map(str, s)) for s in report.shapes_checked)
     click.echo(f"  parity      max |TF - ONNX| = {report.max_difference} uint8 levels on N x H x W = {shapes}")
+
+
+def _echo_triton(report: TritonReport) -> None:
+    def tensors(kind: str) -> str:
+        return ", ".join(f"{name} {dtype} {shape}" for name, (dtype, shape) in report.signature[kind].items())
+
+    options = report.options
+    click.echo(f"wrote {report.config_path}")
+    click.echo(f"  model       {report.model_path} ({'hard link' if report.linked else 'copy'})")
+    click.echo(f"  inputs      {tensors('inputs')}")
+    click.echo(f"  outputs     {tensors('outputs')}")
+    click.echo(f"  batching    max_batch_size {options.max_batch_size}, preferred "
+               f"{', '.join(map(str, options.preferred_batch_sizes))}, "
+               f"queue delay {options.max_queue_delay_microseconds} us")
+    click.echo(f"  instances   {options.cpu_instances} on CPU, {options.gpu_instances} on each GPU")
+    if options.gpu_instances:
+        click.echo("  note        a Triton without GPUs refuses this model: --triton-gpu-instances 0 for CPU-only")
 
 
 if __name__ == "__main__":
