@@ -59,7 +59,7 @@ PHOTOS_SPEC   := photos:$(PHOTOS_DIR)
 PHOTOS_STAMP  := $(PHOTOS_DIR)/manifest.json
 PHOTOS_CMD     = $(strip $(BIN)/python -m inpaint.trainer.photos --dest $(PHOTOS_DIR) $(PHOTOS_ARGS))
 
-.PHONY: help install photos train train-long print-long-args export evaluate serve protos bench loadtest demo image k8s-validate test-deps test test-fast clean
+.PHONY: help install photos train train-long print-long-args export evaluate serve protos bench loadtest demo image base-images k8s-validate test-deps test test-fast clean
 
 help:  ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -127,10 +127,15 @@ demo: $(INSTALLED)  ## Serve SERVE_BASE (no training needed), inpaint a held-out
 IMAGE_TAG     ?= cpu
 ORT_PACKAGE   ?= onnxruntime
 
-image:  ## docker build the serving image (ORT_PACKAGE="onnxruntime-gpu[cuda,cudnn]" IMAGE_TAG=gpu) the trainer image and the model image
-	docker build -f serving/Dockerfile --build-arg ORT_PACKAGE="$(ORT_PACKAGE)" -t inpaint-serving:$(IMAGE_TAG) .
-	docker build -f trainer/Dockerfile -t inpaint-trainer:latest .
-	docker build -t inpaint-models:latest $(PRETRAINED)
+# Which images `make image` builds (serving trainer models); ENGINE=docker|podman and PULL=always|missing|never
+# override the choice images/build.sh makes (docs/images.md).
+IMAGES        ?= serving trainer models
+
+image:  ## Build the serving (ORT_PACKAGE="onnxruntime-gpu[cuda,cudnn]" IMAGE_TAG=gpu), trainer and model images: Docker, else podman
+	IMAGE_TAG="$(IMAGE_TAG)" ORT_PACKAGE="$(ORT_PACKAGE)" images/build.sh $(IMAGES)
+
+base-images:  ## Where no registry answers: stand-ins for the Dockerfiles' base images from Debian packages (root)
+	images/base-images.sh
 
 k8s-validate: $(INSTALLED)  ## Render every kustomize overlay and validate it offline against Kubernetes 1.30
 	@command -v kubectl >/dev/null || { echo "kubectl not found: install it (https://kubernetes.io/docs/tasks/tools/) or apt-get install kubectl"; exit 1; }

@@ -15,7 +15,7 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 engine=$(pick_engine)
 
 if [ -z "${FORCE:-}" ] && registry_answers; then
-    note "Docker Hub answers: the builds pull the real base images, no stand-ins needed (FORCE=1 builds them anyway)"
+    note "$(registry_name) answers: the builds pull the real base images, no stand-ins needed (FORCE=1 builds them anyway)"
     exit 0
 fi
 [ "$(id -u)" -eq 0 ] || die "building stand-ins needs root (debootstrap, chroot): run it as root or with sudo"

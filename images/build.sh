@@ -31,16 +31,16 @@ if [ -z "$pull" ]; then
         for base in $bases; do
             if image_exists "$engine" "$base" && \
                [ -n "$("$engine" image inspect --format "{{ index .Config.Labels \"$STAND_IN_LABEL\" }}" "$base" 2>/dev/null | grep -v '<no value>')" ]; then
-                note "$base: Docker Hub answers, replacing the local stand-in with the real image"
+                note "$base: $(registry_name) answers, replacing the local stand-in with the real image"
                 "$engine" pull "$base" >&2
             fi
         done
     else
         pull=never
         for base in $bases; do
-            image_exists "$engine" "$base" || die "base image $base is not here and Docker Hub does not answer: run \`make base-images\` (local stand-ins from Debian packages, see docs/images.md), or point REGISTRY_URL at a registry that answers"
+            image_exists "$engine" "$base" || die "base image $base is not here and $(registry_name) does not answer: run \`make base-images\` (local stand-ins from Debian packages, see docs/images.md), or point REGISTRY_URL at a registry that answers"
         done
-        note "Docker Hub does not answer: building on the local base images ($(echo $bases)) with --pull=never"
+        note "$(registry_name) does not answer: building on the local base images ($(echo $bases)) with --pull=never"
     fi
 fi
 

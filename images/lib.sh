@@ -20,6 +20,8 @@ pick_engine() {
     die "no Docker daemon answers and podman is not installed: start Docker, or apt-get install podman (see docs/images.md)"
 }
 
+registry_name() { echo "${REGISTRY_URL:-Docker Hub}"; }
+
 # Whether Docker Hub answers (401 to an anonymous /v2/ is an answer). REGISTRY_URL points elsewhere (a mirror).
 registry_answers() {
     local url="${REGISTRY_URL:-https://registry-1.docker.io/v2/}" code
