@@ -142,17 +142,17 @@ k8s-validate: $(INSTALLED)  ## Render every kustomize overlay and validate it of
 	$(BIN)/python -m pytest -q tests/test_deploy.py tests/test_training_job.py tests/test_triton.py
 
 # What the browser and cluster tiers need from Debian: Chromium for tests/test_web.py (driven through
-# playwright; never `playwright install`: no downloads) and kubectl for the manifests. Installed once
+# playwright; never `playwright install`: no downloads), kubectl for the manifests, podman, debootstrap and
+# busybox-static for tests/test_images.py (make base-images, make image). Installed once
 # (a stamp); where apt-get is missing or fails this prints a note, and under CI=true those tests fail.
 CHROMIUM ?= /usr/bin/chromium
-TEST_DEBS ?= chromium kubectl
+TEST_DEBS ?= chromium kubectl podman debootstrap busybox-static
 TEST_DEPS := $(VENV)/.test-deps
-test-deps: $(TEST_DEPS)  ## Install the Debian packages the browser and cluster tests need (apt-get, once)
+test-deps: $(TEST_DEPS)  ## Install the Debian packages the browser, cluster and image tests need (apt-get, once)
 
 $(TEST_DEPS): | $(INSTALLED)
 	@missing=""; for deb in $(TEST_DEBS); do \
-		case $$deb in chromium) [ -x $(CHROMIUM) ] || missing="$$missing $$deb";; \
-		*) command -v $$deb >/dev/null || missing="$$missing $$deb";; esac; done; \
+		dpkg -s $$deb >/dev/null 2>&1 || command -v $$deb >/dev/null || missing="$$missing $$deb"; done; \
 	if [ -z "$$missing" ]; then touch $@; \
 	elif ! command -v apt-get >/dev/null; then \
 		echo "note: no apt-get; install$$missing for the browser/cluster tests (skipped, or failed under CI=true)"; \
