@@ -8,7 +8,7 @@ sends the case's requests at once from the client library with its tiling off
 (the whole photo travels, as from any TF Serving client). Reports the server's
 idle RSS, its peak (VmHWM, the lifetime peak of the process) and what it holds
 afterwards, plus the REST codec process's peak. This is what the Deployment's
-memory request and limit are set from (README, "Memory").
+memory request and limit are set from (docs/serving.md, "Memory").
 """
 
 from __future__ import annotations

@@ -210,7 +210,7 @@ def _write_result(target: Path, *, png: bytes | None = None, pixels: np.ndarray 
               help="Mask file [default: NAME_mask.png beside the image].")
 @click.pass_obj
 def mask(settings: Settings, image: Path, kind: str, seed: int, output: Path | None):
-    """Write a test mask the size of IMAGE: black, holes white (255), as the mask rule reads masks (README)."""
+    """Write a test mask the size of IMAGE: black, holes white (255), as the mask rule reads it (docs/protocols.md)."""
     try:
         height, width = as_image(image).shape[:2]
         holes = generate_mask(kind, height, width, np.random.default_rng(seed))

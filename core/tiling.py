@@ -51,7 +51,7 @@ class TilingOptions:
     whole_max_pixels: int = 2**20  # images up to this size run whole (and wide holes run at this size)
     cell: int = 32        # holes are located to blocks of this side
     core_cells: int = 4   # a window fills a core of core_cells x core_cells blocks (128 px)
-    margin: int = 64      # context around the core: windows of 256 x 256 (README: why 64)
+    margin: int = 64      # context around the core: windows of 256 x 256 (docs/large-photos.md: why 64)
     thin_hole: int = 8    # a core whose hole pixels are all this close to a known pixel (holes up to 16 px wide)...
     thin_margin: int = 32 # ...takes this much context (192 x 192 windows): as good for scratches, half the cost
     feather: int = 16     # blend band around a core

@@ -1,7 +1,7 @@
 """Train the inpainting U-Net and publish it as the next version of a model repository.
 
 Reads top-down: config, data, model, fit, export. Defaults are chosen so that
-``make train`` finishes in under 10 minutes on 2 CPU cores (see README).
+``make train`` finishes in under 10 minutes on 2 CPU cores (see docs/training.md).
 
 Beyond one machine: ``--loader stream`` (automatic for globs, TFRecords and large folders) decodes
 photos in a tf.data pipeline from their file names (``stream.py``); ``--strategy`` spreads the
