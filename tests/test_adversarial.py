@@ -116,13 +116,13 @@ def test_adversarial_version_keeps_the_serving_contract(adversarial_version, tin
 
 
 def test_adversarial_options_refused_where_they_cannot_run(tiny_config):
-    from inpaint.trainer.data import DataError
+    from inpaint.trainer.errors import DistributionError
     from inpaint.trainer.train import check_adversarial
 
     config = dataclasses.replace(tiny_config, adversarial_weight=0.1)
-    with pytest.raises(DataError, match="TensorFlow backend"):
+    with pytest.raises(DistributionError, match="TensorFlow backend"):
         check_adversarial(config, "jax", 1)
-    with pytest.raises(DataError, match="one worker"):
+    with pytest.raises(DistributionError, match="one worker"):
         check_adversarial(config, "tensorflow", 2)
     check_adversarial(config, "tensorflow", 1)
     check_adversarial(tiny_config, "jax", 2)  # L1 alone runs anywhere

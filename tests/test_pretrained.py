@@ -88,10 +88,10 @@ def test_a_finished_checkpoint_publishes_as_the_next_version(tmp_path):
 
 
 def test_publishing_a_folder_without_a_finished_run_is_an_error(tmp_path):
-    from inpaint.trainer.data import DataError
+    from inpaint.trainer.errors import BackupError
     from inpaint.trainer.train import publish_checkpoint
 
-    with pytest.raises(DataError, match="no finished run"):
+    with pytest.raises(BackupError, match="no finished run"):
         publish_checkpoint(tmp_path, str(tmp_path / "models"))
 
 

@@ -35,6 +35,7 @@ from inpaint.core import images as image_io
 from inpaint.core.images import IMAGE_SUFFIXES
 from inpaint.core.masks import generate_mask
 
+from .errors import DataError
 from .photos import SPLITS
 
 logger = logging.getLogger(__name__)
@@ -51,10 +52,6 @@ SAMPLE_TRAIN = (
 )
 SAMPLE_VALIDATION = ("chelsea.png",)
 SAMPLE_TEST = ("astronaut.png", "coffee.png")  # held out: never seen in training
-
-
-class DataError(ValueError):
-    """The data source is missing, empty or unusable."""
 
 
 @dataclass

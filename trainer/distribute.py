@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 
-from .data import DataError
+from .errors import DistributionError
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def tf_config() -> dict:
     try:
         return json.loads(os.environ.get("TF_CONFIG") or "{}")
     except json.JSONDecodeError as error:
-        raise DataError(f"TF_CONFIG is not JSON: {error}") from None
+        raise DistributionError(f"TF_CONFIG is not JSON: {error}") from None
 
 
 def cluster_tasks(config: dict) -> int:
@@ -117,12 +117,12 @@ class Distribution:
 def resolve_distribution(name: str) -> Distribution:
     """Create the strategy ``name`` asks for. Call before TensorFlow runs anything."""
     if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+        raise DistributionError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     import keras
 
     if keras.backend.backend() != "tensorflow":
         if name in ("mirrored", "multi-worker"):
-            raise DataError(f"--strategy {name} needs the TensorFlow backend (KERAS_BACKEND=tensorflow)")
+            raise DistributionError(f"--strategy {name} needs the TensorFlow backend (KERAS_BACKEND=tensorflow)")
         return Distribution("one")
     import tensorflow as tf
 
@@ -141,8 +141,9 @@ def resolve_distribution(name: str) -> Distribution:
         logger.info("MirroredStrategy over %d replicas", strategy.num_replicas_in_sync)
         return Distribution("mirrored", strategy, strategy.num_replicas_in_sync)
     if cluster_tasks(config) < 1 or "task" not in config:
-        raise DataError("--strategy multi-worker needs TF_CONFIG with a cluster and this process's task, e.g. "
-                        '{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": {"type": "worker", "index": 0}}')
+        raise DistributionError("--strategy multi-worker needs TF_CONFIG with a cluster and this process's task, "
+                                'e.g. {"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
+                                '"task": {"type": "worker", "index": 0}}')
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     task = config["task"]
     distribution = Distribution("multi-worker", strategy, strategy.num_replicas_in_sync,

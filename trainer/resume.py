@@ -31,7 +31,7 @@ from pathlib import Path
 import keras
 from inpaint.core.repository import RUN_RECORD, list_versions
 
-from .data import DataError
+from .errors import BackupError
 
 logger = logging.getLogger(__name__)
 
@@ -216,5 +216,5 @@ def find_published(model_base_path: Path, run_id: str | None) -> Path | None:
 
 def check_resumable(state: BackupState | None, epochs: int) -> None:
     if state is not None and state.epoch > epochs:
-        raise DataError(f"the backup in {state.folder.parent} has {state.epoch} epochs done, more than --epochs "
-                        f"{epochs}")
+        raise BackupError(f"the backup in {state.folder.parent} has {state.epoch} epochs done, more than --epochs "
+                          f"{epochs}")

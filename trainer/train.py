@@ -27,8 +27,9 @@ import click
 from inpaint.core.masks import MASK_KINDS
 from inpaint.core.repository import RUN_RECORD, staged_version
 
-from .data import Dataset, DataError, check_dataset_image_size
+from .data import Dataset, check_dataset_image_size
 from .distribute import STRATEGIES
+from .errors import BackupError, DistributionError, TrainingError
 from .stream import DATA_FORMATS, LOADERS
 
 logger = logging.getLogger(__name__)
@@ -130,8 +131,8 @@ def _train(config: TrainConfig, distribution) -> Path | None:
         check_resumable(state, config.epochs)
         done = state.epoch if state else 0
         if distribution.workers > 1 and distribution.chief_value(done) != done:
-            raise DataError(f"{distribution.task} finds {done} epochs in {backup_dir}, the chief another number: "
-                            "--backup-dir must be one folder every worker reads (a shared volume)")
+            raise BackupError(f"{distribution.task} finds {done} epochs in {backup_dir}, the chief another number: "
+                              "--backup-dir must be one folder every worker reads (a shared volume)")
         if state is not None and (state.stopped or state.epoch >= config.epochs):
             logger.info("resuming from %s: training had finished after epoch %d; publishing", backup_dir, state.epoch)
         elif state is not None:
@@ -277,11 +278,11 @@ def check_adversarial(config: TrainConfig, backend: str, workers: int) -> None:
     if not adversarial_weights(config).enabled:
         return
     if backend != "tensorflow":
-        raise DataError(f"--adversarial-weight needs the TensorFlow backend (KERAS_BACKEND={backend}): "
-                        "unset KERAS_BACKEND, or train the L1 stage there and the adversarial stage with TensorFlow")
+        raise DistributionError(f"--adversarial-weight needs the TensorFlow backend (KERAS_BACKEND={backend}): "
+                                "unset KERAS_BACKEND, or train the L1 stage there and the adversarial stage with TensorFlow")
     if workers > 1:
-        raise DataError("--adversarial-weight runs on one worker (one machine, any number of GPUs): "
-                        "use --strategy one or mirrored")
+        raise DistributionError("--adversarial-weight runs on one worker (one machine, any number of GPUs): "
+                                "use --strategy one or mirrored")
 
 
 def build_for_multi_worker(model, config: TrainConfig) -> None:
@@ -394,8 +395,8 @@ def publish_checkpoint(folder: Path, model_base_path: str) -> Path:
         return _publish_backup_epoch(folder, model_base_path, folder.parent / RUN_FILE)
     record_path, weights = folder / CHECKPOINT_RECORD, folder / FINAL_WEIGHTS
     if not (record_path.is_file() and weights.is_file()):
-        raise DataError(f"{folder} holds no finished run ({CHECKPOINT_RECORD} and {FINAL_WEIGHTS}) and no "
-                        f"backup epoch ({WEIGHTS_FILE} and {METADATA_FILE})")
+        raise BackupError(f"{folder} holds no finished run ({CHECKPOINT_RECORD} and {FINAL_WEIGHTS}) and no "
+                          f"backup epoch ({WEIGHTS_FILE} and {METADATA_FILE})")
     record = json.loads(record_path.read_text())
     config = _config_from(record["config"], model_base_path)
     import keras
@@ -418,7 +419,7 @@ def _publish_backup_epoch(folder: Path, model_base_path: str, run_file: Path) ->
     from .resume import METADATA_FILE, WEIGHTS_FILE
 
     if not run_file.is_file():
-        raise DataError(f"{folder} is a backup epoch but {run_file} (the run's options) is missing")
+        raise BackupError(f"{folder} is a backup epoch but {run_file} (the run's options) is missing")
     run = json.loads(run_file.read_text())
     config = _config_from(run["config"], model_base_path)
     metadata = json.loads((folder / METADATA_FILE).read_text())
@@ -621,7 +622,7 @@ def main(verbose: bool, finished_run: Path | None, **options) -> None:
             check_init_weights(config)
             import_tensorflow(verbose)
             version = train(config)
-    except (DataError, ValueError, OSError) as error:
+    except (TrainingError, ValueError, OSError) as error:
         if verbose:
             raise
         raise click.ClickException(str(error)) from None
