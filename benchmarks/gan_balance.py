@@ -32,7 +32,7 @@ def main() -> None:
     from inpaint.trainer.adversarial import adversarial_loss, feature_matching_loss, patch_holes
     from inpaint.trainer.pipeline import MaskedBatches
     from inpaint.trainer.resume import RUN_FILE, WEIGHTS_FILE
-    from inpaint.trainer.stream import open_data
+    from inpaint.trainer.sources import open_data
 
     run = json.loads((args.epoch.parent / RUN_FILE).read_text())
     config = train._config_from(run["config"], "unused")

@@ -47,7 +47,8 @@ def main() -> None:
     from inpaint.trainer.data import Dataset
     from inpaint.trainer.model import HoleWeightedL1
     from inpaint.trainer.pipeline import MaskedBatches, crop_sizes
-    from inpaint.trainer.stream import Layout, open_data, training_batches
+    from inpaint.trainer.sources import open_data
+    from inpaint.trainer.stream import Layout, training_batches
     from inpaint.trainer.train import TrainConfig, build_model
 
     config = TrainConfig(data=args.data, image_size=args.image_size, depth=args.depth, base_filters=args.base_filters,

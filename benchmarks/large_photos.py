@@ -91,7 +91,8 @@ def photo_size(megapixels: float) -> tuple[int, int]:
 
 def photo_files(folder: Path | None) -> list[Path]:
     """The photo files to tile: ``folder``'s if it has any, else scikit-image's samples."""
-    from inpaint.trainer.data import DataError, image_files, samples_dir
+    from inpaint.trainer.data import image_files, samples_dir
+    from inpaint.trainer.errors import DataError
 
     for candidate in ([folder] if folder else []) + [samples_dir()]:
         try:

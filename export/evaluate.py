@@ -50,7 +50,9 @@ from inpaint.core.masks import line_mask, stroke_mask_in_bucket
 from inpaint.core.repository import ONNX_FILENAME, RUN_RECORD, RepositoryError, version_dir
 from inpaint.core.tiling import TILING_MODES, TilingOptions, inpaint_large
 from inpaint.trainer import metrics
-from inpaint.trainer.data import DataError, image_files, load_dataset, read_image, sample_crops, write_image
+from inpaint.trainer.data import image_files, read_image, sample_crops, write_image
+from inpaint.trainer.errors import DataError
+from inpaint.trainer.sources import load_dataset
 
 logger = logging.getLogger(__name__)
 

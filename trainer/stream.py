@@ -7,7 +7,7 @@ pipeline (``num_parallel_calls=AUTOTUNE``, prefetched)::
 
     file names -> (example index, crop side) -> read file -> decode, crop, mask (numpy) -> batch -> model arrays
 
-* **Sources**: a folder (recursive), a glob (``photos/**/*.jpg``) or TFRecord shards (``.tfrecord``,
+* **Sources** (chosen in ``sources.py``): a folder (recursive), a glob (``photos/**/*.jpg``) or TFRecord shards (``.tfrecord``,
   ``.tfrec``, ``name.tfrecord-00000-of-00016``), on any path ``tf.io.gfile`` reads (``gs://``, ...).
   A TFRecord record is a ``tf.train.Example`` with the encoded image in a bytes feature
   (``image/encoded``, ``image``, ...; found from the first record) or the encoded file itself.
@@ -20,7 +20,7 @@ pipeline (``num_parallel_calls=AUTOTUNE``, prefetched)::
   come in the same order. A run resumed at epoch ``k`` starts at example ``k x steps x batch``: the
   stream goes on where it stopped. (TFRecord shards are read in order, so a resumed run reshuffles
   them with a seed derived from the epoch instead.)
-* **Split by file name**, the folder rule (``data._split_of``): a file never moves between train,
+* **Split by file name**, the folder rule (``data.split_of_name``): a file never moves between train,
   validation and test when others are added. TFRecord records split by their file-name feature, or
   by ``shard:index``.
 * **Distribution**: each input pipeline (one per worker) draws its own examples of every global step:
@@ -30,33 +30,24 @@ pipeline (``num_parallel_calls=AUTOTUNE``, prefetched)::
 
 from __future__ import annotations
 
-import glob as globlib
 import hashlib
 import logging
 import os
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
 from inpaint.core import images as image_io
-from inpaint.core.images import IMAGE_SUFFIXES
 from inpaint.core.masks import generate_mask
 
-from .data import DataError, Dataset, _split_of, load_dataset, random_crop, split_by_name
+from .data import Dataset, random_crop, split_of_name
+from .errors import DataError
+from .files import join, read_bytes
 
 logger = logging.getLogger(__name__)
 
-LOADERS = ("auto", "memory", "stream")
-DATA_FORMATS = ("auto", "images", "tfrecord")
-# --loader auto streams a local folder above either of these (decoded, 100 MB of JPEGs is ~1-2 GB).
-STREAM_ABOVE_FILES = 1000
-STREAM_ABOVE_BYTES = 100 * 2**20
-BUILT_IN = ("samples", "photos", "cifar10")
-TFRECORD_NAME = re.compile(r"\.tfrec(ord)?(-\d+-of-\d+)?$", re.IGNORECASE)
 IMAGE_KEYS = ("image/encoded", "image", "image_raw", "encoded", "jpeg", "png")
 NAME_KEYS = ("image/filename", "filename", "name", "key", "id")
 TFRECORD_SHUFFLE = 256      # records (encoded, not decoded) held to shuffle a TFRecord stream
@@ -64,93 +55,6 @@ TFRECORD_PROBE = 200        # records read at start: the key layout, and whether
 VALIDATION_SCAN = 50_000    # records read at most to find the TFRecord validation split
 LISTED_NAMES = 1000         # run records list file names only up to this many in all (else digests)
 DECODE_RETRIES = 10         # unreadable files skipped in a row before training stops
-
-
-def is_glob(spec: str) -> bool:
-    return any(char in spec for char in "*?[")
-
-
-def is_remote(spec: str) -> bool:
-    return "://" in spec
-
-
-def is_built_in(spec: str) -> bool:
-    return spec in BUILT_IN or spec.startswith(("photos:", "cifar10:"))
-
-
-def join(root: str, name: str) -> str:
-    return f"{root.rstrip('/')}/{name}" if root else name
-
-
-def read_bytes(path: str) -> bytes:
-    if is_remote(path):
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path, "rb") as handle:
-            return handle.read()
-    with open(path, "rb") as handle:
-        return handle.read()
-
-
-def _name_key(name: str) -> list[str]:
-    return name.split("/")  # the order of data.image_files (sorted paths)
-
-
-def glob_root(pattern: str) -> str:
-    """The folder part of a glob before its first wildcard: file names are relative to it."""
-    parts = pattern.split("/")
-    fixed = []
-    for part in parts[:-1]:
-        if is_glob(part):
-            break
-        fixed.append(part)
-    return "/".join(fixed) if fixed else "."
-
-
-def list_files(spec: str) -> tuple[str, list[str]]:
-    """``(root, names)``: every file under a folder (recursively), matching a glob, or the one file
-    given; names are relative to ``root``, sorted. DataError if the path does not exist."""
-    if is_glob(spec):
-        if is_remote(spec):
-            import tensorflow as tf
-
-            paths = tf.io.gfile.glob(spec)
-        else:
-            spec = os.path.expanduser(spec)
-            paths = [p for p in globlib.glob(spec, recursive=True) if os.path.isfile(p)]
-        root = glob_root(spec)
-        names = [os.path.relpath(p, root) if not is_remote(spec) else p[len(root):].lstrip("/") for p in paths]
-        if not names:
-            raise DataError(f"no file matches {spec}")
-        return root, sorted(names, key=_name_key)
-    if is_remote(spec):
-        import tensorflow as tf
-
-        if not tf.io.gfile.exists(spec):
-            raise DataError(f"data path {spec} does not exist")
-        if not tf.io.gfile.isdir(spec):
-            root, _, name = spec.rpartition("/")
-            return root, [name]
-        root = spec.rstrip("/")
-        names = [join(folder, name)[len(root):].lstrip("/")
-                 for folder, _, files in tf.io.gfile.walk(root) for name in files]
-        return root, sorted(names, key=_name_key)
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return str(path.parent), [path.name]
-    if not path.is_dir():
-        raise DataError(f"data folder {path} does not exist")
-    names = [os.path.relpath(os.path.join(folder, name), path)
-             for folder, _, files in os.walk(path, followlinks=True) for name in files]
-    return str(path), sorted(names, key=_name_key)
-
-
-def image_names(names: list[str]) -> list[str]:
-    return [name for name in names if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES]
-
-
-def tfrecord_names(names: list[str]) -> list[str]:
-    return [name for name in names if TFRECORD_NAME.search(name)]
 
 
 @dataclass
@@ -187,81 +91,6 @@ class FileSource:
             described["files_sha1"] = {split: hashlib.sha1("\n".join(names).encode()).hexdigest()
                                        for split, names in self.names.items()}
         return described
-
-
-def _folder_is_large(root: str, names: list[str]) -> bool:
-    if len(names) > STREAM_ABOVE_FILES:
-        return True
-    total = 0
-    for name in names:
-        total += os.stat(os.path.join(root, name)).st_size
-        if total > STREAM_ABOVE_BYTES:
-            return True
-    return False
-
-
-def open_data(spec: str, loader: str = "auto", data_format: str = "auto") -> Dataset | FileSource:
-    """The ``--data`` source: a ``data.Dataset`` read into memory, or a ``FileSource`` to stream.
-
-    ``auto``: the built-in sources (samples, photos, cifar10) and local folders of at most
-    STREAM_ABOVE_FILES images and STREAM_ABOVE_BYTES are read into memory, as before; globs,
-    TFRecords, remote paths and larger folders are streamed.
-    """
-    if loader not in LOADERS:
-        raise ValueError(f"unknown loader {loader!r}")
-    if is_built_in(spec):
-        if loader != "stream":
-            return load_dataset(spec)
-        return built_in_source(spec)
-    root, names = list_files(spec)
-    images, shards = image_names(names), tfrecord_names(names)
-    fmt = data_format
-    if fmt == "auto":
-        fmt = "images" if images or not shards else "tfrecord"
-    if fmt == "tfrecord":
-        shards = shards or [name for name in names if not os.path.basename(name).startswith(".")]
-        if not shards:
-            raise DataError(f"{spec} holds no TFRecord shards")
-        if loader == "memory":
-            raise DataError("TFRecord shards are read by the streaming loader: use --loader stream (or auto)")
-        return tfrecord_source(spec, root, shards)
-    if not images:
-        raise DataError(f"data {'files' if is_glob(spec) else 'folder'} {spec} holds no images "
-                        f"({', '.join(IMAGE_SUFFIXES)})")
-    if loader == "auto":
-        loader = "stream" if is_glob(spec) or is_remote(spec) or _folder_is_large(root, images) else "memory"
-    if loader == "memory":
-        return load_dataset(spec)
-    return FileSource(spec, root, "images", split_by_name(images, spec))
-
-
-def load_files_dataset(spec: str, splits=("train", "validation", "test")) -> Dataset:
-    """A glob or a remote folder read into memory (``data.load_dataset`` for such specs): the folder
-    rule's split, only ``splits`` decoded."""
-    root, names = list_files(spec)
-    images = image_names(names)
-    if not images:
-        raise DataError(f"{spec} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    split = split_by_name(images, spec)
-    read = {name: [decode(read_bytes(join(root, n)), join(root, n)) for n in split[name]] if name in splits else []
-            for name in ("train", "validation", "test")}
-    return Dataset(spec, **read, names=split)
-
-
-def built_in_source(spec: str) -> FileSource:
-    """``samples`` or ``photos[:DIR]`` streamed: their own fixed splits, by file name."""
-    if spec.startswith("cifar10"):
-        raise DataError("cifar10 comes as arrays, not files: use --loader memory (or auto)")
-    from . import photos
-    from .data import samples_dir
-
-    if spec == "samples":
-        root = samples_dir()
-    else:
-        root = Path(spec.split(":", 1)[1]).expanduser() if ":" in spec else photos.DEFAULT_DEST
-    names = load_dataset(spec, splits=()).names  # names only: nothing is decoded
-    return FileSource(spec, str(root), "images", {split: list(names[split]) for split in ("train", "validation",
-                                                                                            "test")})
 
 
 # --- TFRecord shards ------------------------------------------------------------------------------
@@ -336,7 +165,7 @@ def tfrecord_source(spec: str, root: str, shards: list[str]) -> FileSource:
     split_records = True
     if len(probe) < TFRECORD_PROBE:  # the whole set: is there a training record at all?
         names = [_record_name(path, index, record, name_key) for path, index, record in probe]
-        if len(names) < 3 or not any(_split_of(name) == "train" for name in names):
+        if len(names) < 3 or not any(split_of_name(name) == "train" for name in names):
             logger.warning("%s has too few records to hold any out: validating on training records", spec)
             split_records = False
     counts = {"records_probed": len(probe)}
@@ -545,7 +374,7 @@ def memory_batches(images: list[np.ndarray], layout: Layout, *, mask_kind: str, 
 
 def _in_split(split: str):
     def keep(key) -> bool:
-        return _split_of(key.decode("utf-8", "replace")) == split
+        return split_of_name(key.decode("utf-8", "replace")) == split
     return keep
 
 
@@ -664,7 +493,7 @@ def validation_records(source: FileSource, count: int) -> list[tuple[str, bytes]
     found, fallback = [], []
     for scanned, (path, index, record) in enumerate(iterate_records(source.paths("train"))):
         name = _record_name(path, index, record, source.name_key)
-        split = _split_of(name) if source.split_records else "validation"
+        split = split_of_name(name) if source.split_records else "validation"
         if split == "validation":
             found.append((name, _record_image(record, source.image_key)))
         elif len(fallback) < count and split == "train":

@@ -30,7 +30,7 @@ from inpaint.core.repository import RUN_RECORD, staged_version
 from .data import Dataset, check_dataset_image_size
 from .distribute import STRATEGIES
 from .errors import BackupError, DistributionError, TrainingError
-from .stream import DATA_FORMATS, LOADERS
+from .sources import DATA_FORMATS, LOADERS
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def backup_folder(config: TrainConfig) -> str:
 
 
 def _train(config: TrainConfig, distribution) -> Path | None:
-    from .stream import open_data
+    from .sources import open_data
 
     data = open_data(config.data, config.loader, config.data_format)
     if isinstance(data, Dataset):
