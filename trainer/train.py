@@ -1,12 +1,15 @@
 """Train the inpainting U-Net and publish it as the next version of a model repository.
 
-Reads top-down: config, data, model, fit, export. Defaults are chosen so that
-``make train`` finishes in under 10 minutes on 2 CPU cores (see docs/training.md).
+Reads top-down: the config; ``train`` and its steps in the order they run (open the data, start or
+resume, configure Keras, build and compile, callbacks, fit, record and publish); the pieces they use;
+publishing a checkpoint; the command line. Defaults are chosen so that ``make train`` finishes in
+under 10 minutes on 2 CPU cores (see docs/training.md).
 
-Beyond one machine: ``--loader stream`` (automatic for globs, TFRecords and large folders) decodes
-photos in a tf.data pipeline from their file names (``stream.py``); ``--strategy`` spreads the
-replicas over GPUs and workers (``distribute.py``); ``--backup-dir`` resumes a killed run from its
-last epoch and publishes it once (``resume.py``); ``--logdir`` writes TensorBoard summaries.
+Beyond one machine: ``--data`` is resolved in ``sources.py``; ``--loader stream`` (automatic for globs,
+TFRecords and large folders) decodes photos in a tf.data pipeline from their file names
+(``stream.py``); ``--strategy`` spreads the replicas over GPUs and workers (``distribute.py``);
+``--backup-dir`` resumes a killed run from its last epoch and publishes it once (``resume.py``);
+``--logdir`` writes TensorBoard summaries.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -31,6 +35,9 @@ from .data import Dataset, check_dataset_image_size
 from .distribute import STRATEGIES
 from .errors import BackupError, DistributionError, TrainingError
 from .sources import DATA_FORMATS, LOADERS
+
+if TYPE_CHECKING:
+    from .resume import BackupState
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +103,23 @@ def backup_folder(config: TrainConfig) -> str:
 
 
 def _train(config: TrainConfig, distribution) -> Path | None:
+    """The steps of a run, in order; each is a function below."""
+    data = open_training_data(config)
+    run = start_or_resume(config, distribution)
+    if run.already_published:
+        return run.published
+    precision = configure_keras(config, distribution)
+    model = build_and_compile(config, distribution, run)
+    backup = backup_callback(run, distribution)
+    callbacks = epoch_callbacks(config, data, distribution, run) + ([backup] if backup else [])
+    history, seconds = fit(model, data, config, distribution, run, callbacks, backup)
+    record = {**run_record(config, data, model, history, seconds), "precision": precision, **run.describe(),
+              "distribution": distribution_record(config, distribution)}
+    return publish_run(model, config, record, distribution, run)
+
+
+def open_training_data(config: TrainConfig):
+    """The ``--data`` source, in memory (``data.Dataset``) or to stream (``stream.FileSource``), logged."""
     from .sources import open_data
 
     data = open_data(config.data, config.loader, config.data_format)
@@ -108,95 +132,148 @@ def _train(config: TrainConfig, distribution) -> Path | None:
     else:
         logger.info("data %s streamed: %d train, %d validation, %d held-out files", data.source,
                     len(data.names["train"]), len(data.names["validation"]), len(data.names["test"]))
+    return data
 
-    import keras  # deferred: --help and bad-input errors stay fast
 
-    from .pipeline import MaskedBatches, TensorBoardLogger, TimeLimit, ValidationMetrics
-    from .resume import ResumableBackup, RunBackup, check_resumable, find_published
+@dataclass
+class Run:
+    """This run's identity and, with a backup folder, where a restart of it stands."""
 
+    id: str
+    backup_dir: str = ""
+    state: BackupState | None = None  # the last epoch backed up; None: a fresh start
+    finished: bool = False            # every epoch done (or stopped early) before a kill: publish only
+    already_published: bool = False   # a restart after publishing: nothing to train
+    published: Path | None = None     # that version, on the chief
+
+    @property
+    def start_epoch(self) -> int:
+        return self.state.epoch if self.state else 0
+
+    def describe(self) -> dict:
+        described = {"run_id": self.id}
+        if self.state is not None:
+            described["resumed_after_epoch"] = self.state.epoch
+        return described
+
+    def remove_backup(self) -> None:
+        """Once published: the same command started again trains a new run."""
+        if self.backup_dir:
+            from .resume import RunBackup
+
+            RunBackup(Path(self.backup_dir)).finish()
+
+
+def start_or_resume(config: TrainConfig, distribution) -> Run:
+    """A fresh run, or the one a restart with the same backup folder goes on with (every worker agrees)."""
     backup_dir = backup_folder(config)
-    run_id, state = uuid.uuid4().hex, None
-    if backup_dir:
-        backup = RunBackup(Path(backup_dir))
-        run_id = backup.identity(dataclasses.asdict(config), create=distribution.is_chief) or run_id
-        published = find_published(Path(config.model_base_path), run_id) if distribution.is_chief else None
-        if distribution.chief_value(published is not None):
-            if published is None:
-                return None
+    if not backup_dir:
+        return Run(uuid.uuid4().hex)
+    from .resume import RunBackup, check_resumable, find_published
+
+    backup = RunBackup(Path(backup_dir))
+    run_id = backup.identity(dataclasses.asdict(config), create=distribution.is_chief) or uuid.uuid4().hex
+    published = find_published(Path(config.model_base_path), run_id) if distribution.is_chief else None
+    if distribution.chief_value(published is not None):
+        if published is not None:
             logger.info("this run already published %s (it was stopped before removing %s): nothing to train",
                         published, backup_dir)
             backup.finish()
-            return published
-        state = backup.state()
-        check_resumable(state, config.epochs)
-        done = state.epoch if state else 0
-        if distribution.workers > 1 and distribution.chief_value(done) != done:
-            raise BackupError(f"{distribution.task} finds {done} epochs in {backup_dir}, the chief another number: "
-                              "--backup-dir must be one folder every worker reads (a shared volume)")
-        if state is not None and (state.stopped or state.epoch >= config.epochs):
-            logger.info("resuming from %s: training had finished after epoch %d; publishing", backup_dir, state.epoch)
-        elif state is not None:
-            logger.info("resuming from %s: %d of %d epochs done, continuing with epoch %d", backup_dir, state.epoch,
-                        config.epochs, state.epoch + 1)
-        else:
-            logger.info("backing up every epoch to %s (run %s)", backup_dir, run_id)
-    start_epoch = state.epoch if state else 0
+        return Run(run_id, backup_dir, already_published=True, published=published)
+    state = backup.state()
+    check_resumable(state, config.epochs)
+    done = state.epoch if state else 0
+    if distribution.workers > 1 and distribution.chief_value(done) != done:
+        raise BackupError(f"{distribution.task} finds {done} epochs in {backup_dir}, the chief another number: "
+                          "--backup-dir must be one folder every worker reads (a shared volume)")
     finished = state is not None and (state.stopped or state.epoch >= config.epochs)
+    if finished:
+        logger.info("resuming from %s: training had finished after epoch %d; publishing", backup_dir, state.epoch)
+    elif state is not None:
+        logger.info("resuming from %s: %d of %d epochs done, continuing with epoch %d", backup_dir, state.epoch,
+                    config.epochs, state.epoch + 1)
+    else:
+        logger.info("backing up every epoch to %s (run %s)", backup_dir, run_id)
+    return Run(run_id, backup_dir, state, finished)
+
+
+def configure_keras(config: TrainConfig, distribution) -> str:
+    """Refuse what cannot run here, seed everything, set the compute precision; the precision used."""
+    import keras  # deferred: --help and bad-input errors stay fast
 
     check_adversarial(config, keras.backend.backend(), distribution.workers)
     keras.utils.set_random_seed(config.seed)
     precision = resolve_precision(config.precision)
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
-    global_batch = config.batch_size * distribution.replicas
     logger.info("keras backend %s, compute precision %s, strategy %s: %d replica(s), global batch %d",
-                keras.backend.backend(), precision, distribution.name, distribution.replicas, global_batch)
+                keras.backend.backend(), precision, distribution.name, distribution.replicas,
+                config.batch_size * distribution.replicas)
+    return precision
+
+
+def build_and_compile(config: TrainConfig, distribution, run: Run):
+    """The network (from ``--init-weights`` on a fresh start) compiled with its losses, in the strategy's scope."""
     with distribution.scope():
         model = build_model(config)
-        if config.init_weights and state is None:
+        if config.init_weights and run.state is None:
             from .savedmodel import load_weights_from_version
 
             load_weights_from_version(model, Path(config.init_weights))
             logger.info("starting from the weights of %s", config.init_weights)
         model = compile_for_training(model, config)
-        if distribution.strategy is not None or backup_dir:
+        if distribution.strategy is not None or run.backup_dir:
             build_optimizers(model)  # in the scope: mirrored, and ready for a restore
         if distribution.workers > 1:
             build_for_multi_worker(model, config)
     logger.info("model %s: %d parameters", model.name, model.count_params())  # with a discriminator, if any
+    return model
 
-    distributed = distribution.strategy is not None
-    if isinstance(data, Dataset):
-        validation = ValidationMetrics.for_config(data, config, direct=distributed)
-    else:
-        from .stream import validation_examples
 
-        validation = ValidationMetrics(*validation_examples(data, config.validation_size, config.image_size,
-                                                            config.mask_kind, config.seed), direct=distributed)
+def epoch_callbacks(config: TrainConfig, data, distribution, run: Run) -> list:
+    """What runs after every epoch: validation scores, TensorBoard summaries, the time limit."""
+    from .pipeline import TensorBoardLogger, TimeLimit
+
+    validation = validation_metrics(config, data, distributed=distribution.strategy is not None)
     callbacks = [validation]
     if config.logdir:
-        logdir = distribution.writable(config.logdir)
-        callbacks.append(TensorBoardLogger(logdir, validation))
+        callbacks.append(TensorBoardLogger(distribution.writable(config.logdir), validation))
     if config.max_minutes:
-        callbacks.append(TimeLimit(config.max_minutes, state.seconds if state else 0.0,
+        callbacks.append(TimeLimit(config.max_minutes, run.state.seconds if run.state else 0.0,
                                    agree=distribution.any if distribution.workers > 1 else None))
-    backup_callback = None
-    if backup_dir:
-        backup_callback = ResumableBackup(Path(backup_dir), state, Path(distribution.writable(backup_dir)))
-        callbacks.append(backup_callback)  # last: it records what the others added to the epoch's logs
+    return callbacks
 
+
+def validation_metrics(config: TrainConfig, data, distributed: bool):
+    """The fixed validation crops, scored after every epoch."""
+    from .pipeline import ValidationMetrics
+
+    if isinstance(data, Dataset):
+        return ValidationMetrics.for_config(data, config, direct=distributed)
+    from .stream import validation_examples
+
+    return ValidationMetrics(*validation_examples(data, config.validation_size, config.image_size,
+                                                  config.mask_kind, config.seed), direct=distributed)
+
+
+def backup_callback(run: Run, distribution):
+    """The epoch backup (None without a backup folder): last among the callbacks, it records what the
+    others added to the epoch's logs."""
+    if not run.backup_dir:
+        return None
+    from .resume import ResumableBackup
+
+    return ResumableBackup(Path(run.backup_dir), run.state, Path(distribution.writable(run.backup_dir)))
+
+
+def fit(model, data, config: TrainConfig, distribution, run: Run, callbacks: list, backup) -> tuple[dict, float]:
+    """Train the epochs left; the history and training seconds of the whole run, across restarts."""
     started = time.monotonic()
-    if finished:  # killed after the last epoch, before publishing: the backup holds the final weights
-        backup_callback.set_model(model)
-        backup_callback.on_train_begin()
+    if run.finished:  # killed after the last epoch, before publishing: the backup holds the final weights
+        backup.set_model(model)
+        backup.on_train_begin()
         history = {}
     else:
-        fit_options = {}
-        if distributed or not isinstance(data, Dataset):
-            batches = training_input(data, config, distribution, start_epoch * config.steps_per_epoch)
-            fit_options.update(steps_per_epoch=config.steps_per_epoch, shuffle=False)  # a stream is drawn at random
-        else:
-            batches = MaskedBatches.for_config(data, config)
-            batches.epoch = start_epoch  # a resumed run draws the crops of the epochs it goes on with
+        batches, fit_options = fit_input(data, config, distribution, run.start_epoch)
         history = model.fit(
             batches,
             epochs=config.epochs,
@@ -204,23 +281,39 @@ def _train(config: TrainConfig, distribution) -> Path | None:
             verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, a line per epoch in logs
             **fit_options,
         ).history
-    seconds = time.monotonic() - started
-    if backup_callback is not None:  # the whole run's, across restarts
-        history, seconds = backup_callback.history, backup_callback.seconds
+    if backup is not None:
+        return backup.history, backup.seconds
+    return history, time.monotonic() - started
 
-    record = run_record(config, data, model, history, seconds)
-    record["precision"] = precision
-    record["run_id"] = run_id
-    record["distribution"] = {**distribution.describe(), "per_replica_batch": config.batch_size,
-                              "global_batch": global_batch, "learning_rate": config.learning_rate}
-    if state is not None:
-        record["resumed_after_epoch"] = state.epoch
-    if config.init_weights:
-        record["initialised_from"] = lineage(Path(config.init_weights))
+
+def fit_input(data, config: TrainConfig, distribution, start_epoch: int) -> tuple[object, dict]:
+    """What ``fit`` draws from, and how: a ``tf.data`` stream (streamed data, or any under a strategy)
+    or the in-memory ``MaskedBatches``, both starting at ``start_epoch``."""
+    if distribution.strategy is not None or not isinstance(data, Dataset):
+        batches = training_input(data, config, distribution, start_epoch * config.steps_per_epoch)
+        return batches, {"steps_per_epoch": config.steps_per_epoch, "shuffle": False}  # a stream is drawn at random
+    from .pipeline import MaskedBatches
+
+    batches = MaskedBatches.for_config(data, config)
+    batches.epoch = start_epoch  # a resumed run draws the crops of the epochs it goes on with
+    return batches, {}
+
+
+def distribution_record(config: TrainConfig, distribution) -> dict:
+    return {**distribution.describe(), "per_replica_batch": config.batch_size,
+            "global_batch": config.batch_size * distribution.replicas, "learning_rate": config.learning_rate}
+
+
+def publish_run(model, config: TrainConfig, record: dict, distribution, run: Run) -> Path | None:
+    """Publish the trained network as the next version (the chief's copy), then remove the backup.
+
+    Under another Keras backend the weights and record are saved for ``--publish-checkpoint`` instead.
+    """
+    import keras
+
     if keras.backend.backend() != "tensorflow":
         folder = save_checkpoint(model, config, record)
-        if backup_dir:
-            RunBackup(Path(backup_dir)).finish()
+        run.remove_backup()
         return folder
     if not distribution.is_chief:
         # Every worker saves, as TensorFlow's multi-worker guide advises; only the chief's is kept.
@@ -229,8 +322,7 @@ def _train(config: TrainConfig, distribution) -> Path | None:
         logger.info("%s done: the chief publishes the version", distribution.task)
         return None
     version = publish(float32_copy(model, config), config, record)
-    if backup_dir:
-        RunBackup(Path(backup_dir)).finish()
+    run.remove_backup()
     return version
 
 
@@ -279,7 +371,8 @@ def check_adversarial(config: TrainConfig, backend: str, workers: int) -> None:
         return
     if backend != "tensorflow":
         raise DistributionError(f"--adversarial-weight needs the TensorFlow backend (KERAS_BACKEND={backend}): "
-                                "unset KERAS_BACKEND, or train the L1 stage there and the adversarial stage with TensorFlow")
+                                "unset KERAS_BACKEND, or train the L1 stage there and the adversarial stage "
+                                "with TensorFlow")
     if workers > 1:
         raise DistributionError("--adversarial-weight runs on one worker (one machine, any number of GPUs): "
                                 "use --strategy one or mirrored")
@@ -431,7 +524,8 @@ def _publish_backup_epoch(folder: Path, model_base_path: str, run_file: Path) ->
     model.load_weights(str(folder / WEIGHTS_FILE))
     from .adversarial import generator_of
 
-    record = {"parameters": int(generator_of(model).count_params()),"config": dataclasses.asdict(config), "history": metadata.get("history", {}),
+    record = {"parameters": int(generator_of(model).count_params()), "config": dataclasses.asdict(config),
+              "history": metadata.get("history", {}),
               "steps_done": int(metadata["epoch"]) * config.steps_per_epoch,
               "training_seconds": metadata.get("seconds"), "run_id": run.get("run_id"),
               "published_from": str(folder)}
@@ -452,14 +546,14 @@ def lineage(version: Path) -> dict:
 
 
 def run_record(config: TrainConfig, dataset, model, history: dict, seconds: float) -> dict:
-    """What is saved with the model: config, data, final metrics, the per-epoch history."""
+    """What is saved with the model: config, data, final metrics, the per-epoch history, the weights' origin."""
     import keras
 
     from .adversarial import generator_of
 
     history = {name: [float(v) for v in values] for name, values in history.items()}
     steps_done = len(history.get("loss", [])) * config.steps_per_epoch  # fewer than planned after a time limit
-    return {
+    record = {
         "config": dataclasses.asdict(config),
         "dataset": dataset.describe(),
         "final_metrics": {name: values[-1] for name, values in history.items()},
@@ -472,6 +566,9 @@ def run_record(config: TrainConfig, dataset, model, history: dict, seconds: floa
                      "python": platform.python_version()},
         "note": "dice is the founding report's metric, kept only for comparison: it carries no signal.",
     }
+    if config.init_weights:
+        record["initialised_from"] = lineage(Path(config.init_weights))
+    return record
 
 
 def publish(model, config: TrainConfig, record: dict) -> Path:

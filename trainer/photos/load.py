@@ -44,8 +44,9 @@ def load_photos(dest: Path, sources: Sequence[Source] = SOURCES, *, max_long_sid
     """Train, validation and test photos from an assembled folder, and their paths in it.
 
     Returns ``(images, names)``, both keyed by ``train``, ``validation`` and ``test``; images are
-    RGB uint8, read only for ``splits`` (the others are empty lists; their names are all given). Reads only local files. PhotosNotAssembled (a ValueError) names the command to
-    run if the folder was never assembled; missing packages are named in a warning.
+    RGB uint8, read only for ``splits`` (the others are empty lists; their names are all given). Reads
+    only local files. PhotosNotAssembled (a DataError) names the command to run if the folder was never
+    assembled; missing packages are named in a warning.
     """
     manifest = Manifest.load(dest)
     missing = manifest.missing()
