@@ -1,5 +1,6 @@
 """The CLIs on real files: the happy path once, and every bad input as one line with exit 1."""
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -86,6 +87,41 @@ def test_eval_missing_data_folder(tiny_version, tmp_path):
 def test_non_positive_options_are_usage_errors(option, tmp_path):
     result = CliRunner().invoke(train_main, [option, "0", "--model-base-path", str(tmp_path)])
     assert result.exit_code == 2 and "must be positive" in result.output
+
+
+def test_every_train_option_reads_its_prefixed_variable(monkeypatch):
+    """INPAINT_TRAIN_<OPTION>, one rule for all: --steps-per-epoch is INPAINT_TRAIN_STEPS_PER_EPOCH."""
+    options = [param for param in train_main.params if isinstance(param, click.Option)]
+    for param in options:
+        flag = next(name for name in param.opts if name.startswith("--"))
+        assert param.envvar == "INPAINT_TRAIN_" + flag[2:].replace("-", "_").upper(), flag
+    for name, value in {"INPAINT_TRAIN_SEED": "7", "INPAINT_TRAIN_MODEL_NAME": "other",
+                        "INPAINT_TRAIN_DATA": "samples", "INPAINT_TRAIN_STEPS_PER_EPOCH": "3",
+                        "INPAINT_TRAIN_DETERMINISTIC": "false"}.items():
+        monkeypatch.setenv(name, value)
+    params = train_main.make_context("inpaint-train", ["--seed", "8"]).params
+    assert (params["seed"], params["model_name"], params["data"]) == (8, "other", "samples"), "a flag wins"
+    assert params["steps_per_epoch"] == 3 and params["deterministic"] is False
+
+
+@pytest.mark.parametrize("old, new", [("INPAINT_SEED", "INPAINT_TRAIN_SEED"),
+                                      ("INPAINT_MODEL", "INPAINT_TRAIN_MODEL_NAME"),
+                                      ("INPAINT_STEPS", "INPAINT_TRAIN_STEPS_PER_EPOCH"),
+                                      ("INPAINT_BATCH_SIZE", "INPAINT_TRAIN_BATCH_SIZE")])
+def test_the_old_variable_names_are_refused_with_the_new_one(old, new, tmp_path):
+    result = CliRunner().invoke(train_main, [*TINY, "--model-base-path", str(tmp_path / "m")], env={old: "4"})
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"Error: {old} is no longer read by inpaint-train: set {new} instead"
+    assert not (tmp_path / "m").exists()
+
+
+def test_each_option_had_one_old_variable_name():
+    """The table of old names covers every option the trainer had, once each (INPAINT_VERBOSE included)."""
+    from inpaint.trainer.train import UNPREFIXED_ENVVARS
+
+    flags = [next(name for name in param.opts if name.startswith("--")).split("/")[0]
+             for param in train_main.params if isinstance(param, click.Option)]
+    assert sorted(UNPREFIXED_ENVVARS.values()) == sorted(flags)
 
 
 def test_export_cli_prints_size_and_parameters(tiny_version):

@@ -249,3 +249,14 @@ def test_job_args_are_options_of_the_real_trainer():
     context = main.make_context("inpaint-train", list(args))  # raises on an unknown flag or a bad value
     assert context.params["strategy"] == "multi-worker"
     assert context.params["max_minutes"] == 0, "no laptop time limit in the cluster"
+
+
+@needs_kubectl
+def test_job_env_sets_only_the_trainers_own_variables():
+    """An INPAINT_* variable in the Job is one inpaint-train reads (INPAINT_TRAIN_*), never an old name it refuses."""
+    from inpaint.trainer.train import main, refuse_unprefixed_envvars
+
+    env = pod_env(training_docs()[0], 0)
+    refuse_unprefixed_envvars(env)
+    read = {param.envvar for param in main.params}
+    assert {name for name in env if name.startswith("INPAINT_")} <= read

@@ -604,109 +604,141 @@ def _positive(ctx, param, value):
     return value
 
 
+ENVVAR_PREFIX = "INPAINT_TRAIN_"
+# What inpaint-train read before its variables carried its own prefix (issue 24), and the option each set.
+# Refused, not ignored: a setting meant for the trainer is never dropped silently, nor another tool's taken.
+UNPREFIXED_ENVVARS = {f"INPAINT_{name}": "--" + name.lower().replace("_", "-") for name in (
+    "DATA", "LOADER", "DATA_FORMAT", "DETERMINISTIC", "MODEL_BASE_PATH", "IMAGE_SIZE", "DEPTH", "BASE_FILTERS",
+    "DILATIONS", "SPECTRAL_BLOCKS", "COARSE_SIDE", "SMOOTHING", "PRECISION", "MASK_KIND", "HOLE_WEIGHT",
+    "ADVERSARIAL_WEIGHT", "FEATURE_MATCHING_WEIGHT", "DISCRIMINATOR_FILTERS", "DISCRIMINATOR_LEARNING_RATE",
+    "BATCH_SIZE", "EPOCHS", "LEARNING_RATE", "VALIDATION_SIZE", "INIT_WEIGHTS", "CHECKPOINT_DIR", "WORKERS",
+    "STRATEGY", "BACKUP_DIR", "LOGDIR", "MAX_MINUTES", "PUBLISH_CHECKPOINT", "SEED", "VERBOSE")}
+UNPREFIXED_ENVVARS |= {"INPAINT_MODEL": "--model-name", "INPAINT_STEPS": "--steps-per-epoch"}
+
+
+def envvar(flag: str) -> str:
+    """The environment variable an option reads: ``--batch-size`` -> ``INPAINT_TRAIN_BATCH_SIZE``."""
+    return ENVVAR_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def option(*declarations: str, **attrs):
+    """``click.option`` that also reads the option's ``envvar``, named in ``--help``."""
+    flag = next(name for name in declarations if name.startswith("--")).split("/")[0]
+    return click.option(*declarations, envvar=envvar(flag), show_envvar=True, **attrs)
+
+
+class UnprefixedVariable(click.ClickException):
+    """An old variable name is set: one line naming the new one, exit 2 (a usage error: a Job fails at once)."""
+
+    exit_code = 2
+
+
+def refuse_unprefixed_envvars(environ) -> None:
+    """UnprefixedVariable if ``environ`` sets any of ``UNPREFIXED_ENVVARS``."""
+    old = sorted(name for name in UNPREFIXED_ENVVARS if environ.get(name))
+    if old:
+        new = [envvar(UNPREFIXED_ENVVARS[name]) for name in old]
+        raise UnprefixedVariable(f"{', '.join(old)} {'is' if len(old) == 1 else 'are'} no longer read by "
+                                 f"inpaint-train: set {', '.join(new)} instead")
+
+
 _DEFAULTS = TrainConfig()
 
 
-@click.command(context_settings={"show_default": True, "auto_envvar_prefix": "INPAINT"})
-@click.option("--data", default=_DEFAULTS.data, envvar="INPAINT_DATA",
-              help="Training data: 'samples' (bundled photos), 'photos[:DIR]' (assembled by make photos), "
-                   "'cifar10', 'cifar10:PATH', a folder of images (recursive), a glob ('photos/**/*.jpg') or "
-                   "TFRecord shards (a folder or glob of *.tfrecord / *.tfrec); any path tf.io.gfile reads.")
-@click.option("--loader", default=_DEFAULTS.loader, type=click.Choice(LOADERS), envvar="INPAINT_LOADER",
-              help="memory: decode every image before the first step (the built-in sources' way); stream: keep "
-                   "only file names and decode, crop and mask in a parallel tf.data pipeline (memory independent "
-                   "of the data's size); auto: stream globs, TFRecords, remote paths and folders of more than "
-                   "1,000 images or 100 MB, read the rest into memory.")
-@click.option("--data-format", default=_DEFAULTS.data_format, type=click.Choice(DATA_FORMATS),
-              envvar="INPAINT_DATA_FORMAT",
-              help="What --data holds; auto: image files if there are any, else TFRecord shards (by suffix).")
-@click.option("--deterministic/--no-deterministic", default=_DEFAULTS.deterministic, envvar="INPAINT_DETERMINISTIC",
-              help="Streamed batches in a reproducible order (each example is seeded either way; "
-                   "--no-deterministic lets fast decodes overtake slow ones).")
-@click.option("--model-base-path", default=_DEFAULTS.model_base_path, envvar="INPAINT_MODEL_BASE_PATH",
-              type=click.Path(file_okay=False), help="Model repository; the run is published as its next version.")
-@click.option("--model-name", default=_DEFAULTS.model_name, envvar="INPAINT_MODEL",
-              help="Model name written into the TF Serving warmup requests.")
-@click.option("--image-size", default=_DEFAULTS.image_size, callback=_positive, envvar="INPAINT_IMAGE_SIZE",
-              help="Side of the square training crops, in pixels.")
-@click.option("--depth", default=_DEFAULTS.depth, callback=_positive, envvar="INPAINT_DEPTH",
-              help="U-Net encoder depth (the report compared 2, 3 and 5).")
-@click.option("--base-filters", default=_DEFAULTS.base_filters, callback=_positive, envvar="INPAINT_BASE_FILTERS",
-              help="Filters in the first U-Net level; doubled at every level.")
-@click.option("--dilations", default=_DEFAULTS.dilations, callback=_positive_list, envvar="INPAINT_DILATIONS",
-              help="Dilation rates of extra bottleneck convolutions, comma-separated ('' for none).")
-@click.option("--spectral-blocks", default=_DEFAULTS.spectral_blocks, type=click.IntRange(min=0),
-              envvar="INPAINT_SPECTRAL_BLOCKS",
-              help="Fourier units (LaMa's FFC, exported as plain matmuls) after the U-Net bottleneck: every cell sees "
-                   "the whole image. Added to --init-weights that lack them, they start as the identity.")
-@click.option("--coarse-side", default=_DEFAULTS.coarse_side, callback=_positive, envvar="INPAINT_COARSE_SIDE",
-              help="Long side, in pixels, of the coarse pass (larger images are downscaled to it first).")
-@click.option("--smoothing", default=_DEFAULTS.smoothing, type=click.IntRange(min=0), envvar="INPAINT_SMOOTHING",
-              help="Jacobi smoothing steps per pyramid level of the push-pull fill the network refines.")
-@click.option("--precision", default=_DEFAULTS.precision, type=click.Choice(PRECISIONS), envvar="INPAINT_PRECISION",
-              help="Training compute precision; auto picks bfloat16 on CPUs with native bf16, else float32. "
-                   "The exported model is always float32.")
-@click.option("--mask-kind", default=_DEFAULTS.mask_kind, type=click.Choice(MASK_KINDS), envvar="INPAINT_MASK_KIND",
-              help="Hole generator used for training.")
-@click.option("--hole-weight", default=_DEFAULTS.hole_weight, callback=_positive, envvar="INPAINT_HOLE_WEIGHT",
-              help="L1 weight of hole pixels relative to known pixels.")
-@click.option("--adversarial-weight", default=_DEFAULTS.adversarial_weight, type=click.FloatRange(min=0),
-              envvar="INPAINT_ADVERSARIAL_WEIGHT",
-              help="Weight of the adversarial loss (a PatchGAN discriminator on the composited output, next to the "
-                   "L1 whose weight is 1); 0 trains with L1 alone. The discriminator is not exported.")
-@click.option("--feature-matching-weight", default=_DEFAULTS.feature_matching_weight, type=click.FloatRange(min=0),
-              envvar="INPAINT_FEATURE_MATCHING_WEIGHT",
-              help="Weight of the discriminator's feature-matching L1 (truth vs fill features); > 0 enables the "
-                   "discriminator too.")
-@click.option("--discriminator-filters", default=_DEFAULTS.discriminator_filters, callback=_positive,
-              envvar="INPAINT_DISCRIMINATOR_FILTERS", help="Filters in the discriminator's first level.")
-@click.option("--discriminator-learning-rate", default=_DEFAULTS.discriminator_learning_rate, callback=_positive,
-              envvar="INPAINT_DISCRIMINATOR_LEARNING_RATE",
-              help="Peak Adam learning rate of the discriminator, cosine-decayed like the generator's.")
-@click.option("--batch-size", default=_DEFAULTS.batch_size, callback=_positive, envvar="INPAINT_BATCH_SIZE",
-              help="Crops per training step and replica: the global batch is this times the replicas in sync.")
-@click.option("--epochs", default=_DEFAULTS.epochs, callback=_positive, envvar="INPAINT_EPOCHS",
-              help="Training epochs.")
-@click.option("--steps-per-epoch", default=_DEFAULTS.steps_per_epoch, callback=_positive, envvar="INPAINT_STEPS",
-              help="Training steps per epoch.")
-@click.option("--learning-rate", default=_DEFAULTS.learning_rate, callback=_positive, envvar="INPAINT_LEARNING_RATE",
-              help="Peak Adam learning rate, cosine-decayed to zero. Kept as given at any number of replicas (no "
-                   "linear scaling with the global batch: Adam's steps do not grow with the batch the way SGD's "
-                   "do); scale it yourself if you raise the global batch a lot.")
-@click.option("--validation-size", default=_DEFAULTS.validation_size, callback=_positive,
-              envvar="INPAINT_VALIDATION_SIZE", help="Fixed validation crops scored after every epoch.")
-@click.option("--init-weights", default=_DEFAULTS.init_weights, envvar="INPAINT_INIT_WEIGHTS",
-              callback=lambda ctx, param, value: "" if value in ("none", "") else value,
-              help="Start from this published version's weights (e.g. models/pretrained/inpaint/1); the "
-                   "architecture options must match its run record; 'none' trains from scratch.")
-@click.option("--checkpoint-dir", default=_DEFAULTS.checkpoint_dir, envvar="INPAINT_CHECKPOINT_DIR",
-              type=click.Path(file_okay=False),
-              help="Back up weights, optimizer and epoch in DIR/backup after every epoch (as --backup-dir); "
-                   "rerunning resumes. Also where another backend's finished weights go.")
-@click.option("--workers", default=_DEFAULTS.workers, callback=_positive, envvar="INPAINT_WORKERS",
-              help="Threads that draw training crops and masks with --loader memory (a stream uses tf.data's "
-                   "AUTOTUNE).")
-@click.option("--strategy", default=_DEFAULTS.strategy, type=click.Choice(STRATEGIES), envvar="INPAINT_STRATEGY",
-              help="one: one device; mirrored: MirroredStrategy over the local GPUs; multi-worker: "
-                   "MultiWorkerMirroredStrategy configured by TF_CONFIG (only the chief publishes); auto: "
-                   "multi-worker when TF_CONFIG names several tasks, mirrored on several GPUs, else one.")
-@click.option("--backup-dir", default=_DEFAULTS.backup_dir, envvar="INPAINT_BACKUP_DIR",
-              type=click.Path(file_okay=False),
-              help="Back up after every epoch (Keras BackupAndRestore, written atomically): a run killed at any "
-                   "point and started again with the same command continues from its last epoch and publishes "
-                   "one version; removed once published. Every worker must read it (shared volume).")
-@click.option("--logdir", default=_DEFAULTS.logdir, envvar="INPAINT_LOGDIR",
-              help="TensorBoard log folder: losses, learning rate, validation metrics and example fills per epoch.")
-@click.option("--max-minutes", default=_DEFAULTS.max_minutes, type=click.FloatRange(min=0), envvar="INPAINT_MAX_MINUTES",
-              help="Stop after the epoch that passes this many minutes of training (0: no limit).")
-@click.option("--publish-checkpoint", "finished_run", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
-              envvar="INPAINT_PUBLISH_CHECKPOINT",
-              help="Publish a finished run's checkpoint folder (trained under another Keras backend), or one epoch "
-                   "of a --backup-dir (BACKUP/epoch-000012, while the run goes on), and exit.")
-@click.option("--seed", default=_DEFAULTS.seed, envvar="INPAINT_SEED", help="Random seed; a run is reproducible.")
-@click.option("-v", "--verbose", is_flag=True, help="Show debug logs and tracebacks.")
+@click.command(context_settings={"show_default": True})
+@option("--data", default=_DEFAULTS.data,
+        help="Training data: 'samples' (bundled photos), 'photos[:DIR]' (assembled by make photos), "
+             "'cifar10', 'cifar10:PATH', a folder of images (recursive), a glob ('photos/**/*.jpg') or "
+             "TFRecord shards (a folder or glob of *.tfrecord / *.tfrec); any path tf.io.gfile reads.")
+@option("--loader", default=_DEFAULTS.loader, type=click.Choice(LOADERS),
+        help="memory: decode every image before the first step (the built-in sources' way); stream: keep "
+             "only file names and decode, crop and mask in a parallel tf.data pipeline (memory independent "
+             "of the data's size); auto: stream globs, TFRecords, remote paths and folders of more than "
+             "1,000 images or 100 MB, read the rest into memory.")
+@option("--data-format", default=_DEFAULTS.data_format, type=click.Choice(DATA_FORMATS),
+        help="What --data holds; auto: image files if there are any, else TFRecord shards (by suffix).")
+@option("--deterministic/--no-deterministic", default=_DEFAULTS.deterministic,
+        help="Streamed batches in a reproducible order (each example is seeded either way; "
+             "--no-deterministic lets fast decodes overtake slow ones).")
+@option("--model-base-path", default=_DEFAULTS.model_base_path,
+        type=click.Path(file_okay=False), help="Model repository; the run is published as its next version.")
+@option("--model-name", default=_DEFAULTS.model_name, help="Model name written into the TF Serving warmup requests.")
+@option("--image-size", default=_DEFAULTS.image_size, callback=_positive,
+        help="Side of the square training crops, in pixels.")
+@option("--depth", default=_DEFAULTS.depth, callback=_positive,
+        help="U-Net encoder depth (the report compared 2, 3 and 5).")
+@option("--base-filters", default=_DEFAULTS.base_filters, callback=_positive,
+        help="Filters in the first U-Net level; doubled at every level.")
+@option("--dilations", default=_DEFAULTS.dilations, callback=_positive_list,
+        help="Dilation rates of extra bottleneck convolutions, comma-separated ('' for none).")
+@option("--spectral-blocks", default=_DEFAULTS.spectral_blocks, type=click.IntRange(min=0),
+        help="Fourier units (LaMa's FFC, exported as plain matmuls) after the U-Net bottleneck: every cell sees "
+             "the whole image. Added to --init-weights that lack them, they start as the identity.")
+@option("--coarse-side", default=_DEFAULTS.coarse_side, callback=_positive,
+        help="Long side, in pixels, of the coarse pass (larger images are downscaled to it first).")
+@option("--smoothing", default=_DEFAULTS.smoothing, type=click.IntRange(min=0),
+        help="Jacobi smoothing steps per pyramid level of the push-pull fill the network refines.")
+@option("--precision", default=_DEFAULTS.precision, type=click.Choice(PRECISIONS),
+        help="Training compute precision; auto picks bfloat16 on CPUs with native bf16, else float32. "
+             "The exported model is always float32.")
+@option("--mask-kind", default=_DEFAULTS.mask_kind, type=click.Choice(MASK_KINDS),
+        help="Hole generator used for training.")
+@option("--hole-weight", default=_DEFAULTS.hole_weight, callback=_positive,
+        help="L1 weight of hole pixels relative to known pixels.")
+@option("--adversarial-weight", default=_DEFAULTS.adversarial_weight, type=click.FloatRange(min=0),
+        help="Weight of the adversarial loss (a PatchGAN discriminator on the composited output, next to the "
+             "L1 whose weight is 1); 0 trains with L1 alone. The discriminator is not exported.")
+@option("--feature-matching-weight", default=_DEFAULTS.feature_matching_weight, type=click.FloatRange(min=0),
+        help="Weight of the discriminator's feature-matching L1 (truth vs fill features); > 0 enables the "
+             "discriminator too.")
+@option("--discriminator-filters", default=_DEFAULTS.discriminator_filters, callback=_positive,
+        help="Filters in the discriminator's first level.")
+@option("--discriminator-learning-rate", default=_DEFAULTS.discriminator_learning_rate, callback=_positive,
+        help="Peak Adam learning rate of the discriminator, cosine-decayed like the generator's.")
+@option("--batch-size", default=_DEFAULTS.batch_size, callback=_positive,
+        help="Crops per training step and replica: the global batch is this times the replicas in sync.")
+@option("--epochs", default=_DEFAULTS.epochs, callback=_positive, help="Training epochs.")
+@option("--steps-per-epoch", default=_DEFAULTS.steps_per_epoch, callback=_positive, help="Training steps per epoch.")
+@option("--learning-rate", default=_DEFAULTS.learning_rate, callback=_positive,
+        help="Peak Adam learning rate, cosine-decayed to zero. Kept as given at any number of replicas (no "
+             "linear scaling with the global batch: Adam's steps do not grow with the batch the way SGD's "
+             "do); scale it yourself if you raise the global batch a lot.")
+@option("--validation-size", default=_DEFAULTS.validation_size, callback=_positive,
+        help="Fixed validation crops scored after every epoch.")
+@option("--init-weights", default=_DEFAULTS.init_weights,
+        callback=lambda ctx, param, value: "" if value in ("none", "") else value,
+        help="Start from this published version's weights (e.g. models/pretrained/inpaint/1); the "
+             "architecture options must match its run record; 'none' trains from scratch.")
+@option("--checkpoint-dir", default=_DEFAULTS.checkpoint_dir, type=click.Path(file_okay=False),
+        help="Back up weights, optimizer and epoch in DIR/backup after every epoch (as --backup-dir); "
+             "rerunning resumes. Also where another backend's finished weights go.")
+@option("--workers", default=_DEFAULTS.workers, callback=_positive,
+        help="Threads that draw training crops and masks with --loader memory (a stream uses tf.data's "
+             "AUTOTUNE).")
+@option("--strategy", default=_DEFAULTS.strategy, type=click.Choice(STRATEGIES),
+        help="one: one device; mirrored: MirroredStrategy over the local GPUs; multi-worker: "
+             "MultiWorkerMirroredStrategy configured by TF_CONFIG (only the chief publishes); auto: "
+             "multi-worker when TF_CONFIG names several tasks, mirrored on several GPUs, else one.")
+@option("--backup-dir", default=_DEFAULTS.backup_dir, type=click.Path(file_okay=False),
+        help="Back up after every epoch (Keras BackupAndRestore, written atomically): a run killed at any "
+             "point and started again with the same command continues from its last epoch and publishes "
+             "one version; removed once published. Every worker must read it (shared volume).")
+@option("--logdir", default=_DEFAULTS.logdir,
+        help="TensorBoard log folder: losses, learning rate, validation metrics and example fills per epoch.")
+@option("--max-minutes", default=_DEFAULTS.max_minutes, type=click.FloatRange(min=0),
+        help="Stop after the epoch that passes this many minutes of training (0: no limit).")
+@option("--publish-checkpoint", "finished_run", default=None,
+        type=click.Path(file_okay=False, exists=True, path_type=Path),
+        help="Publish a finished run's checkpoint folder (trained under another Keras backend), or one epoch "
+             "of a --backup-dir (BACKUP/epoch-000012, while the run goes on), and exit.")
+@option("--seed", default=_DEFAULTS.seed, help="Random seed; a run is reproducible.")
+@option("-v", "--verbose", is_flag=True, help="Show debug logs and tracebacks.")
 def main(verbose: bool, finished_run: Path | None, **options) -> None:
-    """Train the inpainting network and publish SavedModel version N+1 under --model-base-path."""
+    """Train the inpainting network and publish SavedModel version N+1 under --model-base-path.
+
+    Every option also reads INPAINT_TRAIN_<OPTION> (--batch-size: INPAINT_TRAIN_BATCH_SIZE).
+    """
+    refuse_unprefixed_envvars(os.environ)
     # TensorFlow's C++ start-up lines (CUDA probing on CPU machines) are noise unless asked for.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
     configure_logging(verbose)
