@@ -67,7 +67,8 @@ def test_a_24_megapixel_photo_works_end_to_end(onnx_repo, start_server):
 
 
 def test_many_small_images_in_one_request_run_in_bounded_groups(onnx_repo, start_server):
-    server = start_server(onnx_repo, rest_port=None, tile_above_pixels=2 * 300 * 400, enable_batching=True)
+    # Runs are bounded in the pixels the graph runs: 300 x 400 is padded to 304 x 400 (multiples of 16).
+    server = start_server(onnx_repo, rest_port=None, tile_above_pixels=2 * 304 * 400, enable_batching=True)
     images = np.stack([random_image(300, 400, seed) for seed in range(7)])
     masks = np.stack([diagonal_scratch(300, 400, 3 + seed) for seed in range(7)])
     with InpaintClient(server.grpc_target) as client:
