@@ -6,9 +6,10 @@ Starts ``inpaint-serve`` with the Deployment's args (``k8s/base/deployment.yaml`
 cgroup v1 memory cgroup capped at the Deployment's memory limit, every process of it, as in its pod (run as
 root; see tests/helpers.py's MemoryCgroup). Two clients keep sending a mix, 64 px to 12 MP, over TF Serving's
 gRPC and REST APIs and the Open Inference Protocol's gRPC; once a minute a burst of the worst requests the
-limits admit arrives at once: 24 MP uint8 photos over gRPC, 24 MP FP32, gzip bodies inflating past the byte
-cap, 1 x 262,144 strips, progressive JPEGs of 2,000 scans. After each burst the mix pauses and the cgroup's
-memory is read once the server is idle again.
+limits admit arrives at once (as tests/test_memory_admission.py's burst): 24 MP uint8 photos over gRPC, 24
+and 12 MP FP32, gzip bodies inflating past the byte cap, 1 x 262,144 strips, progressive JPEGs of 2,000
+scans. After each burst the mix pauses, its requests in flight finish, and the cgroup's memory is read once
+the server is idle again, with each process's resident set.
 
 Reports OOM kills (the cgroup's oom_control), failures by status, and the memory after each burst against
 idle (measured after a warm-up). The criterion: zero OOM kills, zero failures other than
@@ -92,6 +93,7 @@ class Soak:
         self.lock = threading.Lock()
         self.paused = threading.Event()
         self.stopping = threading.Event()
+        self.mixing = 0  # the mix's requests in flight
 
     def record(self, kind: str, status: str) -> None:
         with self.lock:
@@ -138,10 +140,40 @@ class Soak:
     def mix_forever(self, seed: int) -> None:
         rng = random.Random(seed)
         while not self.stopping.is_set():
-            if self.paused.is_set():
+            with self.lock:
+                paused = self.paused.is_set()
+                self.mixing += not paused
+            if paused:
                 time.sleep(0.1)
                 continue
-            self.mixed_request(rng)
+            try:
+                self.mixed_request(rng)
+            finally:
+                with self.lock:
+                    self.mixing -= 1
+
+    def pause_mix(self, timeout: float = 600) -> None:
+        """Stop the mix and wait for its requests in flight (a 12 MP one takes a minute on a busy machine)."""
+        with self.lock:  # a mixer counts itself in under the lock, so none starts unseen after this
+            self.paused.set()
+        deadline = time.monotonic() + timeout
+        while self.mixing and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def resident_sets(self) -> dict[str, int]:
+        """MiB resident per process of the cgroup (the server, its REST codec worker, the fork server...)."""
+        sets = {}
+        for pid in self.cgroup.processes():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    words = handle.read().decode(errors="replace").split("\0")
+                with open(f"/proc/{pid}/status") as handle:
+                    rss = next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
+            except (OSError, StopIteration):
+                continue
+            name = "server" if "inpaint.serving.cli" in words else " ".join(words[-2:])[:60]
+            sets[f"{pid} {name}"] = rss // 1024
+        return sets
 
     def burst(self) -> None:
         """The worst admitted requests, all at once."""
@@ -149,13 +181,16 @@ class Soak:
         big = predict_request(big_image[None], big_mask[None], "inpaint")
         as_float = predict_request(big_image[None, :3000, :4000].astype(np.float32) / 255,
                                    big_mask[None, :3000, :4000].astype(np.float32), "inpaint")
+        big_float = predict_request(big_image[None].astype(np.float32) / 255, big_mask[None].astype(np.float32),
+                                    "inpaint")
         strip = predict_request(np.zeros((1, 1, 262_144, 3), np.uint8), np.ones((1, 1, 262_144, 1), np.uint8), "inpaint")
         bomb = gzip.compress(b" " * (400 * MiB))
         jpeg = many_scans_jpeg()
-        jpeg_request = predict_bytes_request([jpeg], [cv2.imencode(".png", np.zeros((1200, 1600), np.uint8))[1]
+        jpeg_request = predict_bytes_request([jpeg], [cv2.imencode(".png", np.zeros(BOMB_SHAPE, np.uint8))[1]
                                                       .tobytes()], "inpaint")
         calls = ([lambda: self.grpc_call("burst 24 MP uint8", self.tf.Predict, big)] * 4
                  + [lambda: self.grpc_call("burst 12 MP float32", self.tf.Predict, as_float)] * 2
+                 + [lambda: self.grpc_call("burst 24 MP float32", self.tf.Predict, big_float)] * 2
                  + [lambda: self.grpc_call("burst strip 1x262144", self.tf.Predict, strip)] * 2
                  + [lambda: self.rest_call("burst gzip", bomb, {"Content-Encoding": "gzip"})] * 4
                  + [lambda: self.grpc_call("burst jpeg 2000 scans", self.tf.Predict, jpeg_request)] * 2)
@@ -172,12 +207,13 @@ class Soak:
             self.mixed_request(warm)
         self.burst()  # the first burst warms what stays (ORT's arena for small runs, gRPC's buffers)
         idle = self.settled()
+        idle_resident = self.resident_sets()
         self.cgroup.reset_peak()
-        logger.info("idle after warm-up: %d MiB", idle // MiB)
+        logger.info("idle after warm-up: %d MiB; resident MiB %s", idle // MiB, idle_resident)
         mixers = [threading.Thread(target=self.mix_forever, args=(seed,), daemon=True) for seed in (1, 2)]
         for mixer in mixers:
             mixer.start()
-        started, bursts = time.monotonic(), []
+        started, bursts, resident = time.monotonic(), [], []
         while time.monotonic() - started < minutes * 60:
             next_burst = started + 60 * (len(bursts) + 1)
             while time.monotonic() < min(next_burst, started + minutes * 60):
@@ -187,13 +223,13 @@ class Soak:
             if self.process.poll() is not None:
                 break
             self.burst()
-            self.paused.set()
-            time.sleep(2)  # the mix's requests in flight finish
+            self.pause_mix()
             after = self.settled()
+            resident.append(self.resident_sets())
             self.paused.clear()
             bursts.append(after)
-            logger.info("burst %d: %d MiB after (idle %d MiB), peak so far %d MiB", len(bursts), after // MiB,
-                        idle // MiB, self.cgroup.peak // MiB)
+            logger.info("burst %d: %d MiB after (idle %d MiB), peak so far %d MiB; resident MiB %s", len(bursts),
+                        after // MiB, idle // MiB, self.cgroup.peak // MiB, resident[-1])
         self.stopping.set()
         for mixer in mixers:
             mixer.join(timeout=600)
@@ -204,6 +240,7 @@ class Soak:
             "minutes": minutes, "memory_limit_mib": self.limit // MiB, "alive": self.process.poll() is None,
             "oom_kills": self.cgroup.oom_kills, "peak_mib": self.cgroup.peak // MiB, "idle_mib": idle // MiB,
             "after_each_burst_mib": [after // MiB for after in bursts],
+            "resident_mib_idle": idle_resident, "resident_mib_after_each_burst": resident,
             "within_20_percent_of_idle": all(after <= (1 + BACK_WITHIN) * idle for after in bursts),
             "requests": sum(self.outcomes.values()),
             "by_status": {status: sum(c for (_, s), c in self.outcomes.items() if s == status)
@@ -223,8 +260,12 @@ class Soak:
         self.cgroup.remove()
 
 
+BOMB_SHAPE = (3000, 4000)
+
+
 def many_scans_jpeg(scans: int = 2000) -> bytes:
-    photo_pixels = cv2.resize(np.random.default_rng(1).integers(0, 256, (60, 80, 3), np.uint8), (1600, 1200))
+    """A 12 MP progressive JPEG of ``scans`` scans in ~100 KB (a flat photo's scans take bytes)."""
+    photo_pixels = np.full((*BOMB_SHAPE, 3), 128, np.uint8)
     data = cv2.imencode(".jpg", photo_pixels, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
     tail = data[data.rindex(b"\xff\xda") : -2]
     return data[:-2] + tail * (scans - data.count(b"\xff\xda")) + b"\xff\xd9"

@@ -4,8 +4,10 @@ Every predict, on every path (TF Serving's gRPC and REST APIs, the Open Inferenc
 encoded files), reserves its cost from the server's one ``MemoryBudget`` before it allocates it, and gives it
 back when its answer has been written:
 
-1. **the message**, as soon as it has arrived (gRPC: the bytes received and their parsed copy; REST: the
-   body, reserved chunk by chunk as it is read and inflated, so a gzip bomb stops at what the budget holds);
+1. **the message**, before it arrives (gRPC predicts: twice gRPC's message cap, what gRPC's buffer and its copy
+   handed over may take, held before the handler reads the message, then brought down to the bytes and their
+   parsed copy; REST: the body, reserved chunk by chunk as it is read and inflated, so a gzip bomb stops at
+   what the budget holds);
 2. **the rest**, once the declared shapes and dtypes are known and before any array is built
    (``predict_cost``): the decoded tensors at their dtype, the uint8 copies, the model runs padded as the
    graph pads them (``contract.padded_pixels``), the large-photo path's own arrays (windows, hole maps),
@@ -17,8 +19,18 @@ costing more is refused at once (RESOURCE_EXHAUSTED, HTTP 413), so whatever runs
 stays for the others (a 49 MP photo that runs for minutes cannot lock small requests out).
 
 The coefficients are measured with the shipped model (``benchmarks/soak.py`` and ``tests/test_memory_admission.py``
-check them under a memory cgroup); the budget's default leaves room under the Deployment's 2.5 GiB for the
-idle process and its children (about 300 MiB), ONNX Runtime's arena and what gRPC buffers while receiving.
+check them under a memory cgroup). The Deployment's arithmetic, under its 2,560 MiB limit:
+
+    the idle processes (server ~205 MiB, REST codec worker ~130, fork server and resource tracker 25)  ~360 MiB
+    ONNX Runtime's arena kept for small runs (runtime.ARENA_KEEPS_PIXELS: ~10 MiB a run, two at once)    32 MiB
+    the budget (--memory-budget-mib), gRPC messages arriving included (2 x 92.5 MiB each until read)  1,536 MiB
+                                                                                                   = 1,928 MiB
+
+leaving 632 MiB (a quarter) for what is not admitted: what a gRPC stream still waiting for room may send
+before its handler reads (HTTP/2 flow control: its window, 64 KiB to a few MiB), the messages of the methods
+that are not predicts (metadata, status, health: bytes in practice, gRPC's cap at most), the allocators' slack
+and the cost model's error. Measured: the soak's burst beside its mix peaks at ~1.6 GiB of the cgroup
+(whose idle does not count the shared libraries' pages), and memory returns to idle after it (``runtime``).
 """
 
 from __future__ import annotations
@@ -154,6 +166,10 @@ class Reservation:
         """Hold ``nbytes`` more now, or QueueFull (nothing waits: a body being read holds its connection)."""
         self.budget.acquire_now(self, nbytes, what)
 
+    def shrink_to(self, nbytes: int) -> None:
+        """Hold only ``nbytes`` of what is held: an estimate's excess goes back once the real size is known."""
+        self.budget.give_back(self, max(0, self.nbytes - nbytes))
+
     def release(self) -> None:
         self.budget.give_back(self)
 
@@ -235,7 +251,9 @@ class MemoryBudget:
             self.peak = max(self.peak, self.held)
             waiter.set_result(None)
 
-    def give_back(self, reservation: Reservation) -> None:
-        self.held -= reservation.nbytes
-        reservation.nbytes = 0
+    def give_back(self, reservation: Reservation, nbytes: int | None = None) -> None:
+        """Return ``nbytes`` of what ``reservation`` holds (all of it by default) and let waiters in."""
+        nbytes = reservation.nbytes if nbytes is None else min(nbytes, reservation.nbytes)
+        self.held -= nbytes
+        reservation.nbytes -= nbytes
         self._wake()

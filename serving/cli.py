@@ -104,8 +104,10 @@ def _port(ctx, param, value: int) -> int:
               envvar="INPAINT_MAX_INFLIGHT_PIXELS", help="Replaced by --memory-budget-mib; accepted and ignored.")
 @click.option("--max-request-bytes", default=_default("max_request_bytes"), type=click.IntRange(min=1024),
               envvar="INPAINT_MAX_REQUEST_BYTES",
-              help="Largest message, gRPC and REST [default: gRPC 16 bytes per --max-request-pixels, REST 40 "
-                   "bytes per --tile-above-pixels (JSON is for small images), + 1 MiB].")
+              help="Largest message, gRPC and REST [default: gRPC 4 bytes per --max-request-pixels (uint8; float32 "
+                   "up to --tile-above-pixels), REST 40 bytes per --tile-above-pixels (JSON is for small images), "
+                   "+ 1 MiB]. A gRPC predict holds twice this from the memory budget while its message arrives, "
+                   "so gRPC's is at most half of what one request may hold.")
 @click.option("--tiling", default=_default("tiling"), type=click.Choice(TILING_MODES), envvar="INPAINT_TILING",
               help="auto: images over --tile-above-pixels run in windows around their holes (memory bounded by "
                    "the window batch); always; off: every image whole.")

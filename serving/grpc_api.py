@@ -2,12 +2,16 @@
 
 Requests arrive as raw bytes and are parsed here, so a body that is not the
 message it should be is the caller's INVALID_ARGUMENT, not gRPC's UNKNOWN.
-A message is held from the memory budget as soon as it has arrived (refused at
-once if it does not fit), its value lists are measured on the wire before it is
-parsed, and input shapes are checked against the limits from the tensors'
-headers and the request admitted (``admission``) before any value is decoded;
-the reply is serialized before the request lets its memory go. ``call`` is the
-one place where a gRPC request's failure becomes its status.
+A predict's message is received only once its memory is held from the budget
+(``receiving_unary``: gRPC buffers a message whole before any handler sees it,
+so the handler reads it itself, after holding what the largest message may take
+while it arrives, and keeps what it really takes); other methods' messages are
+held as soon as they have arrived (refused at once if they do not fit). Value
+lists are measured on the wire before a message is parsed, and input shapes are
+checked against the limits from the tensors' headers and the request admitted
+(``admission``) before any value is decoded; the reply is serialized before the
+request lets its memory go. ``call`` is the one place where a gRPC request's
+failure becomes its status.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from typing import Awaitable, Callable, TypeVar
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -24,12 +29,16 @@ from inpaint.core.contract import BYTES_SIGNATURE, BYTES_SIGNATURE_NAME, DTYPES,
 from inpaint.core.protos import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 from inpaint.core.tensors import fill_strings, fill_tensor, signature_def, tensor_shape, to_numpy, to_strings
 
+from .admission import Reservation
 from .dataplane import DataPlane, Outcome, Prediction, is_bytes_signature
-from .errors import InvalidInput, QueueFull, RequestTooLarge, status_of
+from .errors import DeadlineExpired, InvalidInput, QueueFull, RequestTooLarge, status_of
 from .inputs import Limits, check_shapes
 from .wire import WireError, predict_list_values
 
 MESSAGE_COPIES = 2   # a message held: the bytes received and the parsed message
+# A message arriving: gRPC's buffer of it and, for a moment when it is handed over, its copy as bytes too.
+ARRIVAL_COPIES = 2
+ARRIVAL_SECONDS = 60.0  # the longest a message may take to arrive once its memory is held (or the deadline)
 REPLY_BYTES_PER_VALUE = 2  # past the output array: the reply message's copy and its serialized form
 
 T = TypeVar("T")
@@ -76,25 +85,77 @@ def predict_lists_checked(raw: bytes, limits: Limits) -> None:
     check_list_values(count, limits)
 
 
-async def call(context: grpc.aio.ServicerContext, dataplane: DataPlane, api: str, raw: bytes, message_class,
-               handler: Callable[[object, Outcome], Awaitable[T]], *, protocol: str = "tfserving",
+@dataclass(frozen=True)
+class Incoming:
+    """A call's request message not received yet: gRPC receives it when ``requests`` is read."""
+
+    requests: AsyncIterator[bytes]
+    max_bytes: int  # gRPC's cap on a message (grpc.max_receive_message_length)
+
+
+async def only_message(requests: AsyncIterator[bytes]) -> bytes | None:
+    """The call's one message (None if it has none), read to the end of the stream so that gRPC's receiver
+    keeps no reference to it."""
+    messages = aiter(requests)
+    raw = await anext(messages, None)
+    if raw is not None and await anext(messages, None) is not None:
+        raise InvalidInput("the call carries more than one request message")
+    return raw
+
+
+async def receive(incoming: Incoming, held: Reservation | None, api: str, deadline: float | None) -> bytes:
+    """The message, received once what it may take while arriving (``ARRIVAL_COPIES`` x gRPC's cap) is held
+    from the budget (waiting as ``MemoryBudget.acquire`` does), then held at what it really takes."""
+    if held is not None:
+        await held.grow(ARRIVAL_COPIES * incoming.max_bytes, f"a {api} message arriving (up to "
+                        f"{incoming.max_bytes} bytes)", deadline)
+    loop = asyncio.get_running_loop()
+    seconds = ARRIVAL_SECONDS if deadline is None else min(ARRIVAL_SECONDS, deadline - loop.time())
+    try:
+        raw = await asyncio.wait_for(only_message(incoming.requests), max(seconds, 0.0))
+    except asyncio.TimeoutError:
+        raise DeadlineExpired(f"the {api} message did not arrive within {seconds:.0f} s") from None
+    if raw is None:
+        raise InvalidInput(f"the call ended without its {api} message")
+    if held is not None:
+        held.shrink_to(MESSAGE_COPIES * len(raw))
+    return raw
+
+
+async def held_message(message: bytes | Incoming, held: Reservation | None, api: str,
+                       deadline: float | None) -> bytes:
+    """The message's bytes, held from the budget before they are parsed: received within the budget, or, when
+    they have arrived already, held at once (a message that does not fit is dropped unparsed)."""
+    if isinstance(message, Incoming):
+        return await receive(message, held, api, deadline)
+    if held is not None:
+        held.grow_now(MESSAGE_COPIES * len(message), f"a {len(message)}-byte {api} message")
+    return message
+
+
+async def call(context: grpc.aio.ServicerContext, dataplane: DataPlane, api: str, message: bytes | Incoming,
+               message_class, handler: Callable[[object, Outcome], Awaitable[T]], *, protocol: str = "tfserving",
                counted: bool = True, check_raw: Callable[[bytes], None] | None = None) -> T:
-    """Parse ``raw`` and run ``handler``; a domain error aborts with its status, anything else with INTERNAL.
+    """Parse ``message`` and run ``handler``; a domain error aborts with its status, anything else with INTERNAL.
 
     The request is counted in the metrics under ``protocol``, unless it is a probe (``counted=False``); a
-    counted one holds its message from the memory budget before it is parsed. ``check_raw`` looks at the
-    bytes before they are parsed (a value list too long to parse, say) and raises InvalidInput.
+    counted one holds its message from the memory budget before it is parsed (``held_message``). ``check_raw``
+    looks at the bytes before they are parsed (a value list too long to parse, say) and raises InvalidInput.
     """
-    code = message = None
+    code = text = None
     held = dataplane.budget.reservation() if counted and dataplane.budget is not None else None
     try:
-        if held is not None:  # before parsing: a message that does not fit is dropped unparsed
-            held.grow_now(MESSAGE_COPIES * len(raw), f"a {len(raw)}-byte {api} message")
+        raw = await held_message(message, held, api, deadline_of(context))
         if check_raw is not None:
             check_raw(raw)
         request, problem = parse(message_class, raw), None
-    except (InvalidInput, QueueFull, RequestTooLarge) as error:
+        del raw
+    except (InvalidInput, QueueFull, RequestTooLarge, DeadlineExpired) as error:
         request, problem = None, error
+    except BaseException:  # cancelled while it arrived: nothing else will give its memory back
+        if held is not None:
+            held.release()
+        raise
     model_name = model_name_of(request)
     scope = dataplane.request(api, model_name, protocol) if counted else contextlib.nullcontext(Outcome())
     async with scope as outcome:
@@ -107,9 +168,11 @@ async def call(context: grpc.aio.ServicerContext, dataplane: DataPlane, api: str
             return await handler(request, outcome)
         except Exception as error:  # noqa: BLE001 - every failure becomes a status
             label = api if protocol == "tfserving" else f"{protocol} {api}"
-            code, _, message = status_of(error, label, model_name)
+            code, _, text = status_of(error, label, model_name)
             outcome.status = code.name
-    await context.abort(code, message)
+    # gRPC may keep the abort's exception, and with its traceback this frame: let it hold nothing large.
+    message = raw = request = problem = None
+    await context.abort(code, text)
 
 
 def input_shapes(request: predict_pb2.PredictRequest, limits: Limits) -> dict[str, tuple[int, ...]]:
@@ -158,7 +221,7 @@ class PredictionServicer:
     def __init__(self, dataplane: DataPlane):
         self.dataplane = dataplane
 
-    async def Predict(self, raw: bytes, context) -> predict_pb2.PredictResponse:
+    async def Predict(self, raw: bytes | Incoming, context) -> predict_pb2.PredictResponse:
         async def handle(request: predict_pb2.PredictRequest, outcome: Outcome) -> predict_pb2.PredictResponse:
             spec = request.model_spec
             dataplane, deadline = self.dataplane, deadline_of(context)
@@ -222,21 +285,39 @@ class ModelServicer:
                           handle)
 
 
-def raw_unary(method, response_class) -> grpc.RpcMethodHandler:
-    """A handler that receives the request's bytes unparsed (``parse`` reads them) and answers with a message
-    or, when it serialized the reply itself (a large one, within its memory reservation), its bytes."""
+def reply_serializer(response_class) -> Callable[[object], bytes]:
+    """A reply message's bytes, or the bytes a handler serialized itself (a large reply, within its memory
+    reservation)."""
     def serialize(response) -> bytes:
         return response if isinstance(response, bytes) else response_class.SerializeToString(response)
 
-    return grpc.unary_unary_rpc_method_handler(method, request_deserializer=None, response_serializer=serialize)
+    return serialize
 
 
-def add_tf_serving_services(server: grpc.aio.Server, dataplane: DataPlane) -> None:
-    """Register PredictionService and ModelService under TF Serving's names."""
+def raw_unary(method, response_class) -> grpc.RpcMethodHandler:
+    """A handler that receives the request's bytes unparsed (``parse`` reads them)."""
+    return grpc.unary_unary_rpc_method_handler(method, request_deserializer=None,
+                                               response_serializer=reply_serializer(response_class))
+
+
+def receiving_unary(method, response_class, max_message_bytes: int) -> grpc.RpcMethodHandler:
+    """A unary method whose handler receives the request message itself (``Incoming``), so that its memory is
+    held before gRPC buffers it. Registered as client-streaming, which is the same call on the wire: gRPC
+    then reads a message only when the handler asks for it."""
+    async def behavior(requests: AsyncIterator[bytes], context):
+        return await method(Incoming(requests, max_message_bytes), context)
+
+    return grpc.stream_unary_rpc_method_handler(behavior, request_deserializer=None,
+                                                response_serializer=reply_serializer(response_class))
+
+
+def add_tf_serving_services(server: grpc.aio.Server, dataplane: DataPlane, max_message_bytes: int) -> None:
+    """Register PredictionService and ModelService under TF Serving's names; Predict receives its messages,
+    of at most ``max_message_bytes``, within the memory budget."""
     prediction, models = PredictionServicer(dataplane), ModelServicer(dataplane)
     server.add_generic_rpc_handlers((
         grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
-            "Predict": raw_unary(prediction.Predict, predict_pb2.PredictResponse),
+            "Predict": receiving_unary(prediction.Predict, predict_pb2.PredictResponse, max_message_bytes),
             "GetModelMetadata": raw_unary(prediction.GetModelMetadata,
                                            get_model_metadata_pb2.GetModelMetadataResponse),
         }),

@@ -14,11 +14,13 @@ logger = logging.getLogger(__name__)
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 DEVICES = ("auto", "cpu", "cuda")
 # Runs up to this many pixels (N x H x W as the graph pads them, contract.padded_pixels) keep ONNX Runtime's
-# memory arena: a batch of 32 64-px images, about 80 MiB (640 bytes a padded pixel, measured); larger runs
-# give it back when they end, so a pod's memory returns to its idle level after a burst. At 2^19 (8 windows
-# of 256 x 256) windows ran 15 % faster but the arena kept 314 MiB per concurrent run for good, and a
-# 1 x 65,536 strip (a 16 x 65,536 run) kept 640 MiB.
-ARENA_KEEPS_PIXELS = 2**17
+# memory arena: a 128 x 128 image or four of 64 x 64, about 10 MiB (640 bytes a padded pixel, measured);
+# larger runs go to a session of their own that gives its arena back when they end (OnnxModel), so a pod's
+# memory returns to its idle level after a burst. At 2^19 (8 windows of 256 x 256) windows ran 15 % faster
+# but the arena kept 314 MiB per concurrent run for good, and a 1 x 65,536 strip (a 16 x 65,536 run) kept
+# 640 MiB; at 2^17 the last, partial window batches of large photos (one or two 256 x 256 windows) kept
+# 138 MiB after a burst (two runs at once). Keeping it costs a small run less CPU (64 x 64: 40 ms, not 56).
+ARENA_KEEPS_PIXELS = 2**14
 
 
 def providers_for(device: str) -> list[str]:
@@ -63,15 +65,32 @@ class ModelLoader:
         return model
 
 
-
-def _malloc_trim():
+def _libc_function(name: str):
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to trim, or no way to
+        return getattr(ctypes.CDLL("libc.so.6"), name)
+    except (OSError, AttributeError):  # not glibc: nothing to tune, or no way to
         return None
 
 
-_MALLOC_TRIM = _malloc_trim()
+_MALLOC_TRIM = _libc_function("malloc_trim")
+_MALLOPT = _libc_function("mallopt")
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+# Blocks from this size on are mapped on their own and unmapped when freed (glibc's default starts at 128 KiB).
+MMAP_THRESHOLD_BYTES = 2**20
+
+
+def hand_large_buffers_back_when_freed() -> None:
+    """Make glibc give every block of ``MMAP_THRESHOLD_BYTES`` or more back to the system when it is freed.
+
+    By default glibc raises its threshold for that to the largest block freed so far (up to 32 MiB) and its
+    trim threshold to twice that, so after a burst of large photos, blocks of up to 32 MiB are carved from
+    its per-thread heaps, whose free tops of up to 64 MiB are never given back: malloc_trim does not shrink
+    them. After bursts of eight 24 MP and twice eight 12 MP requests the server kept 146 MiB over idle
+    (measured: 281 MiB of the cgroup, idle 135); with this threshold 71 MiB, and with ONNX Runtime's arena
+    given back as well (``OnnxModel``), 10 MiB.
+    """
+    if _MALLOPT is not None and not _MALLOPT(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES):
+        logger.warning("mallopt(M_MMAP_THRESHOLD) failed: memory may stay high after bursts")
 
 
 def return_freed_memory() -> None:

@@ -29,12 +29,12 @@ from inpaint.core.tiling import TilingOptions
 from .admission import DEFAULT_BUDGET_MIB, DEFAULT_SHARE, MiB, MemoryBudget
 from .batching import BatchingOptions, BatchScheduler, DirectScheduler
 from .dataplane import DataPlane
-from .grpc_api import add_tf_serving_services
+from .grpc_api import ARRIVAL_COPIES, add_tf_serving_services
 from .inputs import Limits
 from .metrics import ServerMetrics
 from .models import ModelManager, ModelVersion, VersionPolicy
 from .rest import RestApi
-from .runtime import ModelLoader, return_freed_memory
+from .runtime import ModelLoader, hand_large_buffers_back_when_freed, return_freed_memory
 from .v2_api import SERVICE_NAME as V2_SERVICE_NAME, add_v2_service
 from .v2_rest import add_v2_routes
 
@@ -55,13 +55,12 @@ class ServerConfig:
     poll_seconds: float = 2.0
     enable_batching: bool = False
     batching: BatchingOptions = field(default_factory=BatchingOptions)
-    # Memory (README, "Memory and limits"; serving/admission.py): every request reserves what it will cost
-    # (its message, tensors by dtype, model runs padded to multiples of 16 at 640 bytes a pixel, the
-    # large-photo path's arrays, its reply) from one budget of memory_budget_mib before it spends it, and no
-    # request may hold more than memory_share of it; the rest waits up to 2 s, then gets RESOURCE_EXHAUSTED
-    # (429). The default budget leaves room in the Deployment's 2.5 GiB for the idle process and its
-    # children (~300 MiB), ORT's arena (at most ~80 MiB a thread) and gRPC's receive buffers; the measured
-    # worst cases per path are in the README.
+    # Memory (docs/serving.md, "Memory"; serving/admission.py): every request reserves what it will cost
+    # (its message, before a gRPC one is received, tensors by dtype, model runs padded to multiples of 16 at
+    # 640 bytes a pixel, the large-photo path's arrays, its reply) from one budget of memory_budget_mib before
+    # it spends it, and no request may hold more than memory_share of it; the rest waits up to 2 s, then gets
+    # RESOURCE_EXHAUSTED (429). The default budget leaves a quarter of the Deployment's 2.5 GiB over the idle
+    # processes (~360 MiB) and ORT's arena for small runs (at most 32 MiB): the arithmetic is in admission.py.
     max_pixels: int = 50_000_000           # per image
     max_images_per_request: int = 64
     max_request_pixels: int = 50_000_000   # N x H x W per request
@@ -80,7 +79,8 @@ class ServerConfig:
 
 
 JSON_BYTES_PER_PIXEL = 40    # room for the widest encoding: REST JSON of float pixels
-TENSOR_BYTES_PER_PIXEL = 16  # binary tensors (gRPC): float32 image and mask
+TENSOR_BYTES_PER_PIXEL = 4   # binary tensors (gRPC): uint8 image and mask
+FLOAT_TENSOR_BYTES_PER_PIXEL = 16  # float32 image and mask, for images that run whole
 B64_FILE_BYTES_PER_PIXEL = 4  # serving_bytes over REST: base64 of an RGB PNG at its largest (3 B/px) and a mask
 
 
@@ -90,8 +90,12 @@ def request_bytes_for(max_request_pixels: int, json_pixels: int) -> tuple[int, i
 
     JSON arrays are parsed into Python lists (8 bytes per value and more), so REST carries pixel arrays
     up to ``json_pixels``; larger photos travel as files (``serving_bytes``) or as binary tensors over gRPC.
+    gRPC's cap is what uint8 tensors take at ``max_request_pixels``, and float32 ones up to ``json_pixels``
+    (images that run whole): every predict holds twice the cap from the memory budget while its message
+    arrives (``grpc_api.receive``), so a cap sized for float32 photos would let few arrive at once.
     """
-    grpc_bytes = TENSOR_BYTES_PER_PIXEL * max_request_pixels + 2**20
+    grpc_bytes = max(TENSOR_BYTES_PER_PIXEL * max_request_pixels,
+                     FLOAT_TENSOR_BYTES_PER_PIXEL * min(json_pixels, max_request_pixels)) + 2**20
     json_bytes = JSON_BYTES_PER_PIXEL * min(json_pixels, max_request_pixels)
     rest_bytes = max(json_bytes, B64_FILE_BYTES_PER_PIXEL * max_request_pixels) + 2**20
     return min(grpc_bytes, 2**31 - 1), rest_bytes, json_bytes // 2  # a JSON value takes 2 bytes at least
@@ -110,8 +114,9 @@ def create_server(address: str, dataplane: DataPlane, health: health_aio.HealthS
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ]
     server = grpc.aio.server(options=options)
-    add_tf_serving_services(server, dataplane)
-    add_v2_service(server, dataplane)  # the Open Inference Protocol (KServe v2, tritonclient) on the same port
+    add_tf_serving_services(server, dataplane, max_message_bytes)
+    # the Open Inference Protocol (KServe v2, tritonclient) on the same port
+    add_v2_service(server, dataplane, max_message_bytes)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for descriptor_file in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
         try:
@@ -152,11 +157,19 @@ class InpaintServer:
                       else config.max_images_per_request)
         limits = Limits(config.max_pixels, max_images, config.max_request_pixels)
         self.budget = MemoryBudget(config.memory_budget_mib * MiB, config.memory_share)
+        hand_large_buffers_back_when_freed()
         self.dataplane = DataPlane(self.manager, self.scheduler, limits, self.metrics, tiling, self.compute,
                                    self.budget)
         self.health = health_aio.HealthServicer()
         grpc_bytes, rest_bytes, json_values = request_bytes_for(config.max_request_pixels, config.tile_above_pixels)
-        self.max_request_bytes = config.max_request_bytes or grpc_bytes
+        # gRPC's cap, within what one request may hold while its message arrives (ARRIVAL_COPIES x the cap)
+        self.max_request_bytes = min(config.max_request_bytes or grpc_bytes,
+                                     self.budget.per_request // ARRIVAL_COPIES)
+        if config.max_request_bytes and config.max_request_bytes > self.max_request_bytes:
+            logger.warning("gRPC messages are capped at %d bytes, not --max-request-bytes %d: a predict holds "
+                           "%d times the cap while its message arrives, and one request at most %d MiB "
+                           "(--memory-share of --memory-budget-mib)", self.max_request_bytes,
+                           config.max_request_bytes, ARRIVAL_COPIES, self.budget.per_request // MiB)
         self.max_rest_bytes = config.max_request_bytes or rest_bytes
         if config.max_request_bytes:  # an operator who admits that many bytes admits them as JSON values too
             json_values = config.max_request_bytes // 2

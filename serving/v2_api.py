@@ -33,7 +33,8 @@ from inpaint.core.protos import grpc_predict_v2_pb2 as pb
 
 from .dataplane import DataPlane, Outcome
 from .errors import InvalidInput, ModelNotFound
-from .grpc_api import REPLY_BYTES_PER_VALUE, call, check_list_values, deadline_of, raw_unary
+from .grpc_api import (REPLY_BYTES_PER_VALUE, Incoming, call, check_list_values, deadline_of, raw_unary,
+                       receiving_unary)
 from .inputs import Limits, check_shapes
 from .rest_codec import check_json_values, parse_body
 from .wire import WireError, infer_list_values
@@ -386,7 +387,7 @@ class InferenceServicer:
 
         return await self._call(context, "metadata", raw, pb.ModelMetadataRequest, handle)
 
-    async def ModelInfer(self, raw: bytes, context) -> pb.ModelInferResponse:
+    async def ModelInfer(self, raw: bytes | Incoming, context) -> pb.ModelInferResponse:
         async def handle(request: pb.ModelInferRequest, outcome: Outcome) -> pb.ModelInferResponse:
             version = requested_version(request.model_version)
             requested = check_outputs([output.name for output in request.outputs])
@@ -411,11 +412,14 @@ class InferenceServicer:
                           check_raw=lambda message: infer_lists_checked(message, self.dataplane.limits))
 
 
-def add_v2_service(server: grpc.aio.Server, dataplane: DataPlane) -> None:
-    """Register ``inference.GRPCInferenceService`` (the Open Inference Protocol) on ``server``."""
+def add_v2_service(server: grpc.aio.Server, dataplane: DataPlane, max_message_bytes: int) -> None:
+    """Register ``inference.GRPCInferenceService`` (the Open Inference Protocol) on ``server``; ModelInfer
+    receives its messages, of at most ``max_message_bytes``, within the memory budget."""
     servicer = InferenceServicer(dataplane)
     methods = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, {
-        method.name: raw_unary(getattr(servicer, method.name), getattr(pb, method.output_type.name))
+        method.name: (receiving_unary(servicer.ModelInfer, pb.ModelInferResponse, max_message_bytes)
+                      if method.name == "ModelInfer"
+                      else raw_unary(getattr(servicer, method.name), getattr(pb, method.output_type.name)))
         for method in methods
     }),))

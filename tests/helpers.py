@@ -178,6 +178,10 @@ class MemoryCgroup:
     def usage(self) -> int:
         return int(self._read("memory.usage_in_bytes"))
 
+    def processes(self) -> list[int]:
+        """The ids of the processes in the cgroup."""
+        return [int(pid) for pid in self._read("cgroup.procs").split()]
+
     @property
     def peak(self) -> int:
         return int(self._read("memory.max_usage_in_bytes"))
