@@ -42,7 +42,7 @@ class OnnxModel:
         self.shrink_above_pixels = shrink_above_pixels if memory_arena else None
         on_cpu = self.provider == "CPUExecutionProvider"  # a GPU's arena is not shrunk: one session there
         self._shrinking_session = (self._open(ort, providers, intra_op_threads, memory_arena)
-                                   if self.shrink_above_pixels is not None and on_cpu else self.session)
+                                   if self.shrink_above_pixels is not None and on_cpu else None)
         self._shrinking_run = ort.RunOptions()
         self._shrinking_run.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
@@ -61,6 +61,8 @@ class OnnxModel:
         feeds = {IMAGE: np.ascontiguousarray(images, np.uint8), MASK: np.ascontiguousarray(masks, np.uint8)}
         pixels = padded_pixels(*images.shape[:3])  # what the run holds, after the graph's padding
         if self.shrink_above_pixels is not None and pixels > self.shrink_above_pixels:
+            if self._shrinking_session is None:  # on a GPU: its one session gives its CPU arena back
+                return self.session.run([OUTPUT], feeds, self._shrinking_run)[0]
             return self._run_and_shrink(feeds)
         return self.session.run([OUTPUT], feeds)[0]
 

@@ -29,8 +29,8 @@ check them under a memory cgroup). The Deployment's arithmetic, under its 2,560 
 leaving 632 MiB (a quarter) for what is not admitted: what a gRPC stream still waiting for room may send
 before its handler reads (HTTP/2 flow control: its window, 64 KiB to a few MiB), the messages of the methods
 that are not predicts (metadata, status, health: bytes in practice, gRPC's cap at most), the allocators' slack
-and the cost model's error. Measured: the soak's burst beside its mix peaks at ~1.6 GiB of the cgroup
-(whose idle does not count the shared libraries' pages), and memory returns to idle after it (``runtime``).
+and the cost model's error. Measured: the soak's burst beside its mix peaks at 1,388-1,695 MiB of the
+cgroup (whose idle does not count the shared libraries' pages), and memory returns to idle after it.
 """
 
 from __future__ import annotations
