@@ -77,9 +77,10 @@ def check_list_values(count: int, limits: Limits) -> None:
                            "raw bytes (tensor_content, raw_input_contents)")
 
 
-def predict_lists_checked(raw: bytes, limits: Limits) -> None:
+def lists_checked(raw: bytes, limits: Limits, count_values=predict_list_values) -> None:
+    """The value lists of a raw message (``count_values`` reads its protocol's wire format) within the limit."""
     try:
-        count = predict_list_values(raw, limits.max_list_values)
+        count = count_values(raw, limits.max_list_values)
     except WireError:
         return  # not a message: the parser says so
     check_list_values(count, limits)
@@ -241,7 +242,7 @@ class PredictionServicer:
             return predict_response(spec, prediction).SerializeToString()  # while its memory is still held
 
         return await call(context, self.dataplane, "predict", raw, predict_pb2.PredictRequest, handle,
-                          check_raw=lambda message: predict_lists_checked(message, self.dataplane.limits))
+                          check_raw=lambda message: lists_checked(message, self.dataplane.limits))
 
     async def GetModelMetadata(self, raw: bytes, context) -> get_model_metadata_pb2.GetModelMetadataResponse:
         async def handle(request, outcome: Outcome) -> get_model_metadata_pb2.GetModelMetadataResponse:

@@ -33,11 +33,11 @@ from inpaint.core.protos import grpc_predict_v2_pb2 as pb
 
 from .dataplane import DataPlane, Outcome
 from .errors import InvalidInput, ModelNotFound
-from .grpc_api import (REPLY_BYTES_PER_VALUE, Incoming, call, check_list_values, deadline_of, raw_unary,
+from .grpc_api import (REPLY_BYTES_PER_VALUE, Incoming, call, lists_checked, deadline_of, raw_unary,
                        receiving_unary)
 from .inputs import Limits, check_shapes
 from .rest_codec import check_json_values, parse_body
-from .wire import WireError, infer_list_values
+from .wire import infer_list_values
 
 T = TypeVar("T")
 
@@ -315,14 +315,6 @@ def grpc_input_specs(request: pb.ModelInferRequest, limits: Limits) -> list[Inpu
     return specs
 
 
-def infer_lists_checked(raw: bytes, limits: Limits) -> None:
-    try:
-        count = infer_list_values(raw, limits.max_list_values)
-    except WireError:
-        return  # not a message: the parser says so
-    check_list_values(count, limits)
-
-
 def grpc_input_arrays(request: pb.ModelInferRequest, specs: list[InputSpec]) -> dict[str, np.ndarray]:
     """The request's inputs as numpy, after their declared shapes passed the limits (``grpc_input_specs``)."""
     raw = request.raw_input_contents
@@ -409,7 +401,7 @@ class InferenceServicer:
             return response.SerializeToString()  # while its memory is still held
 
         return await call(context, self.dataplane, "predict", raw, pb.ModelInferRequest, handle, protocol=PROTOCOL,
-                          check_raw=lambda message: infer_lists_checked(message, self.dataplane.limits))
+                          check_raw=lambda message: lists_checked(message, self.dataplane.limits, infer_list_values))
 
 
 def add_v2_service(server: grpc.aio.Server, dataplane: DataPlane, max_message_bytes: int) -> None:
