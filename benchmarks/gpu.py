@@ -455,7 +455,7 @@ def section_load_sweep(worker: Worker) -> None:
     if not worker.gpu:
         worker.skip_cuda(f"CUDA server sweeps: {'/'.join(map(str, GPU_PLAN.sizes))} px, "
                          f"{'/'.join(map(str, GPU_PLAN.clients))} clients, batching off and on")
-    os.environ["INPAINT_DEVICE"] = worker.device  # the server's --device (benchmarks/serving.Server's flags)
+    os.environ["INPAINT_SERVE_DEVICE"] = worker.device  # the server's --device (benchmarks/serving.Server's flags)
     worker.events.info(server_device=worker.device, note="--device cuda refuses to serve on anything but CUDA")
     for mode, batching in (("server", False), ("server_batching", True)):
         if not worker.has_time(f"{mode} (server start)", 10):

@@ -46,7 +46,7 @@ def how_to_start(target: str) -> str:
     """How to start a server at ``target``, or point at one: the fix for "no server reachable"."""
     port = target.rsplit(":", 1)[-1]
     return (f"start one with `make serve PORT={port}` or `inpaint-serve --model-base-path models/pretrained/inpaint "
-            f"--port {port}`, or point --target (INPAINT_TARGET) at a running one")
+            f"--port {port}`, or point --target (INPAINT_CLIENT_TARGET) at a running one")
 
 
 def from_rpc_error(error: grpc.RpcError, target: str) -> InpaintError:

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from inpaint.core.envvars import Group, ToolVariables
 from inpaint.core.images import (IMAGE_SUFFIXES, ImageError, as_image, as_mask, decode_image, encoded_size,
                                  write_encoded, write_image)
 from inpaint.core.masks import MASK_KINDS, generate_mask
@@ -22,6 +23,26 @@ from ._errors import DeadlineExceeded, InpaintError, InvalidInput, ModelNotFound
 
 
 SEND_MODES = ("auto", "files", "pixels")
+
+# INPAINT_CLIENT_<OPTION> for the options before the subcommand (--target: INPAINT_CLIENT_TARGET), and
+# INPAINT_CLIENT_<SUBCOMMAND>_<OPTION> for a subcommand's (loadtest --batch-size:
+# INPAINT_CLIENT_LOADTEST_BATCH_SIZE), click's own rule. The names read before issue 24 are refused when set.
+CLIENT = ToolVariables("inpaint-client", "INPAINT_CLIENT_")
+PREDICT, MASK, METADATA, STATUS, HEALTH, LOADTEST = (CLIENT.subcommand(name) for name in (
+    "predict", "mask", "metadata", "status", "health", "loadtest"))
+CLIENT.rename({f"INPAINT_{flag[2:].replace('-', '_').upper()}": flag for flag in (
+    "--target", "--model", "--version", "--timeout", "--tls", "--ca-cert", "--verbose")})
+PREDICT.rename({"INPAINT_OUTPUT": "--output", "INPAINT_MASK_SUFFIX": "--mask-suffix",
+                "INPAINT_BATCH_SIZE": "--batch-size", "INPAINT_TILING": "--tiling",
+                "INPAINT_TILE_ABOVE_PIXELS": "--tile-above-pixels", "INPAINT_SEND": "--send"})
+MASK.rename({"INPAINT_MASK_KIND": "--kind", "INPAINT_SEED": "--seed", "INPAINT_MASK_OUTPUT": "--output"})
+METADATA.rename({"INPAINT_METADATA_JSON": "--json"})
+STATUS.rename({"INPAINT_STATUS_JSON": "--json"})
+HEALTH.rename({"INPAINT_HEALTH_WAIT": "--wait", "INPAINT_HEALTH_SERVICE": "--service",
+               "INPAINT_HEALTH_JSON": "--json"})
+LOADTEST.rename({f"INPAINT_{flag[2:].replace('-', '_').upper()}": flag for flag in (
+    "--concurrency", "--rate", "--arrival", "--duration", "--warmup", "--max-requests", "--batch-size",
+    "--image-size", "--mask-kind", "--images", "--protocol", "--metrics-url", "--report", "--seed")})
 
 
 class Settings:
@@ -57,18 +78,18 @@ def _target(ctx, param, value: str) -> str:
     return value
 
 
-@click.group(context_settings={"show_default": True, "auto_envvar_prefix": "INPAINT"})
-@click.option("--target", default="localhost:8500", envvar="INPAINT_TARGET", callback=_target,
+@click.group(cls=Group, variables=CLIENT, context_settings={"show_default": True})
+@CLIENT.option("--target", default="localhost:8500", callback=_target,
               help="Server address HOST:PORT (TF Serving or inpaint-serve gRPC).")
-@click.option("--model", default="inpaint", envvar="INPAINT_MODEL", help="Model name to ask for.")
-@click.option("--version", "model_version", type=click.IntRange(min=1), default=None, envvar="INPAINT_VERSION",
+@CLIENT.option("--model", default="inpaint", help="Model name to ask for.")
+@CLIENT.option("--version", "model_version", type=click.IntRange(min=1), default=None,
               help="Model version [default: the latest available].")
-@click.option("--timeout", type=click.FloatRange(min=0.001), default=30.0, envvar="INPAINT_TIMEOUT",
+@CLIENT.option("--timeout", type=click.FloatRange(min=0.001), default=30.0,
               help="Deadline per call in seconds; UNAVAILABLE is retried within it.")
-@click.option("--tls", is_flag=True, envvar="INPAINT_TLS", help="Use TLS.")
-@click.option("--ca-cert", type=click.Path(exists=True, dir_okay=False), envvar="INPAINT_CA_CERT",
+@CLIENT.option("--tls", is_flag=True, help="Use TLS.")
+@CLIENT.option("--ca-cert", type=click.Path(exists=True, dir_okay=False),
               help="PEM root certificate for TLS (implies --tls).")
-@click.option("-v", "--verbose", is_flag=True, envvar="INPAINT_VERBOSE", help="Show details and tracebacks.")
+@CLIENT.option("-v", "--verbose", is_flag=True, help="Show details and tracebacks.")
 @click.pass_context
 def main(ctx, target, model, model_version, timeout, tls, ca_cert, verbose):
     """Call an inpainting model served by TF Serving or inpaint-serve."""
@@ -118,20 +139,20 @@ def output_path(image: Path, output: Path | None, many: bool) -> Path:
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, envvar="INPAINT_OUTPUT",
+@PREDICT.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               callback=_output,
               help="Output image file (one pair; its suffix picks the format) or folder (no suffix, or an "
                    "existing folder) [default: NAME.inpainted.png beside each image].")
-@click.option("--mask-suffix", default="_mask", envvar="INPAINT_MASK_SUFFIX",
+@PREDICT.option("--mask-suffix", default="_mask",
               help="In folder mode, x.png pairs with x<suffix>.png.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, envvar="INPAINT_BATCH_SIZE",
+@PREDICT.option("--batch-size", type=click.IntRange(min=1), default=8,
               help="Images per request (same-size images are batched).")
-@click.option("--tiling", type=click.Choice(TILING_MODES), default=TilingOptions.mode, envvar="INPAINT_TILING",
+@PREDICT.option("--tiling", type=click.Choice(TILING_MODES), default=TilingOptions.mode,
               help="auto: images over --tile-above-pixels are sent as windows around their holes (any server); "
                    "off: whole images (inpaint-serve still tiles them itself).")
-@click.option("--tile-above-pixels", type=click.IntRange(min=4096), default=TilingOptions.whole_max_pixels,
-              envvar="INPAINT_TILE_ABOVE_PIXELS", help="Images up to this size are sent whole.")
-@click.option("--send", type=click.Choice(SEND_MODES), default="auto", envvar="INPAINT_SEND",
+@PREDICT.option("--tile-above-pixels", type=click.IntRange(min=4096), default=TilingOptions.whole_max_pixels,
+                help="Images up to this size are sent whole.")
+@PREDICT.option("--send", type=click.Choice(SEND_MODES), default="auto",
               help="files: the image and mask files' own bytes (the model's serving_bytes signature; PNG back); "
                    "pixels: decoded arrays; auto: files when the model takes them and the image is sent whole, "
                    "pixels otherwise.")
@@ -203,10 +224,10 @@ def _write_result(target: Path, *, png: bytes | None = None, pixels: np.ndarray 
 
 @main.command()
 @click.argument("image", type=click.Path(path_type=Path))
-@click.option("--kind", type=click.Choice(MASK_KINDS), default="strokes",
-              envvar="INPAINT_MASK_KIND", help="Mask generator (the ones training and evaluation use).")
-@click.option("--seed", type=int, default=0, envvar="INPAINT_SEED", help="Seed: the same seed, the same mask.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+@MASK.option("--kind", type=click.Choice(MASK_KINDS), default="strokes",
+             help="Mask generator (the ones training and evaluation use).")
+@MASK.option("--seed", type=int, default=0, help="Seed: the same seed, the same mask.")
+@MASK.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Mask file [default: NAME_mask.png beside the image].")
 @click.pass_obj
 def mask(settings: Settings, image: Path, kind: str, seed: int, output: Path | None):
@@ -222,7 +243,7 @@ def mask(settings: Settings, image: Path, kind: str, seed: int, output: Path | N
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@METADATA.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def metadata(settings: Settings, as_json: bool):
     """The model's signature."""
@@ -239,7 +260,7 @@ def metadata(settings: Settings, as_json: bool):
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@STATUS.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def status(settings: Settings, as_json: bool):
     """The model's versions and their states; exits 1 unless one is AVAILABLE.
@@ -266,11 +287,11 @@ def status(settings: Settings, as_json: bool):
 
 
 @main.command()
-@click.option("--service", default="", help="Health service name ('' = the whole server).")
-@click.option("--wait", "wait_seconds", type=click.FloatRange(min=0), default=0, envvar="INPAINT_HEALTH_WAIT",
+@HEALTH.option("--service", default="", help="Health service name ('' = the whole server).")
+@HEALTH.option("--wait", "wait_seconds", type=click.FloatRange(min=0), default=0,
               help="Poll until SERVING for at most this many seconds (a server starting, a model loading); "
                    "0: ask once.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@HEALTH.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def health(settings: Settings, service: str, wait_seconds: float, as_json: bool):
     """grpc.health.v1 status; exits 1 unless SERVING (within --wait seconds)."""
@@ -329,35 +350,33 @@ def _levels(kind):
 
 
 @main.command()
-@click.option("--concurrency", default="1,8,32", callback=_levels(int), metavar="1,8,32",
-              envvar="INPAINT_CONCURRENCY", help="Closed loop: concurrent clients per level.")
-@click.option("--rate", default=None, callback=_levels(float), metavar="50,100",
-              envvar="INPAINT_RATE", help="Open loop: requests/s per level (replaces --concurrency).")
-@click.option("--arrival", type=click.Choice(["constant", "poisson"]), default="constant",
-              envvar="INPAINT_ARRIVAL", help="Open-loop arrival process.")
-@click.option("--duration", type=click.FloatRange(min=0.1), default=10.0, envvar="INPAINT_DURATION",
+@LOADTEST.option("--concurrency", default="1,8,32", callback=_levels(int), metavar="1,8,32",
+                 help="Closed loop: concurrent clients per level.")
+@LOADTEST.option("--rate", default=None, callback=_levels(float), metavar="50,100",
+                 help="Open loop: requests/s per level (replaces --concurrency).")
+@LOADTEST.option("--arrival", type=click.Choice(["constant", "poisson"]), default="constant",
+                 help="Open-loop arrival process.")
+@LOADTEST.option("--duration", type=click.FloatRange(min=0.1), default=10.0,
               help="Measured seconds per level.")
-@click.option("--warmup", type=click.FloatRange(min=0), default=2.0, envvar="INPAINT_WARMUP",
+@LOADTEST.option("--warmup", type=click.FloatRange(min=0), default=2.0,
               help="Unmeasured seconds before each level.")
-@click.option("--max-requests", type=click.IntRange(min=1), default=100_000, envvar="INPAINT_MAX_REQUESTS",
+@LOADTEST.option("--max-requests", type=click.IntRange(min=1), default=100_000,
               help="Most requests per level, warmup included.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, envvar="INPAINT_BATCH_SIZE",
+@LOADTEST.option("--batch-size", type=click.IntRange(min=1), default=1,
               help="Images per request.")
-@click.option("--image-size", type=click.IntRange(min=1), default=64, envvar="INPAINT_IMAGE_SIZE",
+@LOADTEST.option("--image-size", type=click.IntRange(min=1), default=64,
               help="Square image side.")
-@click.option("--mask-kind", type=click.Choice(MASK_KINDS), default="strokes",
-              envvar="INPAINT_MASK_KIND", help="Mask generator.")
-@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              envvar="INPAINT_IMAGES",
+@LOADTEST.option("--mask-kind", type=click.Choice(MASK_KINDS), default="strokes", help="Mask generator.")
+@LOADTEST.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Crop real photos from this folder and its subfolders (as the trainer reads a folder) instead "
                    "of random pixels.")
-@click.option("--protocol", type=click.Choice(list(PROTOCOLS)), default="tfserving", envvar="INPAINT_PROTOCOL",
+@LOADTEST.option("--protocol", type=click.Choice(list(PROTOCOLS)), default="tfserving",
               help="tfserving: TF Serving's Predict; v2: the Open Inference Protocol's ModelInfer (same port).")
-@click.option("--metrics-url", default=None, envvar="INPAINT_METRICS_URL",
+@LOADTEST.option("--metrics-url", default=None,
               help="The server's Prometheus URL, to add server queue time and batch size.")
-@click.option("--report", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/load"),
-              envvar="INPAINT_REPORT", help="Folder for load.json, load.csv and load.png.")
-@click.option("--seed", type=int, default=0, envvar="INPAINT_SEED", help="Seed of images and masks.")
+@LOADTEST.option("--report", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/load"),
+                 help="Folder for load.json, load.csv and load.png.")
+@LOADTEST.option("--seed", type=int, default=0, help="Seed of images and masks.")
 @click.pass_obj
 def loadtest(settings: Settings, concurrency, rate, arrival, duration, warmup, max_requests, batch_size,
              image_size, mask_kind, images, protocol, metrics_url, report, seed):

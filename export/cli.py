@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from inpaint.core.envvars import Command, ToolVariables
 from inpaint.core.repository import ONNX_FILENAME, RepositoryError, version_dir
 from inpaint.trainer.startup import import_tensorflow
 
@@ -17,29 +18,35 @@ from .triton import MODEL_NAME, TritonOptions, TritonReport
 
 logger = logging.getLogger(__name__)
 
+# INPAINT_EXPORT_<OPTION> (--opset: INPAINT_EXPORT_OPSET; the argument: INPAINT_EXPORT_MODEL_BASE_PATH); the
+# unprefixed names read before issue 24 are refused when set.
+VARIABLES = ToolVariables("inpaint-export", "INPAINT_EXPORT_")
+VARIABLES.rename({f"INPAINT_{flag[2:].replace('-', '_').upper()}": flag for flag in (
+    "--model-base-path", "--version", "--opset", "--triton-repository", "--triton-model-name",
+    "--triton-max-batch-size", "--triton-cpu-instances", "--triton-gpu-instances")})
+option = VARIABLES.option
 
-@click.command(context_settings={"show_default": True})
-@click.argument("model_base_path", type=click.Path(path_type=Path), envvar="INPAINT_MODEL_BASE_PATH")
-@click.option("--version", type=click.IntRange(min=1), default=None, envvar="INPAINT_VERSION",
-              help="Version folder to export [default: the latest].")
-@click.option("--opset", type=click.IntRange(min=OPSET), default=OPSET, envvar="INPAINT_OPSET",
-              help="ONNX opset to convert to.")
-@click.option("--triton-repository", type=click.Path(file_okay=False, path_type=Path), default=None,
-              envvar="INPAINT_TRITON_REPOSITORY",
-              help="Also write a Triton model repository here: DIR/NAME/config.pbtxt (ONNX Runtime backend) and "
-                   "DIR/NAME/VERSION/model.onnx. A version that has a model.onnx is not converted again "
-                   "(run without this option to convert it anew).")
-@click.option("--triton-model-name", default=MODEL_NAME, envvar="INPAINT_TRITON_MODEL_NAME",
-              help="The model's name in Triton (its folder).")
-@click.option("--triton-max-batch-size", type=click.IntRange(min=1), default=TritonOptions.max_batch_size,
-              envvar="INPAINT_TRITON_MAX_BATCH_SIZE", help="Triton's max_batch_size (images of one size per batch).")
-@click.option("--triton-cpu-instances", type=click.IntRange(min=0), default=TritonOptions.cpu_instances,
-              envvar="INPAINT_TRITON_CPU_INSTANCES", help="Model instances on CPU (a KIND_CPU group; 0: none).")
-@click.option("--triton-gpu-instances", type=click.IntRange(min=0), default=TritonOptions.gpu_instances,
-              envvar="INPAINT_TRITON_GPU_INSTANCES",
-              help="Model instances on each GPU (a KIND_GPU group; 0: none). Triton refuses to load a model with "
-                   "a KIND_GPU group where it sees no GPU: use 0 for CPU-only Triton.")
-@click.option("-v", "--verbose", is_flag=True, help="Show debug logs and tracebacks.")
+
+@click.command(cls=Command, variables=VARIABLES, context_settings={"show_default": True})
+@click.argument("model_base_path", type=click.Path(path_type=Path), envvar=VARIABLES.envvar("--model-base-path"))
+@option("--version", type=click.IntRange(min=1), default=None,
+        help="Version folder to export [default: the latest].")
+@option("--opset", type=click.IntRange(min=OPSET), default=OPSET,
+        help="ONNX opset to convert to.")
+@option("--triton-repository", type=click.Path(file_okay=False, path_type=Path), default=None,
+        help="Also write a Triton model repository here: DIR/NAME/config.pbtxt (ONNX Runtime backend) and "
+             "DIR/NAME/VERSION/model.onnx. A version that has a model.onnx is not converted again "
+             "(run without this option to convert it anew).")
+@option("--triton-model-name", default=MODEL_NAME,
+        help="The model's name in Triton (its folder).")
+@option("--triton-max-batch-size", type=click.IntRange(min=1), default=TritonOptions.max_batch_size,
+        help="Triton's max_batch_size (images of one size per batch).")
+@option("--triton-cpu-instances", type=click.IntRange(min=0), default=TritonOptions.cpu_instances,
+        help="Model instances on CPU (a KIND_CPU group; 0: none).")
+@option("--triton-gpu-instances", type=click.IntRange(min=0), default=TritonOptions.gpu_instances,
+        help="Model instances on each GPU (a KIND_GPU group; 0: none). Triton refuses to load a model with "
+             "a KIND_GPU group where it sees no GPU: use 0 for CPU-only Triton.")
+@option("-v", "--verbose", is_flag=True, help="Show debug logs and tracebacks.")
 def main(model_base_path: Path, version: int | None, opset: int, triton_repository: Path | None,
          triton_model_name: str, triton_max_batch_size: int, triton_cpu_instances: int,
          triton_gpu_instances: int, verbose: bool) -> None:

@@ -46,6 +46,7 @@ import click
 import cv2
 import numpy as np
 
+from inpaint.core.envvars import Command, ToolVariables
 from inpaint.core.masks import line_mask, stroke_mask_in_bucket
 from inpaint.core.repository import ONNX_FILENAME, RUN_RECORD, RepositoryError, version_dir
 from inpaint.core.tiling import TILING_MODES, TilingOptions, inpaint_large
@@ -474,33 +475,39 @@ def describe_sets(sets: list[MaskSet]) -> str:
     return ", ".join(parts) + " per mask set"
 
 
-@click.command(context_settings={"show_default": True})
-@click.argument("model_base_path", type=click.Path(path_type=Path), envvar="INPAINT_MODEL_BASE_PATH")
-@click.option("--version", type=click.IntRange(min=1), default=None, envvar="INPAINT_VERSION",
-              help="Version to evaluate [default: the latest].")
-@click.option("--data", type=str, default=None, envvar="INPAINT_EVAL_DATA",
-              help="Folder of test images [default: the training source's held-out photos].")
-@click.option("--report", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/eval"),
-              envvar="INPAINT_REPORT", help="Folder for eval.json, examples.png and examples_full/.")
-@click.option("--sizes", default=",".join(SIZES), callback=parse_sizes, envvar="INPAINT_EVAL_SIZES",
-              help="Comma-separated sizes to score: 64 and 256 px crops, whole photos.")
-@click.option("--count-64", type=click.IntRange(min=1), default=DEFAULT_COUNTS["64"], envvar="INPAINT_EVAL_COUNT_64",
-              help="64 px crops per mask set.")
-@click.option("--count-256", type=click.IntRange(min=1), default=DEFAULT_COUNTS["256"],
-              envvar="INPAINT_EVAL_COUNT_256", help="256 px crops per mask set.")
-@click.option("--max-whole-photos", type=click.IntRange(min=1), default=None, envvar="INPAINT_EVAL_MAX_WHOLE_PHOTOS",
-              help="Score only the first N photos whole [default: all].")
-@click.option("--seed", type=click.IntRange(min=0), default=1234, envvar="INPAINT_EVAL_SEED",
-              help="Seed of the test crops and masks.")
-@click.option("--tiling", type=click.Choice(TILING_MODES), default="auto", envvar="INPAINT_EVAL_TILING",
-              help="How the model sees photos over --whole-max-pixels, as the server does (core/tiling.py).")
-@click.option("--whole-max-pixels", type=click.IntRange(min=1), default=TilingOptions.whole_max_pixels,
-              envvar="INPAINT_EVAL_WHOLE_MAX_PIXELS",
-              help="Photos up to this size run whole under --tiling auto; wide holes run at this size.")
-@click.option("--wide-hole", type=click.IntRange(min=0), default=TilingOptions.wide_hole,
-              envvar="INPAINT_EVAL_WIDE_HOLE",
-              help="Holes reaching farther than this from known pixels take the downscaled pass (0: never).")
-@click.option("-v", "--verbose", is_flag=True, help="Show debug logs and tracebacks.")
+# INPAINT_EVAL_<OPTION> (--sizes: INPAINT_EVAL_SIZES; the argument: INPAINT_EVAL_MODEL_BASE_PATH); the unprefixed
+# names read before issue 24 are refused when set.
+VARIABLES = ToolVariables("inpaint-eval", "INPAINT_EVAL_")
+VARIABLES.rename({"INPAINT_MODEL_BASE_PATH": "--model-base-path", "INPAINT_VERSION": "--version",
+                  "INPAINT_REPORT": "--report"})
+option = VARIABLES.option
+
+
+@click.command(cls=Command, variables=VARIABLES, context_settings={"show_default": True})
+@click.argument("model_base_path", type=click.Path(path_type=Path), envvar=VARIABLES.envvar("--model-base-path"))
+@option("--version", type=click.IntRange(min=1), default=None,
+        help="Version to evaluate [default: the latest].")
+@option("--data", type=str, default=None,
+        help="Folder of test images [default: the training source's held-out photos].")
+@option("--report", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/eval"),
+        help="Folder for eval.json, examples.png and examples_full/.")
+@option("--sizes", default=",".join(SIZES), callback=parse_sizes,
+        help="Comma-separated sizes to score: 64 and 256 px crops, whole photos.")
+@option("--count-64", type=click.IntRange(min=1), default=DEFAULT_COUNTS["64"],
+        help="64 px crops per mask set.")
+@option("--count-256", type=click.IntRange(min=1), default=DEFAULT_COUNTS["256"],
+        help="256 px crops per mask set.")
+@option("--max-whole-photos", type=click.IntRange(min=1), default=None,
+        help="Score only the first N photos whole [default: all].")
+@option("--seed", type=click.IntRange(min=0), default=1234,
+        help="Seed of the test crops and masks.")
+@option("--tiling", type=click.Choice(TILING_MODES), default="auto",
+        help="How the model sees photos over --whole-max-pixels, as the server does (core/tiling.py).")
+@option("--whole-max-pixels", type=click.IntRange(min=1), default=TilingOptions.whole_max_pixels,
+        help="Photos up to this size run whole under --tiling auto; wide holes run at this size.")
+@option("--wide-hole", type=click.IntRange(min=0), default=TilingOptions.wide_hole,
+        help="Holes reaching farther than this from known pixels take the downscaled pass (0: never).")
+@option("-v", "--verbose", is_flag=True, help="Show debug logs and tracebacks.")
 def main(model_base_path: Path, version: int | None, data: str | None, report: Path, sizes: tuple[str, ...],
          count_64: int, count_256: int, max_whole_photos: int | None, seed: int, tiling: str,
          whole_max_pixels: int, wide_hole: int, verbose: bool) -> None:

@@ -14,9 +14,27 @@ from .batching import BatchingOptions
 from .models import VersionPolicy
 from .runtime import DEVICES
 from .server import ServerConfig, serve
+from inpaint.core.envvars import Command, ToolVariables
 from inpaint.core.tiling import TILING_MODES
 
 _DEFAULT_BATCHING = BatchingOptions()
+
+# INPAINT_SERVE_<OPTION> for every option (--memory-budget-mib: INPAINT_SERVE_MEMORY_BUDGET_MIB). The names read
+# before issue 24 are refused when set, with the new one: the unprefixed INPAINT_* ones, and MODEL_BASE_PATH and
+# MODEL_NAME, whose MODEL_BASE_PATH meant the model's own folder where TF Serving's image means its parent
+# (docs/deployment.md, "Images").
+OLD_ENVVARS = {"MODEL_BASE_PATH": "--model-base-path", "MODEL_NAME": "--model-name",
+               "INPAINT_REST_TIMEOUT_MS": "--rest_api_timeout_in_ms",
+               "INPAINT_VERSION_POLICY": "--model-version-policy",
+               "INPAINT_POLL_SECONDS": "--file-system-poll-wait-seconds"}
+OLD_ENVVARS |= {f"INPAINT_{name}": "--" + name.lower().replace("_", "-") for name in (
+    "HOST", "PORT", "REST_PORT", "ENABLE_BATCHING", "MAX_BATCH_SIZE", "BATCH_TIMEOUT_MICROS", "MAX_ENQUEUED_BATCHES",
+    "NUM_BATCH_THREADS", "BATCHING_PARAMETERS_FILE", "MAX_PIXELS", "MAX_IMAGES_PER_REQUEST", "MAX_REQUEST_PIXELS",
+    "MEMORY_BUDGET_MIB", "MEMORY_SHARE", "MAX_INFLIGHT_PIXELS", "MAX_REQUEST_BYTES", "TILING", "TILE_ABOVE_PIXELS",
+    "TILE_BATCH", "DEVICE", "INTRA_OP_THREADS", "COMPUTE_THREADS", "DRAIN_SECONDS", "CORS_ORIGIN", "LOG_LEVEL")}
+VARIABLES = ToolVariables("inpaint-serve", "INPAINT_SERVE_")
+VARIABLES.rename(OLD_ENVVARS)
+option = VARIABLES.option
 
 
 def _default(name: str):
@@ -54,81 +72,78 @@ def _port(ctx, param, value: int) -> int:
     return value
 
 
-@click.command(context_settings={"show_default": True, "max_content_width": 110})
-@click.option("--model-base-path", "--model_base_path", "model_base_path", required=True, type=click.Path(file_okay=False, path_type=Path),
-              envvar="MODEL_BASE_PATH", help="Model repository: BASE/<version>/model.onnx.")
-@click.option("--model-name", "--model_name", "model_name", default=_default("model_name"), envvar="MODEL_NAME", help="Name clients ask for.")
-@click.option("--host", default=_default("host"), envvar="INPAINT_HOST", help="Address to listen on.")
-@click.option("--port", default=_default("port"), callback=_port, envvar="INPAINT_PORT", help="gRPC port (0: any free port).")
-@click.option("--rest-port", default=_default("rest_port"), callback=_port, envvar="INPAINT_REST_PORT",
-              help="REST and metrics port (0: any free port, -1: no REST).")
-@click.option("--rest_api_port", "rest_api_port", type=click.IntRange(0, 65535), default=None,
-              help="TF Serving's spelling of the REST port, with its meaning: 0 turns REST off.")
-@click.option("--rest_api_timeout_in_ms", "rest_timeout_ms", type=click.IntRange(min=0), default=0,
-              envvar="INPAINT_REST_TIMEOUT_MS", help="Deadline of a REST predict, as in TF Serving (0: none).")
-@click.option("--model-version-policy", default=_default("version_policy"), callback=_policy, envvar="INPAINT_VERSION_POLICY",
-              help="Versions to serve: latest:N, all or specific:1,3.")
-@click.option("--file-system-poll-wait-seconds", "--file_system_poll_wait_seconds", "file_system_poll_wait_seconds",
-              default=_default("poll_seconds"), type=click.FloatRange(min=0.05),
-              envvar="INPAINT_POLL_SECONDS", help="How often to look for new or removed versions.")
-@click.option("--enable-batching/--no-enable-batching", default=_default("enable_batching"), envvar="INPAINT_ENABLE_BATCHING",
-              help="Merge concurrent same-size requests into one model run.")
-@click.option("--max-batch-size", default=_DEFAULT_BATCHING.max_batch_size, type=click.IntRange(min=1),
-              envvar="INPAINT_MAX_BATCH_SIZE", help="Most images in one model run.")
-@click.option("--batch-timeout-micros", default=_DEFAULT_BATCHING.batch_timeout_micros, type=click.IntRange(min=0),
-              envvar="INPAINT_BATCH_TIMEOUT_MICROS", help="Longest a batch waits to fill.")
-@click.option("--max-enqueued-batches", default=_DEFAULT_BATCHING.max_enqueued_batches,
-              type=click.IntRange(min=1), envvar="INPAINT_MAX_ENQUEUED_BATCHES",
-              help="Batches that may wait; beyond it requests get RESOURCE_EXHAUSTED.")
-@click.option("--num-batch-threads", default=_DEFAULT_BATCHING.num_batch_threads, type=click.IntRange(min=1),
-              envvar="INPAINT_NUM_BATCH_THREADS", help="Batches run at once.")
-@click.option("--batching-parameters-file", "--batching_parameters_file", "batching_parameters_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              envvar="INPAINT_BATCHING_PARAMETERS_FILE",
-              help="TF Serving's batching parameters text file; overrides the batching flags it sets.")
-@click.option("--max-pixels", default=_default("max_pixels"), type=click.IntRange(min=1), envvar="INPAINT_MAX_PIXELS",
-              help="Largest H x W per image.")
-@click.option("--max-images-per-request", default=_default("max_images_per_request"), type=click.IntRange(min=1),
-              envvar="INPAINT_MAX_IMAGES_PER_REQUEST", help="Most images (N) in one request.")
-@click.option("--max-request-pixels", default=_default("max_request_pixels"), type=click.IntRange(min=1),
-              envvar="INPAINT_MAX_REQUEST_PIXELS", help="Most pixels (N x H x W) in one request.")
-@click.option("--memory-budget-mib", default=_default("memory_budget_mib"), type=click.IntRange(min=64),
-              envvar="INPAINT_MEMORY_BUDGET_MIB",
-              help="Memory all requests in flight may hold together; each reserves its cost before spending it, "
-                   "and what does not fit waits up to 2 s, then gets RESOURCE_EXHAUSTED (429). Size it with "
-                   "the pod's memory limit (README, Memory and limits).")
-@click.option("--memory-share", default=_default("memory_share"), type=click.FloatRange(0.05, 1.0),
-              envvar="INPAINT_MEMORY_SHARE",
-              help="The most of the budget one request may hold; a request costing more gets "
-                   "RESOURCE_EXHAUSTED (413), and the rest stays for the others.")
-@click.option("--max-inflight-pixels", default=None, type=click.IntRange(min=1), hidden=True,
-              envvar="INPAINT_MAX_INFLIGHT_PIXELS", help="Replaced by --memory-budget-mib; accepted and ignored.")
-@click.option("--max-request-bytes", default=_default("max_request_bytes"), type=click.IntRange(min=1024),
-              envvar="INPAINT_MAX_REQUEST_BYTES",
-              help="Largest message, gRPC and REST [default: gRPC 4 bytes per --max-request-pixels (uint8; float32 "
-                   "up to --tile-above-pixels), REST 40 bytes per --tile-above-pixels (JSON is for small images), "
-                   "+ 1 MiB]. A gRPC predict holds twice this from the memory budget while its message arrives, "
-                   "so gRPC's is at most half of what one request may hold.")
-@click.option("--tiling", default=_default("tiling"), type=click.Choice(TILING_MODES), envvar="INPAINT_TILING",
-              help="auto: images over --tile-above-pixels run in windows around their holes (memory bounded by "
-                   "the window batch); always; off: every image whole.")
-@click.option("--tile-above-pixels", default=_default("tile_above_pixels"), type=click.IntRange(min=4096),
-              envvar="INPAINT_TILE_ABOVE_PIXELS",
-              help="Images up to this size run whole; the most pixels in one model run.")
-@click.option("--tile-batch", default=_default("tile_batch"), type=click.IntRange(min=1), envvar="INPAINT_TILE_BATCH",
-              help="Windows (256 x 256) per model run.")
-@click.option("--device", default=_default("device"), type=click.Choice(DEVICES), envvar="INPAINT_DEVICE",
-              help="auto: CUDA when it really works, else CPU.")
-@click.option("--intra-op-threads", default=_default("intra_op_threads"), type=click.IntRange(min=0), envvar="INPAINT_INTRA_OP_THREADS",
-              help="ONNX Runtime threads per model run (0: ORT's choice).")
-@click.option("--compute-threads", default=_default("compute_threads"), type=click.IntRange(min=1),
-              envvar="INPAINT_COMPUTE_THREADS",
-              help="Model runs at once when batching is off (each holds at most --tile-above-pixels).")
-@click.option("--drain-seconds", default=_default("drain_seconds"), type=click.FloatRange(min=0), envvar="INPAINT_DRAIN_SECONDS",
-              help="On SIGTERM, how long queued and in-flight requests get to finish.")
-@click.option("--cors-origin", default=None, callback=_origin, envvar="INPAINT_CORS_ORIGIN",
-              help="Let web pages from this origin (https://app.example.com, or *) call the REST API.")
-@click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
-              envvar="INPAINT_LOG_LEVEL", help="Logging level.")
+@click.command(cls=Command, variables=VARIABLES,
+               context_settings={"show_default": True, "max_content_width": 110})
+@option("--model-base-path", "--model_base_path", "model_base_path", required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Model repository: BASE/<version>/model.onnx.")
+@option("--model-name", "--model_name", "model_name", default=_default("model_name"), help="Name clients ask for.")
+@option("--host", default=_default("host"), help="Address to listen on.")
+@option("--port", default=_default("port"), callback=_port, help="gRPC port (0: any free port).")
+@option("--rest-port", default=_default("rest_port"), callback=_port,
+        help="REST and metrics port (0: any free port, -1: no REST).")
+@option("--rest_api_port", "rest_api_port", type=click.IntRange(0, 65535), default=None,
+        help="TF Serving's spelling of the REST port, with its meaning: 0 turns REST off.")
+@option("--rest_api_timeout_in_ms", "rest_timeout_ms", type=click.IntRange(min=0), default=0,
+        help="Deadline of a REST predict, as in TF Serving (0: none).")
+@option("--model-version-policy", default=_default("version_policy"), callback=_policy,
+        help="Versions to serve: latest:N, all or specific:1,3.")
+@option("--file-system-poll-wait-seconds", "--file_system_poll_wait_seconds", "file_system_poll_wait_seconds",
+        default=_default("poll_seconds"), type=click.FloatRange(min=0.05),
+        help="How often to look for new or removed versions.")
+@option("--enable-batching/--no-enable-batching", default=_default("enable_batching"),
+        help="Merge concurrent same-size requests into one model run.")
+@option("--max-batch-size", default=_DEFAULT_BATCHING.max_batch_size, type=click.IntRange(min=1),
+        help="Most images in one model run.")
+@option("--batch-timeout-micros", default=_DEFAULT_BATCHING.batch_timeout_micros, type=click.IntRange(min=0),
+        help="Longest a batch waits to fill.")
+@option("--max-enqueued-batches", default=_DEFAULT_BATCHING.max_enqueued_batches,
+        type=click.IntRange(min=1),
+        help="Batches that may wait; beyond it requests get RESOURCE_EXHAUSTED.")
+@option("--num-batch-threads", default=_DEFAULT_BATCHING.num_batch_threads, type=click.IntRange(min=1),
+        help="Batches run at once.")
+@option("--batching-parameters-file", "--batching_parameters_file", "batching_parameters_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="TF Serving's batching parameters text file; overrides the batching flags it sets.")
+@option("--max-pixels", default=_default("max_pixels"), type=click.IntRange(min=1),
+        help="Largest H x W per image.")
+@option("--max-images-per-request", default=_default("max_images_per_request"), type=click.IntRange(min=1),
+        help="Most images (N) in one request.")
+@option("--max-request-pixels", default=_default("max_request_pixels"), type=click.IntRange(min=1),
+        help="Most pixels (N x H x W) in one request.")
+@option("--memory-budget-mib", default=_default("memory_budget_mib"), type=click.IntRange(min=64),
+        help="Memory all requests in flight may hold together; each reserves its cost before spending it, "
+             "and what does not fit waits up to 2 s, then gets RESOURCE_EXHAUSTED (429). Size it with "
+             "the pod's memory limit (README, Memory and limits).")
+@option("--memory-share", default=_default("memory_share"), type=click.FloatRange(0.05, 1.0),
+        help="The most of the budget one request may hold; a request costing more gets "
+             "RESOURCE_EXHAUSTED (413), and the rest stays for the others.")
+@option("--max-inflight-pixels", default=None, type=click.IntRange(min=1), hidden=True,
+        help="Replaced by --memory-budget-mib; accepted and ignored.")
+@option("--max-request-bytes", default=_default("max_request_bytes"), type=click.IntRange(min=1024),
+        help="Largest message, gRPC and REST [default: gRPC 4 bytes per --max-request-pixels (uint8; float32 "
+             "up to --tile-above-pixels), REST 40 bytes per --tile-above-pixels (JSON is for small images), "
+             "+ 1 MiB]. A gRPC predict holds twice this from the memory budget while its message arrives, "
+             "so gRPC's is at most half of what one request may hold.")
+@option("--tiling", default=_default("tiling"), type=click.Choice(TILING_MODES),
+        help="auto: images over --tile-above-pixels run in windows around their holes (memory bounded by "
+             "the window batch); always; off: every image whole.")
+@option("--tile-above-pixels", default=_default("tile_above_pixels"), type=click.IntRange(min=4096),
+        help="Images up to this size run whole; the most pixels in one model run.")
+@option("--tile-batch", default=_default("tile_batch"), type=click.IntRange(min=1),
+        help="Windows (256 x 256) per model run.")
+@option("--device", default=_default("device"), type=click.Choice(DEVICES),
+        help="auto: CUDA when it really works, else CPU.")
+@option("--intra-op-threads", default=_default("intra_op_threads"), type=click.IntRange(min=0),
+        help="ONNX Runtime threads per model run (0: ORT's choice).")
+@option("--compute-threads", default=_default("compute_threads"), type=click.IntRange(min=1),
+        help="Model runs at once when batching is off (each holds at most --tile-above-pixels).")
+@option("--drain-seconds", default=_default("drain_seconds"), type=click.FloatRange(min=0),
+        help="On SIGTERM, how long queued and in-flight requests get to finish.")
+@option("--cors-origin", default=None, callback=_origin,
+        help="Let web pages from this origin (https://app.example.com, or *) call the REST API.")
+@option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+        help="Logging level.")
 def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port: int, rest_api_port: int | None,
          rest_timeout_ms: int, model_version_policy: str,
          file_system_poll_wait_seconds: float, enable_batching: bool, max_batch_size: int,

@@ -199,7 +199,7 @@ def test_cli_predict_folder_mode_with_env_target(onnx_repo, start_server, tmp_pa
         write_png(tmp_path / "in" / f"x{i}.png", random_image(16, 16 + i, seed=i))
         write_png(tmp_path / "in" / f"x{i}_mask.png", _mask(16, 16 + i, seed=i) * 255)
     result = run_cli("predict", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--batch-size", "2",
-                     env={"INPAINT_TARGET": server.grpc_target})
+                     env={"INPAINT_CLIENT_TARGET": server.grpc_target})
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"x{i}.inpainted.png" for i in range(3)]
 

@@ -112,7 +112,7 @@ def test_manifests_agree_with_each_other(overlay):
     if overlay == "onnx-gpu":
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
-        assert {e["name"]: e["value"] for e in container["env"]}["INPAINT_DEVICE"] == "cuda"
+        assert {e["name"]: e["value"] for e in container["env"]}["INPAINT_SERVE_DEVICE"] == "cuda"
 
 
 @needs_kubectl

@@ -73,7 +73,7 @@ def test_predict_unknown_output_format_is_refused_before_any_call(tmp_path, free
     image, mask = _pair(tmp_path)
     out = tmp_path / "out.xyz"
     nobody = f"127.0.0.1:{free_port}"  # had anything been sent, the error would be "no server reachable"
-    args, env = (["-o", str(out)], None) if how == "option" else ([], {"INPAINT_OUTPUT": str(out)})
+    args, env = (["-o", str(out)], None) if how == "option" else ([], {"INPAINT_CLIENT_PREDICT_OUTPUT": str(out)})
     result = run_cli("--target", nobody, "--timeout", "5", "predict", image, mask, *args, env=env)
     assert result.exit_code == 1, result.output
     errors = [line for line in result.output.strip().splitlines()]

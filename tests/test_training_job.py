@@ -254,9 +254,9 @@ def test_job_args_are_options_of_the_real_trainer():
 @needs_kubectl
 def test_job_env_sets_only_the_trainers_own_variables():
     """An INPAINT_* variable in the Job is one inpaint-train reads (INPAINT_TRAIN_*), never an old name it refuses."""
-    from inpaint.trainer.train import main, refuse_unprefixed_envvars
+    from inpaint.trainer.train import VARIABLES, main
 
     env = pod_env(training_docs()[0], 0)
-    refuse_unprefixed_envvars(env)
+    VARIABLES.refuse_old(env)
     read = {param.envvar for param in main.params}
     assert {name for name in env if name.startswith("INPAINT_")} <= read

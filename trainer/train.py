@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from inpaint.core.envvars import Command, ToolVariables
 from inpaint.core.masks import MASK_KINDS
 from inpaint.core.repository import RUN_RECORD, staged_version
 
@@ -604,7 +605,6 @@ def _positive(ctx, param, value):
     return value
 
 
-ENVVAR_PREFIX = "INPAINT_TRAIN_"
 # What inpaint-train read before its variables carried its own prefix (issue 24), and the option each set.
 # Refused, not ignored: a setting meant for the trainer is never dropped silently, nor another tool's taken.
 UNPREFIXED_ENVVARS = {f"INPAINT_{name}": "--" + name.lower().replace("_", "-") for name in (
@@ -614,38 +614,16 @@ UNPREFIXED_ENVVARS = {f"INPAINT_{name}": "--" + name.lower().replace("_", "-") f
     "BATCH_SIZE", "EPOCHS", "LEARNING_RATE", "VALIDATION_SIZE", "INIT_WEIGHTS", "CHECKPOINT_DIR", "WORKERS",
     "STRATEGY", "BACKUP_DIR", "LOGDIR", "MAX_MINUTES", "PUBLISH_CHECKPOINT", "SEED", "VERBOSE")}
 UNPREFIXED_ENVVARS |= {"INPAINT_MODEL": "--model-name", "INPAINT_STEPS": "--steps-per-epoch"}
-
-
-def envvar(flag: str) -> str:
-    """The environment variable an option reads: ``--batch-size`` -> ``INPAINT_TRAIN_BATCH_SIZE``."""
-    return ENVVAR_PREFIX + flag.lstrip("-").replace("-", "_").upper()
-
-
-def option(*declarations: str, **attrs):
-    """``click.option`` that also reads the option's ``envvar``, named in ``--help``."""
-    flag = next(name for name in declarations if name.startswith("--")).split("/")[0]
-    return click.option(*declarations, envvar=envvar(flag), show_envvar=True, **attrs)
-
-
-class UnprefixedVariable(click.ClickException):
-    """An old variable name is set: one line naming the new one, exit 2 (a usage error: a Job fails at once)."""
-
-    exit_code = 2
-
-
-def refuse_unprefixed_envvars(environ) -> None:
-    """UnprefixedVariable if ``environ`` sets any of ``UNPREFIXED_ENVVARS``."""
-    old = sorted(name for name in UNPREFIXED_ENVVARS if environ.get(name))
-    if old:
-        new = [envvar(UNPREFIXED_ENVVARS[name]) for name in old]
-        raise UnprefixedVariable(f"{', '.join(old)} {'is' if len(old) == 1 else 'are'} no longer read by "
-                                 f"inpaint-train: set {', '.join(new)} instead")
+# INPAINT_TRAIN_<OPTION> for every option (--batch-size: INPAINT_TRAIN_BATCH_SIZE), the old names refused.
+VARIABLES = ToolVariables("inpaint-train", "INPAINT_TRAIN_")
+VARIABLES.rename(UNPREFIXED_ENVVARS)
+option = VARIABLES.option
 
 
 _DEFAULTS = TrainConfig()
 
 
-@click.command(context_settings={"show_default": True})
+@click.command(cls=Command, variables=VARIABLES, context_settings={"show_default": True})
 @option("--data", default=_DEFAULTS.data,
         help="Training data: 'samples' (bundled photos), 'photos[:DIR]' (assembled by make photos), "
              "'cifar10', 'cifar10:PATH', a folder of images (recursive), a glob ('photos/**/*.jpg') or "
@@ -738,7 +716,6 @@ def main(verbose: bool, finished_run: Path | None, **options) -> None:
 
     Every option also reads INPAINT_TRAIN_<OPTION> (--batch-size: INPAINT_TRAIN_BATCH_SIZE).
     """
-    refuse_unprefixed_envvars(os.environ)
     # TensorFlow's C++ start-up lines (CUDA probing on CPU machines) are noise unless asked for.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
     configure_logging(verbose)
