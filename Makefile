@@ -125,14 +125,14 @@ demo: $(INSTALLED)  ## Serve SERVE_BASE (no training needed), inpaint a held-out
 	echo "demo files in $$demo"
 
 IMAGE_TAG     ?= cpu
-ORT_PACKAGE   ?= onnxruntime
+SERVE_EXTRA   ?= serve-cpu
 
 # Which images `make image` builds (serving trainer models); ENGINE=docker|podman and PULL=always|missing|never
 # override the choice images/build.sh makes (docs/images.md).
 IMAGES        ?= serving trainer models
 
-image:  ## Build the serving (ORT_PACKAGE="onnxruntime-gpu[cuda,cudnn]" IMAGE_TAG=gpu), trainer and model images: Docker, else podman
-	IMAGE_TAG="$(IMAGE_TAG)" ORT_PACKAGE="$(ORT_PACKAGE)" images/build.sh $(IMAGES)
+image:  ## Build the serving (SERVE_EXTRA=serve-gpu IMAGE_TAG=gpu), trainer and model images: Docker, else podman
+	IMAGE_TAG="$(IMAGE_TAG)" SERVE_EXTRA="$(SERVE_EXTRA)" images/build.sh $(IMAGES)
 
 base-images:  ## Where no registry answers: stand-ins for the Dockerfiles' base images from Debian packages (root)
 	images/base-images.sh

@@ -2,7 +2,7 @@
 # `make image`: build the images from the Dockerfiles, with Docker where a daemon answers, else podman
 # (--isolation chroot: RUN steps without a container runtime, as on the development machines).
 #   images/build.sh [serving] [trainer] [models]      (default: all three)
-# Environment: IMAGE_TAG (serving image's tag, cpu), ORT_PACKAGE (onnxruntime), ENGINE (docker|podman),
+# Environment: IMAGE_TAG (serving image's tag, cpu), SERVE_EXTRA (serve-cpu: pyproject.toml's extra the serving image installs), ENGINE (docker|podman),
 # PULL (always|missing|never; default: the engine's own where Docker Hub answers, else never, with the
 # stand-ins of `make base-images`), REGISTRY_URL (the registry to probe, Docker Hub's /v2/). docs/images.md.
 set -euo pipefail
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 source images/lib.sh
 
 IMAGE_TAG=${IMAGE_TAG:-cpu}
-ORT_PACKAGE=${ORT_PACKAGE:-onnxruntime}
+SERVE_EXTRA=${SERVE_EXTRA:-serve-cpu}
 engine=$(pick_engine)
 targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(serving trainer models)
 
@@ -58,7 +58,7 @@ engine_flags=()
 summary=()
 for target in "${targets[@]}"; do
     build_args=()
-    [ "$target" = serving ] && build_args=(--build-arg "ORT_PACKAGE=$ORT_PACKAGE")
+    [ "$target" = serving ] && build_args=(--build-arg "SERVE_EXTRA=$SERVE_EXTRA")
     note "$engine build ${TAG[$target]} (${FILE[$target]})"
     start=$SECONDS
     "$engine" build "${engine_flags[@]}" "${pull_flags[@]}" "${build_args[@]}" \

@@ -74,6 +74,19 @@ DEFAULT_BUDGET_MIB = 1536
 DEFAULT_SHARE = 0.75
 DEFAULT_WAIT_SECONDS = 2.0
 
+# The Deployment's arithmetic (above), which tests/test_settings.py checks for every manifest that runs the
+# server: besides the budget, the idle processes and ORT's arena for small runs, and at least this share of
+# the pod's memory limit left for what is not admitted (632 of 2,560 MiB).
+IDLE_PROCESSES_MIB = 360
+SMALL_RUNS_ARENA_MIB = 32
+UNADMITTED_SHARE = 0.24
+
+
+def unadmitted_mib(memory_limit_mib: int, budget_mib: int) -> int:
+    """What a memory limit leaves for what is not admitted, once the idle processes, the small runs' arena and
+    the budget are taken."""
+    return memory_limit_mib - IDLE_PROCESSES_MIB - SMALL_RUNS_ARENA_MIB - budget_mib
+
 
 def mib(nbytes: int) -> str:
     return f"{nbytes / MiB:,.0f} MiB"

@@ -1,13 +1,24 @@
 """One home for each setting (issue 24, item 3).
 
 Every CLI's options read one prefix of environment variables, derived from the flag by one rule, and the
-names read before are refused with the new one.
+names read before are refused with the new one. The manifests' args and env are parsed by inpaint-serve's
+own command (no server starts), their repeated limits agree with each other and with the memory limit, and
+the Dockerfiles install pyproject.toml's extras rather than lists of their own.
 """
 
 from __future__ import annotations
 
+import functools
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
 import click
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from inpaint.client.cli import main as client_main
@@ -99,3 +110,164 @@ def test_a_flag_wins_over_its_variable(monkeypatch):
     monkeypatch.setenv("INPAINT_SERVE_PORT", "9000")
     params = serve_main.make_context("inpaint-serve", ["--port", "9100"]).params
     assert (str(params["model_base_path"]), params["tiling"], params["port"]) == ("/models/inpaint", "off", 9100)
+
+
+# -- the manifests' args are inpaint-serve's own options, and their limits agree -----------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+KUBECTL = shutil.which("kubectl")
+# What runs inpaint-serve: every Deployment overlay but tfserving (TF Serving's own binary), the model-image
+# example and the KServe runtime. Without kubectl, the files the overlays start from.
+RENDERED = ("overlays/onnx-cpu", "overlays/onnx-gpu", "examples/model-from-image", "kserve")
+UNRENDERED = ("base/deployment.yaml", "kserve/servingruntime.yaml")
+
+
+@functools.cache
+def documents(path: str) -> tuple[dict, ...]:
+    if path.endswith(".yaml"):
+        text = (ROOT / "k8s" / path).read_text()
+    else:
+        text = subprocess.run([KUBECTL, "kustomize", str(ROOT / "k8s" / path)], capture_output=True, text=True,
+                              check=True).stdout
+    return tuple(doc for doc in yaml.safe_load_all(text) if doc)
+
+
+def containers(path: str, image: str, command: list[str] | None = None) -> list[dict]:
+    found = []
+    for doc in documents(path):
+        spec = doc.get("spec", {})
+        pod = spec.get("template", {}).get("spec") or spec  # a ServingRuntime's spec holds its containers
+        found += [c for c in pod.get("containers", []) if c.get("image", "").startswith(image)
+                  and c.get("command") == command]
+    return found
+
+
+def server_containers() -> list[tuple[str, dict]]:
+    paths = RENDERED if KUBECTL else UNRENDERED
+    found = [(path, container) for path in paths for container in containers(path, "inpaint-serving")]
+    assert len(found) >= len(paths), "every manifest runs the server"
+    return found
+
+
+def parse_serve_args(container: dict, monkeypatch) -> dict:
+    """inpaint-serve's own command parses the container's args under its env: an unknown or misspelled flag,
+    a bad value or an old variable name fails here, and no server starts."""
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    from inpaint.serving.cli import VARIABLES
+
+    VARIABLES.refuse_old(env)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return serve_main.make_context("inpaint-serve", list(container["args"])).params
+
+
+def test_the_servers_args_and_env_in_every_manifest_are_inpaint_serves_options(monkeypatch):
+    for path, container in server_containers():
+        params = parse_serve_args(container, monkeypatch)
+        assert params["memory_budget_mib"] and params["model_name"], path
+        for name in container.get("env", []):
+            assert name["name"].startswith("INPAINT_SERVE_"), (path, name)
+
+
+def test_a_misspelled_flag_in_a_manifest_fails(monkeypatch):
+    [(_, container), *_] = server_containers()
+    bad = {**container, "args": [*container["args"], "--memory-budget-mb=1536"]}
+    with pytest.raises(click.NoSuchOption):
+        parse_serve_args(bad, monkeypatch)
+    bad = {**container, "env": [{"name": "INPAINT_DEVICE", "value": "cpu"}]}
+    with pytest.raises(click.ClickException, match="set INPAINT_SERVE_DEVICE instead"):
+        parse_serve_args(bad, monkeypatch)
+
+
+def test_the_load_test_jobs_args_are_inpaint_clients_options():
+    if not KUBECTL:
+        pytest.skip("kubectl is not installed: the Job is only rendered by kustomize")
+    [container] = containers("jobs", "inpaint-serving", ["inpaint-client"])
+    context = client_main.make_context("inpaint-client", list(container["args"]))
+    name, command, rest = client_main.resolve_command(context, [*context.protected_args, *context.args])
+    assert name == "loadtest"
+    assert command.make_context(name, rest, parent=context).params["concurrency"] == (1, 8, 32, 64)
+
+
+LIMITS = ("max_pixels", "max_request_pixels", "memory_budget_mib", "memory_share", "tile_above_pixels",
+          "max_request_bytes")
+
+
+def mebibytes(quantity: str) -> int:
+    units = {"Mi": 1, "Gi": 1024}
+    return int(quantity[:-2]) * units[quantity[-2:]]
+
+
+def test_the_limits_every_manifest_repeats_agree(monkeypatch):
+    """The KServe runtime serves what the Deployment was sized for: the same limits, the same memory."""
+    servers = [(path, parse_serve_args(container, monkeypatch), container) for path, container in server_containers()]
+    _, reference, reference_container = servers[0]
+    for path, params, container in servers[1:]:
+        assert {k: params[k] for k in LIMITS} == {k: reference[k] for k in LIMITS}, path
+        if "gpu" not in path:
+            assert container["resources"]["limits"]["memory"] == reference_container["resources"]["limits"]["memory"]
+
+
+def test_every_manifests_memory_limit_holds_its_budget(monkeypatch):
+    """serving/admission.py's arithmetic: idle processes + ORT's small-run arena + --memory-budget-mib, and about
+    a quarter of the limit left for what is not admitted; a gRPC predict's message (held twice while it
+    arrives) fits in what one request may hold, so the server need not cut the cap the args imply."""
+    from inpaint.serving.admission import UNADMITTED_SHARE, unadmitted_mib
+    from inpaint.serving.grpc_api import ARRIVAL_COPIES
+    from inpaint.serving.server import request_bytes_for
+
+    for path, container in server_containers():
+        params = parse_serve_args(container, monkeypatch)
+        limit = mebibytes(container["resources"]["limits"]["memory"])
+        assert unadmitted_mib(limit, params["memory_budget_mib"]) >= UNADMITTED_SHARE * limit, path
+        grpc_bytes, _, _ = request_bytes_for(params["max_request_pixels"], params["tile_above_pixels"])
+        per_request = params["memory_budget_mib"] * 2**20 * params["memory_share"]
+        assert ARRIVAL_COPIES * grpc_bytes <= per_request, path
+
+
+def test_the_deployments_drain_fits_its_grace_period(monkeypatch):
+    for path, container in server_containers():
+        if path.startswith("kserve"):
+            continue  # KServe's pods take their grace period from KServe
+        pod = next(doc for doc in documents(path) if doc["kind"] == "Deployment")["spec"]["template"]["spec"]
+        assert pod["terminationGracePeriodSeconds"] > parse_serve_args(container, monkeypatch)["drain_seconds"]
+
+
+# -- the images install pyproject.toml's extras, not lists of their own ---------------------------------------
+
+DOCKERFILES = {"serving/Dockerfile": "SERVE_EXTRA", "trainer/Dockerfile": None}
+
+
+def pip_requirements(dockerfile: str) -> list[str]:
+    """What the Dockerfile's ``pip wheel`` builds, its ARGs' defaults filled in."""
+    text = (ROOT / dockerfile).read_text().replace("\\\n", " ")
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
+    [command] = [line for line in text.splitlines() if line.startswith("RUN pip wheel")]
+    words = [word for word in shlex.split(command)[3:] if not word.startswith("-")]
+    words = words[words.index("/wheels") + 1:] if "/wheels" in words else words
+    return [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], word) for word in words]
+
+
+def test_the_images_install_the_projects_extras():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for dockerfile in DOCKERFILES:
+        requirements = pip_requirements(dockerfile)
+        assert requirements and all(re.fullmatch(r"\.(\[[\w,-]+\])?", r) for r in requirements), \
+            f"{dockerfile} installs {requirements}: only the project and its extras, pinned in pyproject.toml"
+        for requirement in requirements:
+            for extra in re.findall(r"[\w-]+", requirement):
+                assert extra in extras, (dockerfile, extra)
+    assert pip_requirements("trainer/Dockerfile") == [".[train]"]
+    serving = pip_requirements("serving/Dockerfile")
+    assert serving == [".[serve-cpu]"], "the CPU image by default"
+
+
+def test_the_serving_extras_are_serve_base_and_one_onnx_runtime():
+    """serve, serve-cpu and serve-gpu differ only in their ONNX Runtime package, and none holds TensorFlow."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for name in ("serve", "serve-cpu", "serve-gpu"):
+        rest = [r for r in extras[name] if not r.startswith("onnxruntime")]
+        assert rest == ["inpaint[serve-base]"], name
+        assert not any("tensorflow" in r for r in extras["serve-base"] + extras[name]), name
+    assert re.search(r"^ARG SERVE_EXTRA=serve-cpu$", (ROOT / "serving/Dockerfile").read_text(), re.M)
+    assert "SERVE_EXTRA" in (ROOT / "images/build.sh").read_text()
