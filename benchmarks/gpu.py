@@ -563,7 +563,7 @@ def section_large_photos(worker: Worker) -> None:
     # (mode, server flags, inpaint-client predict flags, the client library's tiling)
     servers = (
         (windows, (("windows", ["--tiling", "auto", *windows], TilingOptions(
-                        "auto", plan.tile_above_pixels or TilingOptions.whole_max_pixels)),
+                        "auto", plan.tile_above_pixels or TilingOptions.tile_above_pixels)),
                    ("whole_server_tiles", ["--tiling", "off"], TilingOptions("off")))),
         (whole_run, (("whole_one_run", ["--tiling", "off"], TilingOptions("off")),)),
     )

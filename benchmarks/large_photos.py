@@ -212,7 +212,7 @@ def server_tiling_options(mode: str) -> dict:
     defaults = ServerConfig.__dataclass_fields__
     options = {"mode": mode}
     if "tile_above_pixels" in defaults:
-        options["whole_max_pixels"] = defaults["tile_above_pixels"].default
+        options["tile_above_pixels"] = defaults["tile_above_pixels"].default
     if "tile_batch" in defaults:
         options["batch"] = defaults["tile_batch"].default
     return options

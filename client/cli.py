@@ -150,7 +150,7 @@ def output_path(image: Path, output: Path | None, many: bool) -> Path:
 @PREDICT.option("--tiling", type=click.Choice(TILING_MODES), default=TilingOptions.mode,
               help="auto: images over --tile-above-pixels are sent as windows around their holes (any server); "
                    "off: whole images (inpaint-serve still tiles them itself).")
-@PREDICT.option("--tile-above-pixels", type=click.IntRange(min=4096), default=TilingOptions.whole_max_pixels,
+@PREDICT.option("--tile-above-pixels", type=click.IntRange(min=4096), default=TilingOptions.tile_above_pixels,
                 help="Images up to this size are sent whole.")
 @PREDICT.option("--send", type=click.Choice(SEND_MODES), default="auto",
               help="files: the image and mask files' own bytes (the model's serving_bytes signature; PNG back); "

@@ -2,7 +2,7 @@
 
 ``inpaint_large`` is what the server and the client call for one image:
 
-* at most ``whole_max_pixels`` pixels: the whole image in one model run;
+* at most ``tile_above_pixels`` pixels: the whole image in one model run;
 * above it, holes are split by width. **Thin holes** (every hole pixel within
   ``wide_hole`` pixels of a known one) are filled window by window: cores of
   ``core_cells`` x ``core_cells`` blocks of ``cell`` pixels are laid along the
@@ -15,7 +15,7 @@
   neighbours' over ``feather`` pixels, so a hole crossing cores shows no seam.
   **Wide holes** (a component holding a pixel ``wide_hole`` pixels away from
   any known pixel in every direction) are filled by one run on the image downscaled to
-  ``whole_max_pixels``, up-sampled back: a window would hold too little
+  ``tile_above_pixels``, up-sampled back: a window would hold too little
   context around them (IOPaint's "Resize" strategy).
 
 Known pixels come back bit-exact in every mode: only hole pixels are written.
@@ -47,8 +47,8 @@ TILING_MODES = ("auto", "always", "off")
 class TilingOptions:
     """How a large image is cut; the defaults suit the shipped model and photos up to 50 MP."""
 
-    mode: str = "auto"    # auto: tile images over whole_max_pixels; always: tile every image; off: never
-    whole_max_pixels: int = 2**20  # images up to this size run whole (and wide holes run at this size)
+    mode: str = "auto"    # auto: tile images over tile_above_pixels; always: tile every image; off: never
+    tile_above_pixels: int = 2**20  # images up to this size run whole (and wide holes run at this size)
     cell: int = 32        # holes are located to blocks of this side
     core_cells: int = 4   # a window fills a core of core_cells x core_cells blocks (128 px)
     margin: int = 64      # context around the core: windows of 256 x 256 (docs/large-photos.md: why 64)
@@ -62,7 +62,7 @@ class TilingOptions:
     def __post_init__(self):
         if self.mode not in TILING_MODES:
             raise ValueError(f"tiling mode must be one of {', '.join(TILING_MODES)}, got {self.mode!r}")
-        for name in ("whole_max_pixels", "cell", "core_cells", "batch"):
+        for name in ("tile_above_pixels", "cell", "core_cells", "batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"tiling option {name} must be at least 1, got {getattr(self, name)}")
         for name in ("margin", "thin_hole", "thin_margin", "feather", "wide_hole"):
@@ -91,7 +91,7 @@ class TilingOptions:
     def is_tiled(self, height: int, width: int) -> bool:
         """Whether the image runs in windows: by its size as the graph pads it (``contract.padded_pixels``),
         so a 1 x 262,144 strip, a 16 x 262,144 run whole, is tiled."""
-        return self.mode == "always" or (self.mode == "auto" and padded_pixels(1, height, width) > self.whole_max_pixels)
+        return self.mode == "always" or (self.mode == "auto" and padded_pixels(1, height, width) > self.tile_above_pixels)
 
     def run_pixels(self, height: int, width: int) -> int:
         """The most pixels one model run holds for an image of this size, padded as the graph pads them:
@@ -99,7 +99,7 @@ class TilingOptions:
         if not self.is_tiled(height, width):
             return padded_pixels(1, height, width)
         windows = self.batch * padded_pixels(1, *self.window_shape(height, width))
-        return max(windows, min(self.whole_max_pixels, padded_pixels(1, height, width)))
+        return max(windows, min(self.tile_above_pixels, padded_pixels(1, height, width)))
 
 
 def inpaint_large(image: np.ndarray, mask: np.ndarray, run: Run, options: TilingOptions = TilingOptions()
@@ -115,7 +115,7 @@ def inpaint_large(image: np.ndarray, mask: np.ndarray, run: Run, options: Tiling
     wide = wide_holes(holes, options.wide_hole)
     if wide is not None:
         thin = holes & ~wide
-        fill_downscaled(output, image, holes, wide, run, options.whole_max_pixels)
+        fill_downscaled(output, image, holes, wide, run, options.tile_above_pixels)
     else:
         thin = holes
     fill_tiles(output, image, holes, thin, run, options)
@@ -127,7 +127,7 @@ def _holes(mask: np.ndarray) -> np.ndarray:
 
 
 def has_wide_holes(mask: np.ndarray, options: TilingOptions) -> bool:
-    """Whether ``inpaint_large`` would take the downscaled pass (a run of ``whole_max_pixels``) for this mask:
+    """Whether ``inpaint_large`` would take the downscaled pass (a run of ``tile_above_pixels``) for this mask:
     it is tiled and holds a hole ``wide_hole`` pixels deep. What a server reserves for it before it runs."""
     holes = _holes(mask)
     if not options.is_tiled(*holes.shape) or options.wide_hole == 0:

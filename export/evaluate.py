@@ -475,11 +475,21 @@ def describe_sets(sets: list[MaskSet]) -> str:
     return ", ".join(parts) + " per mask set"
 
 
+def renamed_flag(tile_above_pixels: int, whole_max_pixels: int | None) -> int:
+    """--tile-above-pixels, or its old name --whole-max-pixels with a warning (not both)."""
+    if whole_max_pixels is None:
+        return tile_above_pixels
+    if click.get_current_context().get_parameter_source("tile_above_pixels") != click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("give --tile-above-pixels, not its old name --whole-max-pixels too")
+    logger.warning("--whole-max-pixels is now --tile-above-pixels, as inpaint-serve and inpaint-client name it")
+    return whole_max_pixels
+
+
 # INPAINT_EVAL_<OPTION> (--sizes: INPAINT_EVAL_SIZES; the argument: INPAINT_EVAL_MODEL_BASE_PATH); the unprefixed
 # names read before issue 24 are refused when set.
 VARIABLES = ToolVariables("inpaint-eval", "INPAINT_EVAL_")
 VARIABLES.rename({"INPAINT_MODEL_BASE_PATH": "--model-base-path", "INPAINT_VERSION": "--version",
-                  "INPAINT_REPORT": "--report"})
+                  "INPAINT_REPORT": "--report", "INPAINT_EVAL_WHOLE_MAX_PIXELS": "--tile-above-pixels"})
 option = VARIABLES.option
 
 
@@ -502,18 +512,23 @@ option = VARIABLES.option
 @option("--seed", type=click.IntRange(min=0), default=1234,
         help="Seed of the test crops and masks.")
 @option("--tiling", type=click.Choice(TILING_MODES), default="auto",
-        help="How the model sees photos over --whole-max-pixels, as the server does (core/tiling.py).")
-@option("--whole-max-pixels", type=click.IntRange(min=1), default=TilingOptions.whole_max_pixels,
-        help="Photos up to this size run whole under --tiling auto; wide holes run at this size.")
+        help="How the model sees photos over --tile-above-pixels, as the server does (core/tiling.py).")
+@option("--tile-above-pixels", type=click.IntRange(min=1), default=TilingOptions.tile_above_pixels,
+        help="Photos up to this size run whole under --tiling auto (inpaint-serve's --tile-above-pixels); wide "
+             "holes run at this size.")
+@click.option("--whole-max-pixels", "renamed_whole_max_pixels", type=click.IntRange(min=1), default=None,
+              hidden=True, help="The old name of --tile-above-pixels: still read, with a warning.")
 @option("--wide-hole", type=click.IntRange(min=0), default=TilingOptions.wide_hole,
         help="Holes reaching farther than this from known pixels take the downscaled pass (0: never).")
 @option("-v", "--verbose", is_flag=True, help="Show debug logs and tracebacks.")
 def main(model_base_path: Path, version: int | None, data: str | None, report: Path, sizes: tuple[str, ...],
          count_64: int, count_256: int, max_whole_photos: int | None, seed: int, tiling: str,
-         whole_max_pixels: int, wide_hole: int, verbose: bool) -> None:
+         tile_above_pixels: int, renamed_whole_max_pixels: int | None,
+         wide_hole: int, verbose: bool) -> None:
     """Score the exported ONNX model against cv2.inpaint (Telea, NS) and no fill, at three sizes."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    tile_above_pixels = renamed_flag(tile_above_pixels, renamed_whole_max_pixels)
     try:
         path = version_dir(model_base_path, version)
         if not (path / ONNX_FILENAME).is_file():
@@ -526,7 +541,7 @@ def main(model_base_path: Path, version: int | None, data: str | None, report: P
         # default model, against 1.2 GB without), but makes whole photos 1.4x faster.
         model = OnnxModel(path / ONNX_FILENAME)
         methods: dict[str, Method] = {
-            "model": large_photo_method(model.inpaint, TilingOptions(tiling, whole_max_pixels, wide_hole=wide_hole)),
+            "model": large_photo_method(model.inpaint, TilingOptions(tiling, tile_above_pixels, wide_hole=wide_hole)),
             "telea": opencv_method(cv2.INPAINT_TELEA),
             "ns": opencv_method(cv2.INPAINT_NS),
             "no_fill": no_fill,
@@ -534,7 +549,7 @@ def main(model_base_path: Path, version: int | None, data: str | None, report: P
         results, examples = evaluate(methods, sets)
         ratios = model_vs_ns(results)
         summary = {"model": str(path), "test_data": source, "seed": seed, "sizes": results,
-                   "tiling": {"mode": tiling, "whole_max_pixels": whole_max_pixels, "wide_hole": wide_hole},
+                   "tiling": {"mode": tiling, "tile_above_pixels": tile_above_pixels, "wide_hole": wide_hole},
                    "model_hole_mae_over_ns": ratios, "worst_ratio": max(ratios.values())}
         report.mkdir(parents=True, exist_ok=True)
         (report / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -114,14 +114,14 @@ class Cost:
 
 def inpaint_cost(count: int, height: int, width: int, tiling: TilingOptions) -> tuple[int, int]:
     """``(runs, work)`` bytes of inpainting ``count`` uint8 images of ``height`` x ``width``, as the data plane
-    runs them: whole in runs of at most ``tiling.whole_max_pixels`` padded pixels, or one at a time in
+    runs them: whole in runs of at most ``tiling.tile_above_pixels`` padded pixels, or one at a time in
     windows (and the downscaled pass for wide holes)."""
     pixels = count * height * width
     if tiling.is_tiled(height, width):
         run = window_run_pixels(height, width, tiling)
         stacked = 3 * pixels if count > 1 else 0  # several photos' outputs are stacked into one array
         return run * RUN_BYTES_PER_PIXEL, TILED_BYTES_PER_PIXEL * height * width + stacked
-    per_run = max(1, tiling.whole_max_pixels // padded_pixels(1, height, width))
+    per_run = max(1, tiling.tile_above_pixels // padded_pixels(1, height, width))
     run = padded_pixels(min(count, per_run), height, width)
     outputs = 3 * pixels * (2 if count > per_run else 1)  # split runs are concatenated
     return run * RUN_BYTES_PER_PIXEL, outputs

@@ -116,9 +116,10 @@ class BatchScheduler:
     """Merges concurrent same-size requests into one model call and splits the result back."""
 
     def __init__(self, options: BatchingOptions, executor: Executor, observe: Observer | None = None,
-                 max_run_pixels: int | None = None):
+                 tile_above_pixels: int | None = None):
         self.options, self.executor, self.observe = options, executor, observe
-        self.max_run_pixels = max_run_pixels  # bounds one model run's memory, whatever the batch size
+        self.tile_above_pixels = tile_above_pixels  # images up to this run whole: the most pixels in one model run,
+        # which bounds its memory whatever the batch size
         self._open: dict[tuple, _Batch] = {}
         self._ready: collections.deque[_Batch] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -178,7 +179,7 @@ class BatchScheduler:
     def _fits(self, batch: _Batch, task: _Task) -> bool:
         if batch.size + task.size > self.options.max_batch_size:
             return False
-        return self.max_run_pixels is None or batch.pixels + task.pixels <= self.max_run_pixels
+        return self.tile_above_pixels is None or batch.pixels + task.pixels <= self.tile_above_pixels
 
     def flush(self) -> None:
         """Close every open batch now: when draining, no request will come to fill them."""

@@ -70,7 +70,7 @@ class ModelSignature:
 class DataPlane:
     """Predict, metadata and status for one model, whatever the protocol.
 
-    Images up to ``tiling.whole_max_pixels`` (padded as the graph pads them) go to the scheduler whole, in
+    Images up to ``tiling.tile_above_pixels`` (padded as the graph pads them) go to the scheduler whole, in
     runs of at most that many pixels (a request of many images is split); larger ones run through
     ``inpaint_large`` in the ``large`` executor, so no model run holds more than the window batch. Every
     request's memory is reserved from ``budget`` before it is spent (``admission``): the adapters hold the
@@ -231,7 +231,7 @@ class DataPlane:
             if outcome is not None and outcome.reservation is not None:
                 await self._admit_wide_holes(outcome, mask, deadline)
             return await self._inpaint_large(model_version, image, mask, deadline)
-        per_run = max(1, self.tiling.whole_max_pixels // padded_pixels(1, height, width))
+        per_run = max(1, self.tiling.tile_above_pixels // padded_pixels(1, height, width))
         if count <= per_run:
             return await self.scheduler.run(model_version, image, mask, deadline)
         parts = [await self.scheduler.run(model_version, image[start : start + per_run],

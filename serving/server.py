@@ -68,7 +68,7 @@ class ServerConfig:
     memory_share: float = DEFAULT_SHARE    # the most of it one request may hold
     max_request_bytes: int | None = None   # None: from the pixel limits (request_bytes_for)
     tiling: str = "auto"                   # auto: photos over tile_above_pixels run in windows; off; always
-    tile_above_pixels: int = TilingOptions.whole_max_pixels  # images up to this run whole; the most in one run
+    tile_above_pixels: int = TilingOptions.tile_above_pixels  # images up to this run whole; the most in one run
     tile_batch: int = 8                    # windows per model run
     device: str = "auto"
     intra_op_threads: int = 0
@@ -84,19 +84,19 @@ FLOAT_TENSOR_BYTES_PER_PIXEL = 16  # float32 image and mask, for images that run
 B64_FILE_BYTES_PER_PIXEL = 4  # serving_bytes over REST: base64 of an RGB PNG at its largest (3 B/px) and a mask
 
 
-def request_bytes_for(max_request_pixels: int, json_pixels: int) -> tuple[int, int, int]:
+def request_bytes_for(max_request_pixels: int, tile_above_pixels: int) -> tuple[int, int, int]:
     """The message caps, gRPC and REST, that admit every request the pixel limits admit, and the most
     values a REST body may hold as JSON arrays.
 
     JSON arrays are parsed into Python lists (8 bytes per value and more), so REST carries pixel arrays
-    up to ``json_pixels``; larger photos travel as files (``serving_bytes``) or as binary tensors over gRPC.
-    gRPC's cap is what uint8 tensors take at ``max_request_pixels``, and float32 ones up to ``json_pixels``
+    for the images that run whole, up to ``tile_above_pixels``; larger photos travel as files (``serving_bytes``) or as binary tensors over gRPC.
+    gRPC's cap is what uint8 tensors take at ``max_request_pixels``, and float32 ones up to ``tile_above_pixels``
     (images that run whole): every predict holds twice the cap from the memory budget while its message
     arrives (``grpc_api.receive``), so a cap sized for float32 photos would let few arrive at once.
     """
     grpc_bytes = max(TENSOR_BYTES_PER_PIXEL * max_request_pixels,
-                     FLOAT_TENSOR_BYTES_PER_PIXEL * min(json_pixels, max_request_pixels)) + 2**20
-    json_bytes = JSON_BYTES_PER_PIXEL * min(json_pixels, max_request_pixels)
+                     FLOAT_TENSOR_BYTES_PER_PIXEL * min(tile_above_pixels, max_request_pixels)) + 2**20
+    json_bytes = JSON_BYTES_PER_PIXEL * min(tile_above_pixels, max_request_pixels)
     rest_bytes = max(json_bytes, B64_FILE_BYTES_PER_PIXEL * max_request_pixels) + 2**20
     return min(grpc_bytes, 2**31 - 1), rest_bytes, json_bytes // 2  # a JSON value takes 2 bytes at least
 

@@ -49,7 +49,7 @@ def test_the_server_fills_photos_over_the_threshold_in_windows_as_the_library_do
     with InpaintClient(server.grpc_target) as client:
         served = client.inpaint(image, mask, timeout=120)
     local = inpaint_large(image, mask, OnnxModel(shipped_repo / "1" / "model.onnx").inpaint,
-                          TilingOptions(whole_max_pixels=2**20))
+                          TilingOptions(tile_above_pixels=2**20))
     whole = OnnxModel(shipped_repo / "1" / "model.onnx").inpaint(image[None], mask[None, ..., None])[0]
     holes = mask > 0
     np.testing.assert_array_equal(served[~holes], image[~holes])

@@ -51,7 +51,9 @@ def test_every_option_reads_its_tools_prefixed_variable(tool):
     main, prefix = TOOLS[tool]
     for command, command_prefix in commands(main, prefix):
         for param in command.params:
-            if isinstance(param, click.Option):
+            if isinstance(param, click.Option) and param.hidden and param.name.startswith("renamed_"):
+                assert param.envvar is None, "an old flag kept as an alias reads no variable: its old one is refused"
+            elif isinstance(param, click.Option):
                 assert param.envvar == rule(command_prefix, param), (tool, param.name)
                 assert param.show_envvar and param.help, (tool, param.name)
             elif param.envvar is not None:
@@ -102,6 +104,23 @@ def test_every_old_name_maps_to_a_variable_its_tool_reads():
         for old, new in variables.renamed.items():
             assert old not in read, (tool, old)
             assert set(new.split(" or ")) <= read, (tool, old, new)
+
+
+def test_evals_old_threshold_flag_still_works_with_a_warning(caplog):
+    """One name for the size up to which an image runs whole: --tile-above-pixels, in every CLI."""
+    for main in (serve_main, eval_main):
+        assert "--tile-above-pixels" in {opt for param in main.params for opt in param.opts}
+    assert "--tile-above-pixels" in {opt for param in client_main.commands["predict"].params for opt in param.opts}
+    from inpaint.export.evaluate import renamed_flag
+
+    with eval_main.make_context("inpaint-eval", ["m", "--whole-max-pixels", "5000"]) as context:
+        assert context.params["renamed_whole_max_pixels"] == 5000
+        assert renamed_flag(context.params["tile_above_pixels"], 5000) == 5000
+    assert "--whole-max-pixels is now --tile-above-pixels" in caplog.text
+    with eval_main.make_context("inpaint-eval", ["m", "--whole-max-pixels", "5000", "--tile-above-pixels", "6000"]):
+        with pytest.raises(click.UsageError, match="not its old name"):
+            renamed_flag(6000, 5000)
+    assert "--whole-max-pixels" not in CliRunner().invoke(eval_main, ["--help"]).output
 
 
 def test_a_flag_wins_over_its_variable(monkeypatch):

@@ -111,7 +111,7 @@ def test_a_diagonal_scratch_costs_a_strip_of_windows_not_its_bounding_box():
 
 
 def test_every_model_run_is_bounded_by_the_window_batch():
-    options = TilingOptions(mode="auto", whole_max_pixels=200_000, batch=3)
+    options = TilingOptions(mode="auto", tile_above_pixels=200_000, batch=3)
     image = np.random.default_rng(1).integers(0, 256, (1500, 1700, 3), np.uint8)
     mask = scratches(1500, 1700)
     cv2.circle(mask, (850, 750), 200, 1, -1)  # a wide hole: the downscaled pass runs too
@@ -126,7 +126,7 @@ def test_small_images_run_whole_under_auto():
     run = RecordingRun(constant)
     image = np.zeros((300, 400, 3), np.uint8)
     # 300 x 400 runs as 304 x 400 (the graph pads H and W to multiples of 16): that is its size for the rule
-    inpaint_large(image, scratches(300, 400), run, TilingOptions(whole_max_pixels=304 * 400))
+    inpaint_large(image, scratches(300, 400), run, TilingOptions(tile_above_pixels=304 * 400))
     assert run.shapes == [(1, 300, 400, 3)]
 
 
