@@ -16,7 +16,7 @@ strokes covering 4-6 % and 18-22 % of the photo). Per size and holes:
   runs once per size (with the first ``--holes`` kind) unless ``--whole-every-hole``;
   only up to ``--skip-whole-above`` MP, but always at 12 MP (the acceptance ratio
   needs it), and never where it would not fit in the free memory.
-* ``in_process_tiled``: ``inpaint_large`` with ``mode="always"`` and the
+* ``in_process_tiled``: ``inpaint_tiled`` with ``mode="always"`` and the
   server's default ``--tile-above-pixels`` and ``--tile-batch``: windows along
   thin holes, one run downscaled to that size for wide ones.
 * ``server_tiling``: a round trip with the client library, over loopback gRPC,
@@ -178,7 +178,7 @@ def whole_fits(width: int, height: int) -> bool:
 def in_process_worker(spec: dict) -> dict:
     """Run in a fresh child: load the model and the inputs, warm up, time ``repeats`` runs, read memory."""
     from inpaint.core.onnx_model import OnnxModel
-    from inpaint.core.tiling import TilingOptions, inpaint_large
+    from inpaint.core.tiling import TilingOptions, inpaint_tiled
 
     model = OnnxModel(Path(spec["model"]), memory_arena=False)
     image, mask = np.load(spec["image"]), np.load(spec["mask"])
@@ -197,7 +197,7 @@ def in_process_worker(spec: dict) -> dict:
     for _ in range(spec["repeats"]):
         model_pixels = 0
         began = time.perf_counter()
-        inpaint_large(image, mask, run, options)
+        inpaint_tiled(image, mask, run, options)
         seconds.append(time.perf_counter() - began)
     after = process_memory()
     return {"seconds_all": seconds, "rss_before_mib": before["VmRSS"], "peak_rss_mib": after["VmHWM"],

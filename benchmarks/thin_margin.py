@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from inpaint.core.onnx_model import OnnxModel
-from inpaint.core.tiling import TilingOptions, inpaint_large
+from inpaint.core.tiling import TilingOptions, inpaint_tiled
 from inpaint.trainer.data import load_folder
 
 MARGINS = (64, 48, 32)
@@ -45,11 +45,11 @@ def main() -> None:
     for photo in photos:
         mask = thin_lines(*photo.shape[:2], rng)
         holes = mask > 0
-        outputs = {"whole photo": inpaint_large(photo, mask, model.inpaint, TilingOptions(mode="off")),
+        outputs = {"whole photo": inpaint_tiled(photo, mask, model.inpaint, TilingOptions(mode="off")),
                    "NS": cv2.inpaint(photo, mask, 3, cv2.INPAINT_NS)}
         for margin in MARGINS:
             options = TilingOptions(mode="always", margin=margin, thin_margin=margin, wide_hole=0)
-            outputs[f"windows, {margin}-px margin"] = inpaint_large(photo, mask, model.inpaint, options)
+            outputs[f"windows, {margin}-px margin"] = inpaint_tiled(photo, mask, model.inpaint, options)
         for name, output in outputs.items():
             scores.setdefault(name, []).append(float(np.abs(output.astype(int) - photo)[holes].mean() / 255))
     print(f"{len(photos)} held-out photos, 4 lines of {', '.join(map(str, LINE_WIDTHS))} px each:\n")

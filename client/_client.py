@@ -29,7 +29,7 @@ from inpaint.core.protos import (
     prediction_service_pb2_grpc,
 )
 from inpaint.core.tensors import TensorError, bytes_output_of, output_of, predict_bytes_request, predict_request
-from inpaint.core.tiling import TilingOptions, inpaint_large
+from inpaint.core.tiling import TilingOptions, inpaint_tiled
 
 from ._errors import DeadlineExceeded, InvalidInput, ServerError, from_rpc_error
 
@@ -274,7 +274,7 @@ class InpaintClient(_ClientBase):
     def _inpaint_tiled(self, image: np.ndarray, mask: np.ndarray, timeout: float | None) -> np.ndarray:
         """Only the windows around the holes travel, one request per window batch, all within ``timeout``."""
         deadline = time.monotonic() + (timeout or self.timeout)
-        return inpaint_large(image, mask, lambda images, masks: self._predict(images, masks, _left(deadline)),
+        return inpaint_tiled(image, mask, lambda images, masks: self._predict(images, masks, _left(deadline)),
                              self.tiling)
 
     def inpaint_files(self, images: Sequence[bytes], masks: Sequence[bytes], *,
@@ -367,7 +367,7 @@ class AsyncInpaintClient(_ClientBase):
         def run(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
             return asyncio.run_coroutine_threadsafe(self._predict(images, masks, _left(deadline)), loop).result()
 
-        return await asyncio.to_thread(inpaint_large, image, mask, run, self.tiling)
+        return await asyncio.to_thread(inpaint_tiled, image, mask, run, self.tiling)
 
     async def inpaint_files(self, images: Sequence[bytes], masks: Sequence[bytes], *,
                             timeout: float | None = None) -> list[bytes]:

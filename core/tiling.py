@@ -1,6 +1,6 @@
 """Inpaint photos of any size: run the network only where the holes are, in memory bounded by the window batch.
 
-``inpaint_large`` is what the server and the client call for one image:
+``inpaint_tiled`` is what the server and the client call for one image:
 
 * at most ``tile_above_pixels`` pixels: the whole image in one model run;
 * above it, holes are split by width. **Thin holes** (every hole pixel within
@@ -102,9 +102,10 @@ class TilingOptions:
         return max(windows, min(self.tile_above_pixels, padded_pixels(1, height, width)))
 
 
-def inpaint_large(image: np.ndarray, mask: np.ndarray, run: Run, options: TilingOptions = TilingOptions()
+def inpaint_tiled(image: np.ndarray, mask: np.ndarray, run: Run, options: TilingOptions = TilingOptions()
                   ) -> np.ndarray:
-    """One ``(H, W, 3)`` uint8 image with its ``(H, W)`` or ``(H, W, 1)`` mask, inpainted."""
+    """One ``(H, W, 3)`` uint8 image with its ``(H, W)`` or ``(H, W, 1)`` mask, inpainted: tiled where
+    ``options.is_tiled`` says so, else whole in one run."""
     holes = _holes(mask)
     height, width = holes.shape
     if not options.is_tiled(height, width):
@@ -127,7 +128,7 @@ def _holes(mask: np.ndarray) -> np.ndarray:
 
 
 def has_wide_holes(mask: np.ndarray, options: TilingOptions) -> bool:
-    """Whether ``inpaint_large`` would take the downscaled pass (a run of ``tile_above_pixels``) for this mask:
+    """Whether ``inpaint_tiled`` would take the downscaled pass (a run of ``tile_above_pixels``) for this mask:
     it is tiled and holds a hole ``wide_hole`` pixels deep. What a server reserves for it before it runs."""
     holes = _holes(mask)
     if not options.is_tiled(*holes.shape) or options.wide_hole == 0:

@@ -49,7 +49,7 @@ import numpy as np
 from inpaint.core.envvars import Command, ToolVariables
 from inpaint.core.masks import line_mask, stroke_mask_in_bucket
 from inpaint.core.repository import ONNX_FILENAME, RUN_RECORD, RepositoryError, version_dir
-from inpaint.core.tiling import TILING_MODES, TilingOptions, inpaint_large
+from inpaint.core.tiling import TILING_MODES, TilingOptions, inpaint_tiled
 from inpaint.trainer import metrics
 from inpaint.trainer.data import image_files, read_image, sample_crops, write_image
 from inpaint.trainer.errors import DataError
@@ -191,13 +191,13 @@ def opencv_method(flag: int) -> Method:
     return run
 
 
-def large_photo_method(run: Method, options: TilingOptions) -> Method:
+def tiled_method(run: Method, options: TilingOptions) -> Method:
     """The model as the server runs it: whole, or in windows for photos over the size threshold."""
     if options.mode == "off":
         return run
 
     def each_image(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        return np.stack([inpaint_large(image, mask, run, options) for image, mask in zip(images, masks)])
+        return np.stack([inpaint_tiled(image, mask, run, options) for image, mask in zip(images, masks)])
 
     return each_image
 
@@ -541,7 +541,7 @@ def main(model_base_path: Path, version: int | None, data: str | None, report: P
         # default model, against 1.2 GB without), but makes whole photos 1.4x faster.
         model = OnnxModel(path / ONNX_FILENAME)
         methods: dict[str, Method] = {
-            "model": large_photo_method(model.inpaint, TilingOptions(tiling, tile_above_pixels, wide_hole=wide_hole)),
+            "model": tiled_method(model.inpaint, TilingOptions(tiling, tile_above_pixels, wide_hole=wide_hole)),
             "telea": opencv_method(cv2.INPAINT_TELEA),
             "ns": opencv_method(cv2.INPAINT_NS),
             "no_fill": no_fill,

@@ -10,7 +10,7 @@ back when its answer has been written:
    what the budget holds);
 2. **the rest**, once the declared shapes and dtypes are known and before any array is built
    (``predict_cost``): the decoded tensors at their dtype, the uint8 copies, the model runs padded as the
-   graph pads them (``contract.padded_pixels``), the large-photo path's own arrays (windows, hole maps),
+   graph pads them (``contract.padded_pixels``), the tiled path's own arrays (windows, hole maps),
    decoded files, and the encoded reply.
 
 What does not fit waits, in arrival order, for at most ``wait_seconds`` (or the request's deadline), then
@@ -52,7 +52,7 @@ MiB = 2**20
 # One ONNX Runtime run of the shipped model, per pixel of the run as the graph pads it (measured: 640 B for
 # 1 x 1024 x 1024, 628 for 8 x 256 x 256, 640 for 16 x 65,536, 520 for 32 x 64 x 64).
 RUN_BYTES_PER_PIXEL = 640
-# inpaint_large's own arrays per pixel of the photo: the output copy, the hole map, the erosions (measured on
+# inpaint_tiled's own arrays per pixel of the photo: the output copy, the hole map, the erosions (measured on
 # 50 MP: 5.2 B/px for a scratch or stripes) and, for wide holes, the component labels (13.0 B/px in all).
 TILED_BYTES_PER_PIXEL = 6
 WIDE_HOLES_BYTES_PER_PIXEL = 8
@@ -99,7 +99,7 @@ class Cost:
     message: int = 0   # the request as it arrived and as parsed
     tensors: int = 0   # decoded arrays at their dtype and the uint8 copies the model takes
     runs: int = 0      # the largest model run the request makes (runs of one request are sequential)
-    work: int = 0      # the large-photo path's arrays, decoded files, outputs
+    work: int = 0      # the tiled path's arrays, decoded files, outputs
     reply: int = 0     # the encoded answer
 
     @property

@@ -23,7 +23,7 @@ from inpaint.core.contract import (BYTES_SIGNATURE_NAME, IMAGE_BYTES, MASK_BYTES
                                    SIGNATURE_NAME, padded_pixels)
 from inpaint.core.images import ImageTooLarge, check_encoded_size, decode_image, decode_mask, encode_png
 from inpaint.core.onnx_model import Signature
-from inpaint.core.tiling import TilingOptions, has_wide_holes, inpaint_large
+from inpaint.core.tiling import TilingOptions, has_wide_holes, inpaint_tiled
 
 from .admission import Cost, MemoryBudget, Reservation, array_predict_cost, files_predict_cost, wide_holes_cost
 from .decoding import check_jpeg_scans
@@ -72,17 +72,17 @@ class DataPlane:
 
     Images up to ``tiling.tile_above_pixels`` (padded as the graph pads them) go to the scheduler whole, in
     runs of at most that many pixels (a request of many images is split); larger ones run through
-    ``inpaint_large`` in the ``large`` executor, so no model run holds more than the window batch. Every
+    ``inpaint_tiled`` in ``tiled_executor``, so no model run holds more than the window batch. Every
     request's memory is reserved from ``budget`` before it is spent (``admission``): the adapters hold the
     message as it arrives and ``admit`` the rest from the declared shapes before building any array. Files
     are decoded and encoded in ``decoder``, threads of the data plane's own, never in the model's.
     """
 
     def __init__(self, manager: ModelManager, scheduler: Scheduler, limits: Limits, metrics: ServerMetrics,
-                 tiling: TilingOptions = TilingOptions(), large: Executor | None = None,
+                 tiling: TilingOptions = TilingOptions(), tiled_executor: Executor | None = None,
                  budget: MemoryBudget | None = None, decode_threads: int = 2):
         self.manager, self.scheduler, self.limits, self.metrics = manager, scheduler, limits, metrics
-        self.tiling, self.large, self.budget = tiling, large, budget
+        self.tiling, self.tiled_executor, self.budget = tiling, tiled_executor, budget
         self.decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
         self.draining = False
         self.active = 0
@@ -165,7 +165,7 @@ class DataPlane:
 
         Every file's size is read from its header and checked against the limits (and a JPEG's scans against
         ``decoding.MAX_JPEG_SCANS``) before any is decoded, and the request's memory is admitted from them;
-        then the images are decoded, inpainted (the large-photo path included) and encoded one at a time.
+        then the images are decoded, inpainted (the tiled path included) and encoded one at a time.
         ``reply_factor``: the reply's bytes per byte of the PNG files (copies, base64).
         """
         self._check_open()
@@ -230,7 +230,7 @@ class DataPlane:
         if self.tiling.is_tiled(height, width):
             if outcome is not None and outcome.reservation is not None:
                 await self._admit_wide_holes(outcome, mask, deadline)
-            return await self._inpaint_large(model_version, image, mask, deadline)
+            return await self._inpaint_tiled(model_version, image, mask, deadline)
         per_run = max(1, self.tiling.tile_above_pixels // padded_pixels(1, height, width))
         if count <= per_run:
             return await self.scheduler.run(model_version, image, mask, deadline)
@@ -248,9 +248,9 @@ class DataPlane:
             await outcome.reservation.grow(cost.total * wide, f"wide holes in {wide} {width}x{height} photo(s) "
                                            f"({cost.describe()} each)", deadline)
 
-    async def _inpaint_large(self, model_version: ModelVersion, image: np.ndarray, mask: np.ndarray,
+    async def _inpaint_tiled(self, model_version: ModelVersion, image: np.ndarray, mask: np.ndarray,
                              deadline: float | None) -> np.ndarray:
-        """Each image through ``inpaint_large`` in a worker thread; stops between runs if the caller left."""
+        """Each image through ``inpaint_tiled`` in a worker thread; stops between runs if the caller left."""
         loop = asyncio.get_running_loop()
         abandoned = threading.Event()
 
@@ -263,12 +263,12 @@ class DataPlane:
 
         def inpaint_all() -> np.ndarray:
             if len(image) == 1:  # no stacked copy of a large photo's output
-                return inpaint_large(image[0], mask[0], run, self.tiling)[None]
-            return np.stack([inpaint_large(one_image, one_mask, run, self.tiling)
+                return inpaint_tiled(image[0], mask[0], run, self.tiling)[None]
+            return np.stack([inpaint_tiled(one_image, one_mask, run, self.tiling)
                              for one_image, one_mask in zip(image, mask)])
 
         try:
-            return await loop.run_in_executor(self.large, inpaint_all)
+            return await loop.run_in_executor(self.tiled_executor, inpaint_all)
         except asyncio.CancelledError:
             abandoned.set()
             raise

@@ -57,7 +57,7 @@ class ServerConfig:
     batching: BatchingOptions = field(default_factory=BatchingOptions)
     # Memory (docs/serving.md, "Memory"; serving/admission.py): every request reserves what it will cost
     # (its message, before a gRPC one is received, tensors by dtype, model runs padded to multiples of 16 at
-    # 640 bytes a pixel, the large-photo path's arrays, its reply) from one budget of memory_budget_mib before
+    # 640 bytes a pixel, the tiled path's arrays, its reply) from one budget of memory_budget_mib before
     # it spends it, and no request may hold more than memory_share of it; the rest waits up to 2 s, then gets
     # RESOURCE_EXHAUSTED (429). The default budget leaves a quarter of the Deployment's 2.5 GiB over the idle
     # processes (~360 MiB) and ORT's arena for small runs (at most 32 MiB): the arithmetic is in admission.py.

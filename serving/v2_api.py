@@ -8,7 +8,7 @@ on the TF Serving port by ``add_v2_service``; ``v2_rest`` is the REST adapter.
   as in TF Serving's API); the output is ``inpainted`` UINT8 ``[N,H,W,3]``.
 * Declared shapes are checked against the limits before any array is built, and a tensor's bytes must be
   exactly what its shape and datatype need.
-* ``DataPlane.predict`` runs them, so validation, batching, the large-photo path and metrics are the same as
+* ``DataPlane.predict`` runs them, so validation, batching, the tiled path and metrics are the same as
   for TF Serving's API; errors map through ``errors`` as theirs do.
 * Requests arrive as raw bytes, so a malformed message is INVALID_ARGUMENT. ServerLive, ServerReady and
   ModelReady are probes and are not counted in the request metrics; the others are, with ``protocol="v2"``.

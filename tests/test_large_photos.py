@@ -19,7 +19,7 @@ from onnx_models import expected_fill
 from inpaint.client import AsyncInpaintClient, InpaintClient, InvalidInput, Overloaded
 from inpaint.client.cli import main as client_main
 from inpaint.core.onnx_model import OnnxModel
-from inpaint.core.tiling import TilingOptions, inpaint_large
+from inpaint.core.tiling import TilingOptions, inpaint_tiled
 from inpaint.serving.cli import main as serve_main
 from inpaint.trainer.data import read_image, samples_dir
 
@@ -48,7 +48,7 @@ def test_the_server_fills_photos_over_the_threshold_in_windows_as_the_library_do
     server = start_server(shipped_repo, rest_port=None, tile_above_pixels=2**20)
     with InpaintClient(server.grpc_target) as client:
         served = client.inpaint(image, mask, timeout=120)
-    local = inpaint_large(image, mask, OnnxModel(shipped_repo / "1" / "model.onnx").inpaint,
+    local = inpaint_tiled(image, mask, OnnxModel(shipped_repo / "1" / "model.onnx").inpaint,
                           TilingOptions(tile_above_pixels=2**20))
     whole = OnnxModel(shipped_repo / "1" / "model.onnx").inpaint(image[None], mask[None, ..., None])[0]
     holes = mask > 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from inpaint.core.onnx_model import OnnxModel
-from inpaint.core.tiling import TilingOptions, inpaint_large, plan_windows, wide_holes
+from inpaint.core.tiling import TilingOptions, inpaint_tiled, plan_windows, wide_holes
 from inpaint.trainer.data import read_image, samples_dir
 
 
@@ -66,7 +66,7 @@ def test_every_hole_pixel_is_filled_and_no_known_pixel_changes(size):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (*size, 3), np.uint8)
     mask = scratches(*size)
-    output = inpaint_large(image, mask, constant, ALWAYS)
+    output = inpaint_tiled(image, mask, constant, ALWAYS)
     holes = mask > 0
     np.testing.assert_array_equal(output[~holes], image[~holes])
     assert (output[holes] == 200).all()
@@ -116,7 +116,7 @@ def test_every_model_run_is_bounded_by_the_window_batch():
     mask = scratches(1500, 1700)
     cv2.circle(mask, (850, 750), 200, 1, -1)  # a wide hole: the downscaled pass runs too
     run = RecordingRun(constant)
-    inpaint_large(image, mask, run, options)
+    inpaint_tiled(image, mask, run, options)
     pixels = [n * h * w for n, h, w, _ in run.shapes]
     assert max(pixels) <= options.run_pixels(1500, 1700) == max(3 * options.window ** 2, 200_000)
     assert any(n == 1 and h * w <= 200_000 for n, h, w, _ in run.shapes), "the downscaled pass did not run"
@@ -126,7 +126,7 @@ def test_small_images_run_whole_under_auto():
     run = RecordingRun(constant)
     image = np.zeros((300, 400, 3), np.uint8)
     # 300 x 400 runs as 304 x 400 (the graph pads H and W to multiples of 16): that is its size for the rule
-    inpaint_large(image, scratches(300, 400), run, TilingOptions(tile_above_pixels=304 * 400))
+    inpaint_tiled(image, scratches(300, 400), run, TilingOptions(tile_above_pixels=304 * 400))
     assert run.shapes == [(1, 300, 400, 3)]
 
 
@@ -144,8 +144,8 @@ def test_wide_holes_are_told_apart_from_thin_ones():
 def test_local_fill_in_windows_equals_the_whole_image_fill(photo):
     """Telea fills from a few pixels around each hole: windows with the same context give the same fill."""
     mask = scratches(*photo.shape[:2])
-    whole = inpaint_large(photo, mask, telea, TilingOptions(mode="off"))
-    tiled = inpaint_large(photo, mask, telea, TilingOptions(mode="always", wide_hole=0))
+    whole = inpaint_tiled(photo, mask, telea, TilingOptions(mode="off"))
+    tiled = inpaint_tiled(photo, mask, telea, TilingOptions(mode="always", wide_hole=0))
     holes = mask > 0
     difference = np.abs(whole.astype(int) - tiled.astype(int))[holes]
     assert difference.mean() < 0.5 and np.percentile(difference, 99) <= 8
@@ -170,7 +170,7 @@ def test_the_shipped_model_in_windows_matches_the_whole_image_for_holes_smaller_
     mask = small_holes(*photo.shape[:2])
     holes = mask > 0
     whole = shipped.inpaint(photo[None], mask[None, ..., None])[0].astype(int)
-    tiled = inpaint_large(photo, mask, shipped.inpaint, ALWAYS)
+    tiled = inpaint_tiled(photo, mask, shipped.inpaint, ALWAYS)
     np.testing.assert_array_equal(tiled[~holes], photo[~holes])
     tiled = tiled.astype(int)
     difference = np.abs(whole - tiled)[holes]
@@ -184,7 +184,7 @@ def test_long_scratches_in_windows_are_filled_as_well_as_whole(photo, shipped):
     mask = scratches(*photo.shape[:2])
     holes = mask > 0
     whole = shipped.inpaint(photo[None], mask[None, ..., None])[0].astype(int)
-    tiled = inpaint_large(photo, mask, shipped.inpaint, ALWAYS).astype(int)
+    tiled = inpaint_tiled(photo, mask, shipped.inpaint, ALWAYS).astype(int)
     assert np.abs(tiled - photo)[holes].mean() <= np.abs(whole - photo)[holes].mean()
 
 
@@ -194,7 +194,7 @@ def test_no_seam_where_a_scratch_crosses_from_one_core_into_the_next(photo, ship
     mask = np.zeros((height, width), np.uint8)
     row = 300
     mask[row - 5 : row + 6, :] = 1  # a horizontal scratch through a row of cores
-    tiled = inpaint_large(photo, mask, shipped.inpaint, ALWAYS).astype(int)
+    tiled = inpaint_tiled(photo, mask, shipped.inpaint, ALWAYS).astype(int)
     steps = np.abs(np.diff(tiled[row - 5 : row + 6], axis=1)).mean(axis=(0, 2))  # column-to-column change
     windows = plan_windows(mask > 0, ALWAYS)
     edges = sorted({w.right - 1 for w in windows if w.right < width})
@@ -226,6 +226,6 @@ def test_a_strip_counts_as_the_run_the_graph_pads_it_to():
     mask[0, 1000:1010] = 1
     mask[0, 200_000:200_300] = 1
     run = RecordingRun(constant)
-    output = inpaint_large(image, mask, run, options)
+    output = inpaint_tiled(image, mask, run, options)
     assert (output[0, 1000:1010] == 200).all() and (output[mask == 0] == 0).all()
     assert max(padded_pixels(n, h, w) for n, h, w, _ in run.shapes) <= options.batch * 16 * options.window
