@@ -320,3 +320,46 @@ class DirectScheduler:
         if self.observe is not None:
             self.observe(model_version, len(image), [started[0] - enqueued], loop.time() - started[0])
         return output
+
+
+class PerModelScheduler:
+    """One scheduler per model, so each model has its own batching queue, behind the one scheduler interface:
+    ``run`` hands a request to the scheduler of its version's model. ``make`` builds a model's scheduler."""
+
+    def __init__(self, make: Callable[[], "BatchScheduler | DirectScheduler"]):
+        self.make = make
+        self._by_model: dict[str, BatchScheduler | DirectScheduler] = {}
+        self._started = False
+
+    @property
+    def busy(self) -> bool:
+        return any(scheduler.busy for scheduler in self._by_model.values())
+
+    def add(self, model: str) -> None:
+        """A model's scheduler, started if the others are; kept if the model has one already."""
+        if model not in self._by_model:
+            scheduler = self._by_model[model] = self.make()
+            if self._started:
+                scheduler.start()
+
+    async def remove(self, model: str) -> None:
+        """Stop a removed model's scheduler (once its requests have finished)."""
+        scheduler = self._by_model.pop(model, None)
+        if scheduler is not None:
+            await scheduler.stop()
+
+    def start(self) -> None:
+        self._started = True
+        for scheduler in self._by_model.values():
+            scheduler.start()
+
+    def flush(self) -> None:
+        for scheduler in self._by_model.values():
+            scheduler.flush()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(scheduler.stop() for scheduler in self._by_model.values()))
+
+    async def run(self, model_version: ModelVersion, image: np.ndarray, mask: np.ndarray,
+                  deadline: float | None) -> np.ndarray:
+        return await self._by_model[model_version.model].run(model_version, image, mask, deadline)

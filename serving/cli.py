@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from .batching import BatchingOptions
+from .errors import FailedPrecondition, InvalidConfig
 from .models import VersionPolicy
 from .runtime import DEVICES
 from .server import ServerConfig, serve
@@ -74,9 +75,21 @@ def _port(ctx, param, value: int) -> int:
 
 @click.command(cls=Command, variables=VARIABLES,
                context_settings={"show_default": True, "max_content_width": 110})
-@option("--model-base-path", "--model_base_path", "model_base_path", required=True,
+@option("--model-base-path", "--model_base_path", "model_base_path",
         type=click.Path(file_okay=False, path_type=Path),
-        help="Model repository: BASE/<version>/model.onnx.")
+        help="Model repository: BASE/<version>/model.onnx (one model; or --model-config-file).")
+@option("--model-config-file", "--model_config_file", "model_config_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="TF Serving's model server config (ModelServerConfig text format): several models, their version "
+             "policies and version labels, in place of --model-base-path.")
+@option("--model-config-file-poll-wait-seconds", "--model_config_file_poll_wait_seconds",
+        "model_config_file_poll_wait_seconds", default=_default("config_poll_seconds"),
+        type=click.FloatRange(min=0),
+        help="How often to re-read --model-config-file and apply its changes (0: read it once).")
+@option("--allow-version-labels-for-unavailable-models", "--allow_version_labels_for_unavailable_models",
+        "allow_version_labels_for_unavailable_models", type=click.BOOL, is_flag=False, flag_value=True,
+        default=_default("allow_unavailable_labels"),
+        help="Let a new version label point at a version that is not AVAILABLE yet (as TF Serving's flag).")
 @option("--model-name", "--model_name", "model_name", default=_default("model_name"), help="Name clients ask for.")
 @option("--host", default=_default("host"), help="Address to listen on.")
 @option("--port", default=_default("port"), callback=_port, help="gRPC port (0: any free port).")
@@ -144,7 +157,9 @@ def _port(ctx, param, value: int) -> int:
         help="Let web pages from this origin (https://app.example.com, or *) call the REST API.")
 @option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
         help="Logging level.")
-def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port: int, rest_api_port: int | None,
+def main(model_base_path: Path | None, model_config_file: Path | None, model_config_file_poll_wait_seconds: float,
+         allow_version_labels_for_unavailable_models: bool, model_name: str, host: str, port: int, rest_port: int,
+         rest_api_port: int | None,
          rest_timeout_ms: int, model_version_policy: str,
          file_system_poll_wait_seconds: float, enable_batching: bool, max_batch_size: int,
          batch_timeout_micros: int, max_enqueued_batches: int, num_batch_threads: int,
@@ -154,8 +169,8 @@ def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port
          tile_above_pixels: int, tile_batch: int, device: str,
          intra_op_threads: int, compute_threads: int, drain_seconds: float, cors_origin: str | None,
          log_level: str) -> None:
-    """Serve MODEL_BASE_PATH's ONNX versions over TF Serving's gRPC and REST APIs, and a web page at / on the
-    REST port."""
+    """Serve MODEL_BASE_PATH's ONNX versions (or the models of --model-config-file) over TF Serving's gRPC and
+    REST APIs, and a web page at / on the REST port."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     try:
@@ -169,6 +184,9 @@ def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port
     except ValueError as error:
         raise click.ClickException(str(error)) from None
     rest_port = _rest_port(rest_port, rest_api_port)
+    if (model_base_path is None) == (model_config_file is None):
+        raise click.ClickException("give --model-base-path (one model) or --model-config-file (several), "
+                                   f"{'not both' if model_config_file else 'one of them'}")
     if max_inflight_pixels is not None:
         logging.getLogger(__name__).warning("--max-inflight-pixels is replaced by --memory-budget-mib (memory, "
                                             "not pixels, is what runs out); ignored")
@@ -177,7 +195,9 @@ def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port
                                    f"exceed --tile-above-pixels ({tile_above_pixels}), which bounds a model run's "
                                    "memory")
     config = ServerConfig(
-        model_base_path=model_base_path, model_name=model_name, host=host, port=port,
+        model_base_path=model_base_path, model_name=model_name, model_config_file=model_config_file,
+        config_poll_seconds=model_config_file_poll_wait_seconds,
+        allow_unavailable_labels=allow_version_labels_for_unavailable_models, host=host, port=port,
         rest_port=None if rest_port == -1 else rest_port, version_policy=model_version_policy,
         poll_seconds=file_system_poll_wait_seconds, enable_batching=enable_batching, batching=batching,
         max_pixels=max_pixels, max_images_per_request=max_images_per_request,
@@ -189,7 +209,7 @@ def main(model_base_path: Path, model_name: str, host: str, port: int, rest_port
     )
     try:
         asyncio.run(serve(config))
-    except OSError as error:
+    except (OSError, InvalidConfig, FailedPrecondition) as error:
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:  # Ctrl+C before serve() handles it: nothing was started yet
         sys.exit(130)

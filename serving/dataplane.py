@@ -1,4 +1,4 @@
-"""The protocol-neutral data plane: predict, metadata and status for one model, in numpy and dataclasses.
+"""The protocol-neutral data plane: predict, metadata and status for the served models, in numpy and dataclasses.
 
 The adapters (``grpc_api`` and ``rest`` for TF Serving's gRPC and REST APIs,
 ``v2_api`` and ``v2_rest`` for the Open Inference Protocol's) convert their
@@ -30,7 +30,8 @@ from .decoding import check_jpeg_scans
 from .errors import DeadlineExpired, InvalidInput, ServerUnavailable, to_status
 from .inputs import Limits, prepare_inputs
 from .metrics import ServerMetrics
-from .models import ModelManager, ModelVersion
+from .models import ModelVersion
+from .registry import ModelRegistry, Version
 
 
 class Scheduler(Protocol):
@@ -68,7 +69,10 @@ class ModelSignature:
 
 
 class DataPlane:
-    """Predict, metadata and status for one model, whatever the protocol.
+    """Predict, metadata and status for the served models (``models``), whatever the protocol.
+
+    A request names its model and a version: a number, a version label (``canary``), or None for the latest
+    AVAILABLE (``Version``); ``models`` resolves it.
 
     Images up to ``tiling.tile_above_pixels`` (padded as the graph pads them) go to the scheduler whole, in
     runs of at most that many pixels (a request of many images is split); larger ones run through
@@ -78,10 +82,10 @@ class DataPlane:
     are decoded and encoded in ``decoder``, threads of the data plane's own, never in the model's.
     """
 
-    def __init__(self, manager: ModelManager, scheduler: Scheduler, limits: Limits, metrics: ServerMetrics,
+    def __init__(self, models: ModelRegistry, scheduler: Scheduler, limits: Limits, metrics: ServerMetrics,
                  tiling: TilingOptions = TilingOptions(), tiled_executor: Executor | None = None,
                  budget: MemoryBudget | None = None, decode_threads: int = 2):
-        self.manager, self.scheduler, self.limits, self.metrics = manager, scheduler, limits, metrics
+        self.models, self.scheduler, self.limits, self.metrics = models, scheduler, limits, metrics
         self.tiling, self.tiled_executor, self.budget = tiling, tiled_executor, budget
         self.decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
         self.draining = False
@@ -142,7 +146,7 @@ class DataPlane:
         """``function(*args)`` in the data plane's decoding threads (array conversions, file decoding)."""
         return await asyncio.get_running_loop().run_in_executor(self.decoder, function, *args)
 
-    async def predict(self, outcome: Outcome, name: str, version: int | None, signature: str,
+    async def predict(self, outcome: Outcome, name: str, version: Version, signature: str,
                       arrays: dict[str, np.ndarray], output_filter: list[str],
                       deadline: float | None) -> Prediction:
         """``serving_default``: uint8 image and mask arrays in, the inpainted array out."""
@@ -150,15 +154,15 @@ class DataPlane:
         check_signature_name(signature, SIGNATURE_NAME)
         check_output_filter(output_filter, OUTPUT)
         image, mask = await self.decoded(prepare_inputs, arrays, self.limits)
-        model_version = self.manager.acquire(name, version)
+        model_version = self.models.acquire(name, version)
         outcome.version = str(model_version.version)
         try:
             output = await self._inpaint(model_version, image, mask, deadline, outcome)
         finally:
-            self.manager.release(model_version)
+            self.models.release(model_version)
         return Prediction(model_version.version, {OUTPUT: output})
 
-    async def predict_bytes(self, outcome: Outcome, name: str, version: int | None,
+    async def predict_bytes(self, outcome: Outcome, name: str, version: Version,
                             files: dict[str, list[bytes]], output_filter: list[str],
                             deadline: float | None, reply_factor: float = 2.0) -> Prediction:
         """``serving_bytes``: encoded image and mask files in, PNG files out.
@@ -178,7 +182,7 @@ class DataPlane:
                                f"{self.limits.max_request_pixels} per request (--max-request-pixels)")
         await self.admit(outcome, files_predict_cost(sizes, self.tiling, reply_factor),
                          f"a request of {len(sizes)} file(s) of {total} pixels", deadline)
-        model_version = self.manager.acquire(name, version)
+        model_version = self.models.acquire(name, version)
         outcome.version = str(model_version.version)
         try:
             outputs = []
@@ -188,7 +192,7 @@ class DataPlane:
                 del image, mask
                 outputs.append(await self.decoded(encode_png, output[0]))
         finally:
-            self.manager.release(model_version)
+            self.models.release(model_version)
         return Prediction(model_version.version, {OUTPUT_BYTES: outputs})
 
     def _check_files(self, files: dict[str, list[bytes]]) -> tuple[list[bytes], list[bytes]]:
@@ -273,20 +277,20 @@ class DataPlane:
             abandoned.set()
             raise
 
-    def signature(self, outcome: Outcome, name: str, version: int | None) -> ModelSignature:
+    def signature(self, outcome: Outcome, name: str, version: Version) -> ModelSignature:
         self._check_open()
-        model_version = self.manager.acquire(name, version)
+        model_version = self.models.acquire(name, version)
         outcome.version = str(model_version.version)
         try:
             return ModelSignature(model_version.version, model_version.servable.signature())
         finally:
-            self.manager.release(model_version)
+            self.models.release(model_version)
 
-    def version_statuses(self, name: str, version: int | None) -> list[ModelVersion]:
-        return self.manager.statuses(name, version)
+    def version_statuses(self, name: str, version: Version) -> list[ModelVersion]:
+        return self.models.statuses(name, version)
 
     def is_ready(self) -> bool:
-        return not self.draining and self.manager.is_available()
+        return not self.draining and self.models.is_available()
 
     async def drain(self, seconds: float, quiet: float = 0.25) -> bool:
         """Refuse new work, then wait up to ``seconds`` for queued and in-flight work; True if all done.

@@ -41,6 +41,14 @@ class RequestTooLarge(ValueError):
     """A message over the size limit (as gRPC's own limit answers: RESOURCE_EXHAUSTED; HTTP 413)."""
 
 
+class InvalidConfig(ValueError):
+    """A model server config (--model_config_file, HandleReloadConfigRequest) that cannot be used as written."""
+
+
+class FailedPrecondition(RuntimeError):
+    """A request the server's state does not allow now: a version label on a version that is not available."""
+
+
 class ServerUnavailable(RuntimeError):
     """Nothing is loaded yet, or the server is draining."""
 
@@ -58,6 +66,8 @@ _STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode, int], ...] = (
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (TensorError, grpc.StatusCode.INVALID_ARGUMENT, 400),
     (ImageError, grpc.StatusCode.INVALID_ARGUMENT, 400),
+    (InvalidConfig, grpc.StatusCode.INVALID_ARGUMENT, 400),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION, 400),
     (RequestTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
     (ServerUnavailable, grpc.StatusCode.UNAVAILABLE, 503),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED, 429),

@@ -26,7 +26,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from inpaint.core.contract import BYTES_SIGNATURE, BYTES_SIGNATURE_NAME, DTYPES, IMAGE, SIGNATURE_NAME
-from inpaint.core.protos import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
+from inpaint.core.protos import get_model_metadata_pb2, get_model_status_pb2, model_management_pb2, predict_pb2
 from inpaint.core.tensors import fill_strings, fill_tensor, signature_def, tensor_shape, to_numpy, to_strings
 
 from .admission import Reservation
@@ -45,9 +45,10 @@ T = TypeVar("T")
 UNKNOWN_ERROR_CODE = 2  # tensorflow.error.UNKNOWN, in a version's load status
 
 
-def requested_version(model_spec) -> int | None:
+def requested_version(model_spec) -> int | str | None:
+    """A ModelSpec's version: a number, a label (``version_label``), or None for the latest."""
     if model_spec.HasField("version_label"):
-        raise InvalidInput("version labels are not supported; ask for a version number")
+        return model_spec.version_label
     return model_spec.version.value if model_spec.HasField("version") else None
 
 
@@ -264,11 +265,26 @@ class PredictionServicer:
                           handle)
 
 
-class ModelServicer:
-    """``tensorflow.serving.ModelService``: GetModelStatus (HandleReloadConfigRequest is UNIMPLEMENTED)."""
+Reloader = Callable[[object], Awaitable[None]]  # serves a ModelServerConfig's models from now on
 
-    def __init__(self, dataplane: DataPlane):
-        self.dataplane = dataplane
+
+class ModelServicer:
+    """``tensorflow.serving.ModelService``: GetModelStatus and HandleReloadConfigRequest (``reload``)."""
+
+    def __init__(self, dataplane: DataPlane, reload: Reloader | None = None):
+        self.dataplane, self.reload = dataplane, reload
+
+    async def HandleReloadConfigRequest(self, raw: bytes, context) -> model_management_pb2.ReloadConfigResponse:
+        """As TF Serving: OK once the config is in place (new models load in the background); a config that
+        cannot be used is refused with its status, and changes nothing."""
+        async def handle(request, outcome: Outcome) -> model_management_pb2.ReloadConfigResponse:
+            if self.reload is None:
+                raise InvalidInput("this server does not take model configs")
+            await self.reload(request.config)
+            return model_management_pb2.ReloadConfigResponse()  # status: OK (error_code 0)
+
+        return await call(context, self.dataplane, "reload_config", raw, model_management_pb2.ReloadConfigRequest,
+                          handle, counted=False)
 
     async def GetModelStatus(self, raw: bytes, context) -> get_model_status_pb2.GetModelStatusResponse:
         async def handle(request, outcome: Outcome) -> get_model_status_pb2.GetModelStatusResponse:
@@ -312,10 +328,11 @@ def receiving_unary(method, response_class, max_message_bytes: int) -> grpc.RpcM
                                                 response_serializer=reply_serializer(response_class))
 
 
-def add_tf_serving_services(server: grpc.aio.Server, dataplane: DataPlane, max_message_bytes: int) -> None:
+def add_tf_serving_services(server: grpc.aio.Server, dataplane: DataPlane, max_message_bytes: int,
+                            reload: Reloader | None = None) -> None:
     """Register PredictionService and ModelService under TF Serving's names; Predict receives its messages,
-    of at most ``max_message_bytes``, within the memory budget."""
-    prediction, models = PredictionServicer(dataplane), ModelServicer(dataplane)
+    of at most ``max_message_bytes``, within the memory budget; ``reload`` applies a HandleReloadConfigRequest."""
+    prediction, models = PredictionServicer(dataplane), ModelServicer(dataplane, reload)
     server.add_generic_rpc_handlers((
         grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
             "Predict": receiving_unary(prediction.Predict, predict_pb2.PredictResponse, max_message_bytes),
@@ -324,5 +341,7 @@ def add_tf_serving_services(server: grpc.aio.Server, dataplane: DataPlane, max_m
         }),
         grpc.method_handlers_generic_handler("tensorflow.serving.ModelService", {
             "GetModelStatus": raw_unary(models.GetModelStatus, get_model_status_pb2.GetModelStatusResponse),
+            "HandleReloadConfigRequest": raw_unary(models.HandleReloadConfigRequest,
+                                                   model_management_pb2.ReloadConfigResponse),
         }),
     ))

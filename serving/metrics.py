@@ -14,16 +14,18 @@ Request counts and latencies carry a ``protocol`` label: ``tfserving`` (TF Servi
 registry, so several can live in one process (the tests do). Every request
 looks up its labelled children, so those are cached (``_CachedChildren``).
 
-Labels take only values the server knows: the served model's name, version numbers and status code names.
-A request naming any other model (a client's string, perhaps megabytes long) is counted under
-``model_name="_unknown"``, so clients cannot grow the registry or the ``/metrics`` page. The ``api`` and
-``protocol`` labels are constants of the code.
+Labels take only values the server knows: the names of the models it serves (those of its config, which
+an operator writes), version numbers and status code names. A request naming any other model (a client's
+string, perhaps megabytes long) is counted under ``model_name="_unknown"``, so clients cannot grow the
+registry or the ``/metrics`` page; a model removed from the config takes its series with it. Version labels
+(``canary``) are never a metrics label: a request by label is counted under the version it reached. The
+``api`` and ``protocol`` labels are constants of the code.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Callable
+from typing import Callable, Iterable
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -111,10 +113,10 @@ class CachedHistogram(_CachedChildren, Histogram):
 
 
 class ServerMetrics:
-    """The server's metrics; ``model_name`` is the one model name its labels record (others: ``_unknown``)."""
+    """The server's metrics; ``model_names`` are the model names its labels record (others: ``_unknown``)."""
 
-    def __init__(self, model_name: str = "inpaint"):
-        self.model_name = model_name
+    def __init__(self, model_names: str | Iterable[str] = "inpaint"):
+        self.model_names = frozenset([model_names] if isinstance(model_names, str) else model_names)
         self.registry = CollectorRegistry(auto_describe=True)
         self.request_count = CachedCounter(
             "inpaint_request_count", "Requests by model, version, API, status code and protocol.",
@@ -141,11 +143,28 @@ class ServerMetrics:
 
     def _bound_labels(self) -> None:
         """Each label that a request's strings reach takes only values this server knows."""
-        rules = {"model_name": self.model_name.__eq__, "version": is_version_label,
+        rules = {"model_name": self._is_served, "version": is_version_label,
                  "status": STATUS_NAMES.__contains__}
-        for metric in (self.request_count, self.requests_in_flight, self.request_latency, self.runtime_latency,
-                       self.queuing_latency, self.batch_size, self.versions_loaded):
+        for metric in self._by_model():
             metric.only(**{name: rule for name, rule in rules.items() if name in metric._labelnames})
+
+    def _is_served(self, name: str) -> bool:
+        return name in self.model_names
+
+    def _by_model(self) -> tuple:
+        return (self.request_count, self.requests_in_flight, self.request_latency, self.runtime_latency,
+                self.queuing_latency, self.batch_size, self.versions_loaded)
+
+    def set_models(self, names: Iterable[str]) -> None:
+        """The models served now (a config was applied): their names are recorded, a removed one's series go."""
+        names = frozenset(names)
+        if names == self.model_names:
+            return
+        removed, self.model_names = self.model_names - names, names
+        for metric in self._by_model():
+            metric._children.clear()  # cached children were looked up under the old names
+            for name in removed:
+                metric.remove_by_labels({"model_name": name})
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -150,10 +150,18 @@ class ModelVersion:
     stamp: FileStamp | None = None  # the model.onnx this entry loaded, or failed to load
     refused: FileStamp | None = None  # a changed model.onnx that failed to load while this one served
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+    model: str = ""  # the model's name: its batching queue and metrics labels
 
     @property
     def failed(self) -> bool:
         return self.state == VersionState.END and bool(self.error)
+
+
+def release(model_version: ModelVersion) -> None:
+    """A request on ``model_version`` has ended (whatever model it belongs to, removed or not)."""
+    model_version.in_flight -= 1
+    if model_version.in_flight == 0:
+        model_version.drained.set()
 
 
 class ModelManager:
@@ -167,6 +175,7 @@ class ModelManager:
         self.versions: dict[int, ModelVersion] = {}
         self.on_change: list[Callable[[], None]] = []
         self.polls = 0  # finished polls, for tests and diagnostics
+        self.unsettled: set[int] = set()  # versions whose model.onnx was still changing at the last poll
         self._seen_last_poll: dict[int, FileStamp] = {}
         self._poll_lock = asyncio.Lock()
         self._draining: set[asyncio.Task] = set()
@@ -194,9 +203,10 @@ class ModelManager:
         return chosen
 
     def release(self, model_version: ModelVersion) -> None:
-        model_version.in_flight -= 1
-        if model_version.in_flight == 0:
-            model_version.drained.set()
+        release(model_version)
+
+    def available_versions(self) -> list[int]:
+        return sorted(v.version for v in self.versions.values() if v.state == VersionState.AVAILABLE)
 
     def statuses(self, name: str, version: int | None = None) -> list[ModelVersion]:
         if name != self.name:
@@ -266,7 +276,7 @@ class ModelManager:
         async with self._poll_lock:
             on_disk = self._on_disk()
             settled = self._settled(on_disk)
-            self._seen_last_poll = on_disk
+            self._seen_last_poll, self.unsettled = on_disk, set(on_disk) - settled
             self._forget_failures_of_removed_versions(on_disk)
             target = self._target(on_disk, settled)
             while loads := [version for version in sorted(target) if self._needs_load(version)]:
@@ -283,7 +293,8 @@ class ModelManager:
         previous = self.versions.get(version)
         if previous is not None and previous.failed:
             logger.info("%s version %d failed before; its model.onnx changed, loading it again", self.name, version)
-        model_version = ModelVersion(version, self.base_path / str(version), VersionState.LOADING, stamp=stamp)
+        model_version = ModelVersion(version, self.base_path / str(version), VersionState.LOADING, stamp=stamp,
+                                     model=self.name)
         self.versions[version] = model_version
         self._changed()
         logger.info("loading %s version %d from %s", self.name, version, model_version.path)
@@ -332,9 +343,16 @@ class ModelManager:
         else:
             # Requests in flight hold the old entry and finish on its servable; new ones get this one.
             self.versions[current.version] = ModelVersion(current.version, current.path, VersionState.AVAILABLE,
-                                                          servable=servable, stamp=stamp)
+                                                          servable=servable, stamp=stamp, model=self.name)
             logger.info("%s version %d: its changed model.onnx is loaded and serves", self.name, current.version)
         self._changed()
+
+    async def unload_all(self) -> None:
+        """Unload every version (a model removed from the config) and wait until their requests finished."""
+        async with self._poll_lock:
+            self._unload_all_but(set())
+        while self._draining:
+            await asyncio.gather(*list(self._draining), return_exceptions=True)
 
     def _unload_all_but(self, keep: set[int]) -> None:
         for model_version in list(self.versions.values()):
@@ -362,6 +380,14 @@ class ModelManager:
         model_version.servable, model_version.state = None, VersionState.END
         self._changed()
         logger.info("%s version %d unloaded", self.name, model_version.version)
+
+    async def poll_until_settled(self, interval: float) -> None:
+        """Poll until every version on disk has settled (so it is loaded, or failed): what a start waits for
+        before it checks version labels. A file settles at the second poll that sees it unchanged."""
+        await self.poll()
+        while self.unsettled:
+            await asyncio.sleep(min(interval, 0.1))
+            await self.poll()
 
     async def poll_forever(self, interval: float) -> None:
         while True:

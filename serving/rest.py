@@ -1,8 +1,9 @@
 """TF Serving's REST API on aiohttp, plus Prometheus metrics and liveness/readiness.
 
-* ``GET /v1/models/NAME[/versions/V]`` model status
-* ``GET /v1/models/NAME[/versions/V]/metadata`` signature
-* ``POST /v1/models/NAME[/versions/V]:predict`` with ``instances`` (row) or ``inputs`` (columnar)
+* ``GET /v1/models/NAME[/versions/V | /labels/LABEL]`` model status
+* ``GET /v1/models/NAME[/versions/V | /labels/LABEL]/metadata`` signature
+* ``POST /v1/models/NAME[/versions/V | /labels/LABEL]:predict`` with ``instances`` (row) or ``inputs``
+  (columnar)
 * ``GET /monitoring/prometheus/metrics`` and ``/metrics``
 * ``GET /healthz`` (alive) and ``/readyz`` (a version AVAILABLE and not draining)
 * ``GET /``: the web page (``web``)
@@ -65,7 +66,8 @@ def parse_cost(body: bytes, max_json_values: int) -> Cost:
     return Cost(message=PARSE_COPIES * len(body) + JSON_BYTES_PER_VALUE * json_values(body))
 
 
-_MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?(?P<rest>/metadata|:predict)?$")
+_MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+                         r"(?P<rest>/metadata|:predict)?$")
 
 
 def version_status_json(model_version: ModelVersion) -> dict:
@@ -225,12 +227,14 @@ class RestApi:
             reservation.grow_now(size, "the inflated request body")
         return b"".join(pieces)
 
-    def _parse(self, request: web.Request) -> tuple[str, int | None, str]:
+    def _parse(self, request: web.Request) -> tuple[str, int | str | None, str]:
+        """``(model name, version, method)``: the version a number (``/versions/V``), a label
+        (``/labels/LABEL``) or None."""
         match = _MODEL_PATH.match(request.match_info["path"])
         if match is None:
-            raise web.HTTPNotFound(text=json.dumps({"error": f"malformed model URL {request.path}"}),
+            raise web.HTTPNotFound(text=json.dumps({"error": f"malformed model URL {request.path[:128]}"}),
                                    content_type="application/json")
-        version = int(match["version"]) if match["version"] else None
+        version = int(match["version"]) if match["version"] else match["label"]
         return match["name"], version, match["rest"] or ""
 
     async def respond(self, api: str, name: str, handler, protocol: str = "tfserving") -> web.Response:
@@ -310,6 +314,6 @@ class RestApi:
     async def readyz(self, request: web.Request) -> web.Response:
         if self.dataplane.draining:
             return web.json_response({"status": "draining"}, status=503)
-        if not self.dataplane.manager.is_available():
+        if not self.dataplane.models.is_available():
             return web.json_response({"status": "no model version available"}, status=503)
         return web.json_response({"status": "ready"})

@@ -27,12 +27,15 @@ from inpaint.core.protos._pool import POOL
 from inpaint.core.tiling import TilingOptions
 
 from .admission import DEFAULT_BUDGET_MIB, DEFAULT_SHARE, MiB, MemoryBudget
-from .batching import BatchingOptions, BatchScheduler, DirectScheduler
+from .batching import BatchingOptions, BatchScheduler, DirectScheduler, PerModelScheduler
 from .dataplane import DataPlane
-from .grpc_api import ARRIVAL_COPIES, add_tf_serving_services
+from .grpc_api import ARRIVAL_COPIES, Reloader, add_tf_serving_services
 from .inputs import Limits
+from .errors import FailedPrecondition, InvalidConfig
 from .metrics import ServerMetrics
+from .model_config import ModelEntry, entries_from_proto, read_config_file
 from .models import ModelManager, ModelVersion, VersionPolicy
+from .registry import ModelRegistry
 from .rest import RestApi
 from .runtime import ModelLoader, hand_large_buffers_back_when_freed, return_freed_memory
 from .v2_api import SERVICE_NAME as V2_SERVICE_NAME, add_v2_service
@@ -46,8 +49,11 @@ OVERALL_HEALTH = ""  # grpc.health.v1's name for the server as a whole
 
 @dataclass
 class ServerConfig:
-    model_base_path: Path
+    model_base_path: Path | None = None   # one model (--model-base-path), or:
     model_name: str = "inpaint"
+    model_config_file: Path | None = None  # TF Serving's ModelServerConfig text file: several models, labels
+    config_poll_seconds: float = 0.0      # re-read model_config_file this often (0: never)
+    allow_unavailable_labels: bool = False  # --allow_version_labels_for_unavailable_models
     host: str = "0.0.0.0"
     port: int = 8500
     rest_port: int | None = 8501          # None: no REST server; 0: any free port
@@ -102,7 +108,7 @@ def request_bytes_for(max_request_pixels: int, tile_above_pixels: int) -> tuple[
 
 
 def create_server(address: str, dataplane: DataPlane, health: health_aio.HealthServicer,
-                  max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
+                  max_message_bytes: int, reload: Reloader | None = None) -> tuple[grpc.aio.Server, int]:
     """The gRPC server with every service registered, bound to ``address``; not started."""
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -114,7 +120,7 @@ def create_server(address: str, dataplane: DataPlane, health: health_aio.HealthS
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ]
     server = grpc.aio.server(options=options)
-    add_tf_serving_services(server, dataplane, max_message_bytes)
+    add_tf_serving_services(server, dataplane, max_message_bytes, reload)
     # the Open Inference Protocol (KServe v2, tritonclient) on the same port
     add_v2_service(server, dataplane, max_message_bytes)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -137,28 +143,43 @@ def create_server(address: str, dataplane: DataPlane, health: health_aio.HealthS
     return server, port
 
 
+def initial_models(config: ServerConfig) -> list[ModelEntry]:
+    """The models to start with: ``model_config_file``'s (InvalidConfig if it is not usable), or the one model
+    at ``model_base_path``."""
+    if config.model_config_file is not None:
+        return read_config_file(config.model_config_file)
+    if config.model_base_path is None:
+        raise InvalidConfig("give a model base path or a model config file")
+    return [ModelEntry(config.model_name, Path(config.model_base_path), VersionPolicy.parse(config.version_policy))]
+
+
 class InpaintServer:
-    """One model, served over gRPC and REST, from start to a clean drain."""
+    """Models served over gRPC and REST, from start to a clean drain: one (``model_base_path``) or those of a
+    model config file, which may change while the server runs (``registry``)."""
 
     def __init__(self, config: ServerConfig):
         self.config = config
-        self.metrics = ServerMetrics(config.model_name)
+        entries = initial_models(config)
+        self.metrics = ServerMetrics([entry.name for entry in entries])
         threads = config.batching.num_batch_threads if config.enable_batching else config.compute_threads
         self.compute = ThreadPoolExecutor(threads, thread_name_prefix="inference")
         self.loading = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
-        self.manager = ModelManager(config.model_name, config.model_base_path,
-                                    VersionPolicy.parse(config.version_policy),
-                                    ModelLoader(config.device, config.intra_op_threads), self.loading)
-        self.manager.on_change.append(self._on_versions_changed)
+        self.loader = ModelLoader(config.device, config.intra_op_threads)
+        self.scheduler = PerModelScheduler(self._make_scheduler)
+        self.models = ModelRegistry(self._make_manager, self.scheduler, config.poll_seconds,
+                                    config.allow_unavailable_labels)
+        for entry in entries:
+            self.models.add(entry)
+        self.models.on_change.append(self._on_versions_changed)
+        self._health_names: set[str] = set()
+        self._config_text: str | None = None  # the model config file's text last read (applied or not)
         tiling = TilingOptions(config.tiling, config.tile_above_pixels, batch=config.tile_batch)
-        self.scheduler = (BatchScheduler(config.batching, self.compute, self._observe, config.tile_above_pixels)
-                          if config.enable_batching else DirectScheduler(self.compute, self._observe))
         max_images = (min(config.max_images_per_request, config.batching.max_batch_size) if config.enable_batching
                       else config.max_images_per_request)
         limits = Limits(config.max_pixels, max_images, config.max_request_pixels)
         self.budget = MemoryBudget(config.memory_budget_mib * MiB, config.memory_share)
         hand_large_buffers_back_when_freed()
-        self.dataplane = DataPlane(self.manager, self.scheduler, limits, self.metrics, tiling, self.compute,
+        self.dataplane = DataPlane(self.models, self.scheduler, limits, self.metrics, tiling, self.compute,
                                    self.budget)
         self.health = health_aio.HealthServicer()
         grpc_bytes, rest_bytes, json_values = request_bytes_for(config.max_request_pixels, config.tile_above_pixels)
@@ -181,18 +202,33 @@ class InpaintServer:
         self.grpc_server: grpc.aio.Server | None = None
         self.grpc_port: int | None = None
         self.rest_port: int | None = None
-        self.poller: asyncio.Task | None = None
+        self.config_poller: asyncio.Task | None = None
         self.trimmer: asyncio.Task | None = None
         self.stopped = asyncio.Event()
+
+    @property
+    def manager(self) -> ModelManager:
+        """The model's manager (with a config file: the manager of ``model_name``, else of the first model)."""
+        managers = self.models.managers
+        return managers.get(self.config.model_name) or next(iter(managers.values()))
+
+    def _make_manager(self, entry: ModelEntry) -> ModelManager:
+        return ModelManager(entry.name, entry.base_path, entry.policy, self.loader, self.loading)
+
+    def _make_scheduler(self) -> BatchScheduler | DirectScheduler:
+        config = self.config
+        if config.enable_batching:
+            return BatchScheduler(config.batching, self.compute, self._observe, config.tile_above_pixels)
+        return DirectScheduler(self.compute, self._observe)
 
     async def start(self) -> None:
         config = self.config
         self.scheduler.start()
-        for service_name in (OVERALL_HEALTH, config.model_name):
+        for service_name in (OVERALL_HEALTH, *self.models.managers):
             await self.health.set(service_name, NOT_SERVING)
         address = f"{config.host}:{config.port}"
         self.grpc_server, self.grpc_port = create_server(address, self.dataplane, self.health,
-                                                         self.max_request_bytes)
+                                                         self.max_request_bytes, self.reload_config)
         await self.grpc_server.start()
         if self.rest is not None:
             await self.rest.start_codec()
@@ -201,8 +237,8 @@ class InpaintServer:
             await self.rest_app_runner.setup()
             await web.TCPSite(self.rest_app_runner, config.host, config.rest_port).start()
             self.rest_port = self.rest_app_runner.addresses[0][1]  # what port 0 resolved to
-        logger.info("serving model '%s' from %s: gRPC on %s:%s, REST on %s, batching %s", config.model_name,
-                    config.model_base_path, config.host, self.grpc_port,
+        logger.info("serving %s: gRPC on %s:%s, REST on %s, batching %s", self._serving_what(), config.host,
+                    self.grpc_port,
                     f"{config.host}:{self.rest_port}" if self.rest_port else "off",
                     config.batching if config.enable_batching else "off")
         logger.info("limits: %d pixels per image, %d images and %d pixels per request; memory budget %d MiB "
@@ -210,8 +246,40 @@ class InpaintServer:
                     "%d pixels", config.max_pixels, self.dataplane.limits.max_images, config.max_request_pixels,
                     config.memory_budget_mib, self.budget.per_request // MiB, self.max_request_bytes,
                     self.max_rest_bytes, config.tiling, config.tile_above_pixels)
-        self.poller = asyncio.get_running_loop().create_task(self.manager.poll_forever(config.poll_seconds))
         self.trimmer = asyncio.get_running_loop().create_task(self._return_memory_when_idle())
+        await self.models.start()
+        if config.model_config_file is not None and config.config_poll_seconds > 0:
+            self._config_text = config.model_config_file.read_text()
+            self.config_poller = asyncio.get_running_loop().create_task(self._poll_config_file())
+
+    def _serving_what(self) -> str:
+        if self.config.model_config_file is None:
+            return f"model '{self.config.model_name}' from {self.config.model_base_path}"
+        return f"{len(self.models.managers)} model(s) of {self.config.model_config_file}"
+
+    async def reload_config(self, config) -> None:
+        """HandleReloadConfigRequest: serve the models of ``config`` (a ModelServerConfig) from now on."""
+        await self.models.apply(entries_from_proto(config))
+
+    async def _poll_config_file(self) -> None:
+        """Re-read the model config file every ``config_poll_seconds``; apply it when its text changed. A file
+        that cannot be used is logged once and changes nothing: the models served go on."""
+        path, every = self.config.model_config_file, self.config.config_poll_seconds
+        while True:
+            await asyncio.sleep(every)
+            try:
+                text = path.read_text()
+            except OSError as error:
+                logger.warning("cannot read model config file %s (the models served are unchanged): %s", path, error)
+                continue
+            if text == self._config_text:
+                continue
+            self._config_text = text
+            try:
+                await self.models.apply(read_config_file(path))
+            except (InvalidConfig, FailedPrecondition) as error:
+                logger.error("model config file %s changed but is not applied (the models served are "
+                             "unchanged): %s", path, error)
 
     async def _return_memory_when_idle(self, every: float = 1.0) -> None:
         """Once no request runs, give the heap pages that requests' buffers held back to the system."""
@@ -223,20 +291,26 @@ class InpaintServer:
                 await loop.run_in_executor(self.loading, return_freed_memory)
 
     def _observe(self, model_version: ModelVersion, batch_size: int, queued: list[float], ran: float) -> None:
-        name = self.config.model_name
+        name = model_version.model
         self.metrics.batch_size.labels(name).observe(batch_size)
         self.metrics.runtime_latency.labels(name).observe(ran * 1e6)
         for seconds in queued:
             self.metrics.queuing_latency.labels(name).observe(seconds * 1e6)
 
     def _on_versions_changed(self) -> None:
-        available = self.manager.is_available()
-        loaded = sum(1 for v in self.manager.versions.values() if v.state == VersionState.AVAILABLE)
-        self.metrics.versions_loaded.labels(self.config.model_name).set(loaded)
-        status = SERVING if available else NOT_SERVING
+        """Each model's health and loaded-versions gauge, the server's health, and the model names that the
+        metrics' labels record (a removed model's series go)."""
+        managers = self.models.managers
+        self.metrics.set_models(managers)
         loop = asyncio.get_running_loop()
-        for service_name in (OVERALL_HEALTH, self.config.model_name):
-            loop.create_task(self.health.set(service_name, status))
+        for name, manager in managers.items():
+            loaded = sum(1 for v in manager.versions.values() if v.state == VersionState.AVAILABLE)
+            self.metrics.versions_loaded.labels(name).set(loaded)
+            loop.create_task(self.health.set(name, SERVING if manager.is_available() else NOT_SERVING))
+        for name in self._health_names - set(managers):
+            loop.create_task(self.health.set(name, NOT_SERVING))
+        self._health_names = set(managers)
+        loop.create_task(self.health.set(OVERALL_HEALTH, SERVING if self.models.is_available() else NOT_SERVING))
 
     async def drain_and_stop(self) -> bool:
         """Health NOT_SERVING, refuse new requests, finish queued and in-flight ones, stop. True if none cut."""
@@ -246,9 +320,10 @@ class InpaintServer:
         finished = await self.dataplane.drain(self.config.drain_seconds)
         if not finished:
             logger.warning("drain period over with requests still running; stopping anyway")
-        for task in (self.poller, self.trimmer):
+        for task in (self.config_poller, self.trimmer):
             if task is not None:
                 task.cancel()
+        await self.models.stop()
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace=1.0)
         if self.rest_app_runner is not None:

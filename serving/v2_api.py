@@ -69,14 +69,16 @@ def server_metadata() -> dict:
     return {"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)}
 
 
-def requested_version(text: str) -> int | None:
-    """A request's ``model_version``: "" is the latest AVAILABLE, else a version number."""
+def requested_version(text: str) -> int | str | None:
+    """A request's ``model_version``, a string in this protocol: "" is the latest AVAILABLE, digits a version
+    number, anything else a version label (``canary``; labels are never all digits)."""
     if text == "":
         return None
-    if not _VERSION.fullmatch(text):
-        raise InvalidInput(f"model version {text[:64]!r} is not a version number; send digits, or none for the "
-                           "latest")
-    return int(text)
+    if text.isascii() and text.isdigit():
+        if not _VERSION.fullmatch(text):
+            raise InvalidInput(f"model version {text[:64]!r} is too large for a version number")
+        return int(text)
+    return text
 
 
 def model_ready(dataplane: DataPlane, name: str, version: int | None) -> bool:

@@ -108,7 +108,7 @@ def test_unknown_model_and_version_are_not_found(onnx_repo, start_server):
     assert code_of(lambda: stubs.status(name="other"))[0] == grpc.StatusCode.NOT_FOUND
 
 
-def test_other_rpcs_are_unimplemented(onnx_repo, start_server):
+def test_other_rpcs_are_unimplemented_and_an_empty_config_is_refused(onnx_repo, start_server):
     from tensorflow_serving.apis import (
         classification_pb2,
         model_management_pb2,
@@ -121,8 +121,10 @@ def test_other_rpcs_are_unimplemented(onnx_repo, start_server):
     model = model_service_pb2_grpc.ModelServiceStub(channel)
     assert code_of(lambda: prediction.Classify(classification_pb2.ClassificationRequest(), timeout=5))[0] == \
         grpc.StatusCode.UNIMPLEMENTED
+    # HandleReloadConfigRequest is served (tests/test_model_config.py); a config without models is refused.
     reload = model_management_pb2.ReloadConfigRequest()
-    assert code_of(lambda: model.HandleReloadConfigRequest(reload, timeout=5))[0] == grpc.StatusCode.UNIMPLEMENTED
+    code, details = code_of(lambda: model.HandleReloadConfigRequest(reload, timeout=5))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "model_config_list" in details
 
 
 def test_metadata_is_packed_as_tf_serving_does(onnx_repo, start_server):

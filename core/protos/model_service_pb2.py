@@ -24,15 +24,16 @@ _sym_db = _symbol_database.Default()
 
 
 from inpaint.core.protos import get_model_status_pb2 as inpaint_dot_core_dot_protos_dot_get__model__status__pb2
+from inpaint.core.protos import model_management_pb2 as inpaint_dot_core_dot_protos_dot_model__management__pb2
 
 
-DESCRIPTOR = _private_pool.AddSerializedFile(b'\n\'inpaint/core/protos/model_service.proto\x12\x12tensorflow.serving\x1a*inpaint/core/protos/get_model_status.proto2w\n\x0cModelService\x12g\n\x0eGetModelStatus\x12).tensorflow.serving.GetModelStatusRequest\x1a*.tensorflow.serving.GetModelStatusResponseb\x06proto3')
+DESCRIPTOR = _private_pool.AddSerializedFile(b'\n\'inpaint/core/protos/model_service.proto\x12\x12tensorflow.serving\x1a*inpaint/core/protos/get_model_status.proto\x1a*inpaint/core/protos/model_management.proto2\xe7\x01\n\x0cModelService\x12g\n\x0eGetModelStatus\x12).tensorflow.serving.GetModelStatusRequest\x1a*.tensorflow.serving.GetModelStatusResponse\x12n\n\x19HandleReloadConfigRequest\x12\'.tensorflow.serving.ReloadConfigRequest\x1a(.tensorflow.serving.ReloadConfigResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'inpaint.core.protos.model_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELSERVICE']._serialized_start=107
-  _globals['_MODELSERVICE']._serialized_end=226
+  _globals['_MODELSERVICE']._serialized_start=152
+  _globals['_MODELSERVICE']._serialized_end=383
 # @@protoc_insertion_point(module_scope)
