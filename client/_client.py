@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,8 @@ from inpaint.core.protos import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from inpaint.core.tensors import TensorError, bytes_output_of, output_of, predict_bytes_request, predict_request
+from inpaint.core.tensors import (TensorError, bytes_output_of, output_of, predict_bytes_request, predict_request,
+                                  set_model_spec)
 from inpaint.core.tiling import TilingOptions, inpaint_tiled
 
 from ._errors import DeadlineExceeded, InvalidInput, ServerError, from_rpc_error
@@ -49,6 +51,11 @@ class RetryPolicy:
         while True:
             yield random.uniform(0, ceiling)
             ceiling = min(self.max_backoff, ceiling * self.multiplier)
+
+
+def _renamed(old: str, new: str) -> None:
+    warnings.warn(f"InpaintClient.{old} is now {new} (the serving_bytes signature)", DeprecationWarning,
+                  stacklevel=3)
 
 
 class _Attempts:
@@ -113,25 +120,32 @@ def _state_name(value: int) -> str:
 
 class _ClientBase:
     def __init__(self, target: str, *, model: str = "inpaint", version: int | None = None,
-                 signature: str = SIGNATURE_NAME, timeout: float = 30.0, tls: bool = False,
+                 label: str | None = None, signature: str = SIGNATURE_NAME, timeout: float = 30.0,
+                 tls: bool = False,
                  ca_cert: str | Path | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES,
                  retry: RetryPolicy = RetryPolicy(), tiling: TilingOptions = TilingOptions()):
         if timeout <= 0:
             raise ValueError("timeout must be positive")
+        if version is not None and label is not None:
+            raise ValueError("ask for a version or a version label, not both")
         self.target, self.model, self.version, self.signature = target, model, version, signature
+        self.label = label  # a version label (stable, canary): the server resolves it to a version
         self.timeout, self.retry, self.tiling = timeout, retry, tiling
         self._tls = tls or ca_cert is not None
         self._ca_cert = ca_cert
         self._options = channel_options(max_message_bytes)
-        self._takes_files: bool | None = None  # whether the model has serving_bytes, once asked
+        self._takes_bytes: bool | None = None  # whether the model has serving_bytes, once asked
+
+    @property
+    def _version(self) -> int | str | None:
+        """What the requests ask for: the label, the version number, or None (the latest)."""
+        return self.label if self.label is not None else self.version
 
     def _spec(self, message) -> None:
-        message.model_spec.name = self.model
-        if self.version is not None:
-            message.model_spec.version.value = self.version
+        set_model_spec(message, self.model, self._version)
 
     def _predict_request(self, images: np.ndarray, masks: np.ndarray) -> predict_pb2.PredictRequest:
-        return predict_request(images, masks, self.model, self.version, self.signature)
+        return predict_request(images, masks, self.model, self._version, self.signature)
 
     def _output(self, response: predict_pb2.PredictResponse, shape: tuple[int, ...]) -> np.ndarray:
         """The batch's fills; a malformed reply is the server's fault, not the caller's."""
@@ -140,7 +154,7 @@ class _ClientBase:
         except TensorError as error:
             raise ServerError(f"malformed reply from {self.target}: {error}") from None
 
-    def _files_request(self, images: Sequence[bytes], masks: Sequence[bytes]) -> predict_pb2.PredictRequest:
+    def _bytes_request(self, images: Sequence[bytes], masks: Sequence[bytes]) -> predict_pb2.PredictRequest:
         """A ``serving_bytes`` request, after the files' headers were checked as the server will check them."""
         if len(images) != len(masks):
             raise InvalidInput(f"{len(images)} images but {len(masks)} masks")
@@ -150,9 +164,9 @@ class _ClientBase:
                 check_sizes(encoded_size(image, name)[1:], encoded_size(mask, f"mask of {name}")[1:], name)
             except ImageError as error:
                 raise InvalidInput(str(error)) from None
-        return predict_bytes_request(list(images), list(masks), self.model, self.version)
+        return predict_bytes_request(list(images), list(masks), self.model, self._version)
 
-    def _files_output(self, response: predict_pb2.PredictResponse, count: int) -> list[bytes]:
+    def _bytes_output(self, response: predict_pb2.PredictResponse, count: int) -> list[bytes]:
         try:
             return bytes_output_of(response, count)
         except TensorError as error:
@@ -277,20 +291,31 @@ class InpaintClient(_ClientBase):
         return inpaint_tiled(image, mask, lambda images, masks: self._predict(images, masks, _left(deadline)),
                              self.tiling)
 
-    def inpaint_files(self, images: Sequence[bytes], masks: Sequence[bytes], *,
+    def inpaint_bytes(self, images: Sequence[bytes], masks: Sequence[bytes], *,
                       timeout: float | None = None) -> list[bytes]:
         """Encoded files in (PNG, JPEG, WebP or BMP, sent as they are), PNG files out: ``serving_bytes``.
 
-        One request; images may differ in size. Needs a model with that signature (``takes_files``).
+        One request; images may differ in size. Needs a model with that signature (``takes_bytes``).
         """
-        request = self._files_request(images, masks)
-        return self._files_output(self._call(self._prediction.Predict, request, timeout), len(images))
+        request = self._bytes_request(images, masks)
+        return self._bytes_output(self._call(self._prediction.Predict, request, timeout), len(images))
+
+    def takes_bytes(self, *, timeout: float | None = None) -> bool:
+        """Whether the model has the ``serving_bytes`` signature (asked once, then remembered)."""
+        if self._takes_bytes is None:
+            self._takes_bytes = BYTES_SIGNATURE_NAME in self.metadata(timeout=timeout)["signatures"]
+        return self._takes_bytes
+
+    def inpaint_files(self, images: Sequence[bytes], masks: Sequence[bytes], *,
+                      timeout: float | None = None) -> list[bytes]:
+        """The old name of ``inpaint_bytes``: still works, with a DeprecationWarning."""
+        _renamed("inpaint_files", "inpaint_bytes")
+        return self.inpaint_bytes(images, masks, timeout=timeout)
 
     def takes_files(self, *, timeout: float | None = None) -> bool:
-        """Whether the model has the ``serving_bytes`` signature (asked once, then remembered)."""
-        if self._takes_files is None:
-            self._takes_files = BYTES_SIGNATURE_NAME in self.metadata(timeout=timeout)["signatures"]
-        return self._takes_files
+        """The old name of ``takes_bytes``: still works, with a DeprecationWarning."""
+        _renamed("takes_files", "takes_bytes")
+        return self.takes_bytes(timeout=timeout)
 
     def metadata(self, *, timeout: float | None = None) -> dict:
         return self._metadata_dict(self._call(self._prediction.GetModelMetadata, self._metadata_request(), timeout))
@@ -369,16 +394,27 @@ class AsyncInpaintClient(_ClientBase):
 
         return await asyncio.to_thread(inpaint_tiled, image, mask, run, self.tiling)
 
-    async def inpaint_files(self, images: Sequence[bytes], masks: Sequence[bytes], *,
+    async def inpaint_bytes(self, images: Sequence[bytes], masks: Sequence[bytes], *,
                             timeout: float | None = None) -> list[bytes]:
         """As the blocking client's: encoded files in, PNG files out."""
-        request = self._files_request(images, masks)
-        return self._files_output(await self._call(self._prediction.Predict, request, timeout), len(images))
+        request = self._bytes_request(images, masks)
+        return self._bytes_output(await self._call(self._prediction.Predict, request, timeout), len(images))
+
+    async def takes_bytes(self, *, timeout: float | None = None) -> bool:
+        if self._takes_bytes is None:
+            self._takes_bytes = BYTES_SIGNATURE_NAME in (await self.metadata(timeout=timeout))["signatures"]
+        return self._takes_bytes
+
+    async def inpaint_files(self, images: Sequence[bytes], masks: Sequence[bytes], *,
+                            timeout: float | None = None) -> list[bytes]:
+        """The old name of ``inpaint_bytes``: still works, with a DeprecationWarning."""
+        _renamed("inpaint_files", "inpaint_bytes")
+        return await self.inpaint_bytes(images, masks, timeout=timeout)
 
     async def takes_files(self, *, timeout: float | None = None) -> bool:
-        if self._takes_files is None:
-            self._takes_files = BYTES_SIGNATURE_NAME in (await self.metadata(timeout=timeout))["signatures"]
-        return self._takes_files
+        """The old name of ``takes_bytes``: still works, with a DeprecationWarning."""
+        _renamed("takes_files", "takes_bytes")
+        return await self.takes_bytes(timeout=timeout)
 
     async def metadata(self, *, timeout: float | None = None) -> dict:
         return self._metadata_dict(

@@ -22,7 +22,18 @@ from .loadtest import PROTOCOLS
 from ._errors import DeadlineExceeded, InpaintError, InvalidInput, ModelNotFound, ServerUnavailable
 
 
-SEND_MODES = ("auto", "files", "pixels")
+SEND_MODES = ("auto", "bytes", "pixels")
+
+
+class SendMode(click.Choice):
+    """--send auto|bytes|pixels; the old value files is read as bytes, with a warning."""
+
+    def convert(self, value, param, ctx):
+        if value == "files":
+            click.echo("Warning: --send files is now --send bytes (the serving_bytes signature)", err=True)
+            value = "bytes"
+        return super().convert(value, param, ctx)
+
 
 # INPAINT_CLIENT_<OPTION> for the options before the subcommand (--target: INPAINT_CLIENT_TARGET), and
 # INPAINT_CLIENT_<SUBCOMMAND>_<OPTION> for a subcommand's (loadtest --batch-size:
@@ -46,14 +57,14 @@ LOADTEST.rename({f"INPAINT_{flag[2:].replace('-', '_').upper()}": flag for flag 
 
 
 class Settings:
-    def __init__(self, target, model, version, timeout, tls, ca_cert, verbose):
+    def __init__(self, target, model, version, timeout, tls, ca_cert, verbose, label=None):
         self.target, self.model, self.version, self.timeout = target, model, version, timeout
-        self.tls, self.ca_cert, self.verbose = tls, ca_cert, verbose
+        self.tls, self.ca_cert, self.verbose, self.label = tls, ca_cert, verbose, label
         self.tiling = TilingOptions()
 
     def client(self) -> InpaintClient:
-        return InpaintClient(self.target, model=self.model, version=self.version, timeout=self.timeout,
-                             tls=self.tls, ca_cert=self.ca_cert, tiling=self.tiling)
+        return InpaintClient(self.target, model=self.model, version=self.version, label=self.label,
+                             timeout=self.timeout, tls=self.tls, ca_cert=self.ca_cert, tiling=self.tiling)
 
 
 def fail(settings: Settings, error: Exception):
@@ -84,6 +95,9 @@ def _target(ctx, param, value: str) -> str:
 @CLIENT.option("--model", default="inpaint", help="Model name to ask for.")
 @CLIENT.option("--version", "model_version", type=click.IntRange(min=1), default=None,
               help="Model version [default: the latest available].")
+@CLIENT.option("--label", default=None,
+              help="Model version label (stable, canary: the server's config maps it to a version), instead of "
+                   "--version.")
 @CLIENT.option("--timeout", type=click.FloatRange(min=0.001), default=30.0,
               help="Deadline per call in seconds; UNAVAILABLE is retried within it.")
 @CLIENT.option("--tls", is_flag=True, help="Use TLS.")
@@ -91,10 +105,12 @@ def _target(ctx, param, value: str) -> str:
               help="PEM root certificate for TLS (implies --tls).")
 @CLIENT.option("-v", "--verbose", is_flag=True, help="Show details and tracebacks.")
 @click.pass_context
-def main(ctx, target, model, model_version, timeout, tls, ca_cert, verbose):
+def main(ctx, target, model, model_version, label, timeout, tls, ca_cert, verbose):
     """Call an inpainting model served by TF Serving or inpaint-serve."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
-    ctx.obj = Settings(target, model, model_version, timeout, tls, ca_cert, verbose)
+    if model_version is not None and label is not None:
+        raise click.UsageError("give --version or --label, not both")
+    ctx.obj = Settings(target, model, model_version, timeout, tls, ca_cert, verbose, label)
 
 
 def pair_inputs(paths: tuple[Path, ...], mask_suffix: str) -> list[tuple[Path, Path]]:
@@ -152,10 +168,10 @@ def output_path(image: Path, output: Path | None, many: bool) -> Path:
                    "off: whole images (inpaint-serve still tiles them itself).")
 @PREDICT.option("--tile-above-pixels", type=click.IntRange(min=4096), default=TilingOptions.tile_above_pixels,
                 help="Images up to this size are sent whole.")
-@PREDICT.option("--send", type=click.Choice(SEND_MODES), default="auto",
-              help="files: the image and mask files' own bytes (the model's serving_bytes signature; PNG back); "
-                   "pixels: decoded arrays; auto: files when the model takes them and the image is sent whole, "
-                   "pixels otherwise.")
+@PREDICT.option("--send", type=SendMode(SEND_MODES), default="auto",
+                help="bytes: the image and mask files as they are (the model's serving_bytes signature; PNG "
+                     "back); pixels: decoded arrays; auto: bytes when the model takes them and the image is sent "
+                     "whole, pixels otherwise.")
 @click.pass_obj
 def predict(settings: Settings, paths, output, mask_suffix, batch_size, tiling, tile_above_pixels, send):
     """Inpaint IMAGE MASK [IMAGE MASK ...], or a folder of x.png + x_mask.png."""
@@ -166,13 +182,13 @@ def predict(settings: Settings, paths, output, mask_suffix, batch_size, tiling, 
         chunks = [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
         with settings.client() as client, click.progressbar(
                 length=len(pairs), label="inpainting", file=sys.stderr, hidden=len(pairs) < 2) as bar:
-            takes_files = send == "files" or (send == "auto" and client.takes_files())
+            takes_bytes = send == "bytes" or (send == "auto" and client.takes_bytes())
             for chunk in chunks:
-                files = {pair: _read_pair(pair) for pair in chunk if takes_files}
+                files = {pair: _read_pair(pair) for pair in chunk if takes_bytes}
                 if send == "auto":
                     files = {pair: data for pair, data in files.items() if _sent_whole(data[0], settings.tiling)}
                 if files:
-                    results = client.inpaint_files([d[0] for d in files.values()], [d[1] for d in files.values()])
+                    results = client.inpaint_bytes([d[0] for d in files.values()], [d[1] for d in files.values()])
                     for (image, _), png in zip(files, results):
                         _write_result(output_path(image, output, len(pairs) > 1), png=png)
                 rest = [pair for pair in chunk if pair not in files]
@@ -334,6 +350,15 @@ def wait_until_serving(client: InpaintClient, service: str, seconds: float, time
         time.sleep(POLL_SECONDS)
 
 
+def _two_labels(ctx, param, value: str | None) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    labels = tuple(label.strip() for label in value.split(","))
+    if len(labels) != 2 or not all(labels) or labels[0] == labels[1]:
+        raise click.BadParameter("give two different version labels: stable,canary")
+    return labels
+
+
 def _levels(kind):
     def parse(ctx, param, value):
         if value is None:
@@ -377,15 +402,22 @@ def _levels(kind):
 @LOADTEST.option("--report", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/load"),
                  help="Folder for load.json, load.csv and load.png.")
 @LOADTEST.option("--seed", type=int, default=0, help="Seed of images and masks.")
+@LOADTEST.option("--split-labels", default=None, callback=_two_labels, metavar="stable,canary",
+                help="Alternate the requests between two version labels (a canary check): the report gives each "
+                     "label's latency and errors.")
 @click.pass_obj
 def loadtest(settings: Settings, concurrency, rate, arrival, duration, warmup, max_requests, batch_size,
-             image_size, mask_kind, images, protocol, metrics_url, report, seed):
+             image_size, mask_kind, images, protocol, metrics_url, report, seed, split_labels):
     """Sweep concurrency (closed loop) or request rate (open loop); report throughput and latency."""
     import asyncio
 
     from .loadtest import LoadConfig, format_table, run, write_report
 
-    config = LoadConfig(target=settings.target, model=settings.model, concurrency=concurrency, rates=rate,
+    if split_labels and (settings.version is not None or settings.label is not None):
+        raise click.UsageError("--split-labels chooses the versions: give it without --version or --label")
+    version = settings.label if settings.label is not None else settings.version
+    config = LoadConfig(target=settings.target, model=settings.model, version=version,
+                        split_labels=split_labels or (), concurrency=concurrency, rates=rate,
                         arrival=arrival, duration=duration, warmup=warmup, max_requests=max_requests,
                         batch_size=batch_size, image_size=image_size, mask_kind=mask_kind, images=images,
                         timeout=settings.timeout, metrics_url=metrics_url, seed=seed, protocol=protocol)

@@ -5,6 +5,9 @@ shares one asyncio event loop and one channel, so the generator is not the
 bottleneck. Each level has a warmup that is not measured, and is bounded by
 ``duration`` and ``max_requests``.
 
+With ``split_labels`` (two version labels, say ``stable,canary``) the requests alternate between them: a
+canary check, with the latency and errors of each label in the report (``LevelResult.by_label``).
+
 Throughput is counted over whole request cycles: the requests sent from the
 first one after the warmup until ``duration`` ends, over the time from that
 first one to the first request that would have been sent next. A batching
@@ -54,6 +57,8 @@ PROTOCOLS = {
 class LoadConfig:
     target: str = "localhost:8500"
     model: str = "inpaint"
+    version: int | str | None = None       # a version number or label for every request; None: the latest
+    split_labels: tuple[str, ...] = ()     # two version labels the requests alternate between (a canary check)
     protocol: str = "tfserving"            # tfserving: TF Serving's Predict; v2: the Open Inference Protocol
     concurrency: tuple[int, ...] = (1, 8, 32)
     rates: tuple[float, ...] = ()          # requests/s; when given, open loop instead of concurrency
@@ -84,6 +89,16 @@ class LevelResult:
     latency_ms: dict[str, float] = field(default_factory=dict)
     server_queue_us: float | None = None
     server_batch_size: float | None = None
+    by_label: dict[str, dict] = field(default_factory=dict)  # with split_labels: ok, errors, latency_ms of each
+
+
+def latency_summary(seconds: list[float]) -> dict[str, float]:
+    """Percentiles, max and mean in milliseconds ({} for no latencies)."""
+    if not seconds:
+        return {}
+    latencies = np.array(seconds) * 1000
+    return {**{f"p{p}": float(np.percentile(latencies, p)) for p in PERCENTILES},
+            "max": float(latencies.max()), "mean": float(latencies.mean())}
 
 
 def _photo_crops(folder: Path, size: int, count: int, rng) -> list[np.ndarray]:
@@ -105,9 +120,10 @@ def _photo_crops(folder: Path, size: int, count: int, rng) -> list[np.ndarray]:
     return crops
 
 
-def build_requests(config: LoadConfig) -> list:
+def build_requests(config: LoadConfig) -> list[tuple[str | None, object]]:
     """``variants`` ready requests of ``batch_size`` images in ``config.protocol``, masks from the shared
-    generators."""
+    generators, each with the label it asks for: with ``split_labels``, one request per label for each
+    variant, alternating, else ``(None, request)``."""
     rng = np.random.default_rng(config.seed)
     size, count = config.image_size, config.variants * config.batch_size
     if config.images is not None:
@@ -116,10 +132,12 @@ def build_requests(config: LoadConfig) -> list:
         images = list(rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8))
     masks = [generate_mask(config.mask_kind, size, size, rng) for _ in range(count)]
     requests = []
+    build = PROTOCOLS[config.protocol][1]
     for v in range(config.variants):
         chunk = slice(v * config.batch_size, (v + 1) * config.batch_size)
-        build = PROTOCOLS[config.protocol][1]
-        requests.append(build(np.stack(images[chunk]), np.stack(masks[chunk]), config.model))
+        for label in config.split_labels or (None,):
+            version = label if label is not None else config.version
+            requests.append((label, build(np.stack(images[chunk]), np.stack(masks[chunk]), config.model, version)))
     return requests
 
 
@@ -128,6 +146,7 @@ class _Recorder:
         self.measure_from, self.stop_at, self.max_requests = measure_from, stop_at, max_requests
         self.latencies: list[float] = []
         self.errors: dict[str, int] = {}
+        self.by_label: dict[str, tuple[list[float], dict[str, int]]] = {}  # each label's latencies and errors
         self.sent = 0
         self.window_start: float | None = None  # the first measured request's start
         self.window_end: float | None = None    # the first send refused because duration was over
@@ -153,22 +172,32 @@ class _Recorder:
         end = min(time.perf_counter(), self.stop_at) if self.window_end is None else self.window_end
         return max(end - start, 1e-9)
 
-    def record(self, started: float, code: str | None) -> None:
+    def record(self, started: float, code: str | None, label: str | None = None) -> None:
         if started < self.measure_from:
             return  # warmup
-        if code is None:
-            self.latencies.append(time.perf_counter() - started)
-        else:
-            self.errors[code] = self.errors.get(code, 0) + 1
+        seconds = time.perf_counter() - started
+        kept = [(self.latencies, self.errors)]
+        if label is not None:
+            kept.append(self.by_label.setdefault(label, ([], {})))
+        for latencies, errors in kept:
+            if code is None:
+                latencies.append(seconds)
+            else:
+                errors[code] = errors.get(code, 0) + 1
+
+    def label_results(self) -> dict[str, dict]:
+        return {label: {"ok": len(latencies), "errors": errors, "latency_ms": latency_summary(latencies)}
+                for label, (latencies, errors) in sorted(self.by_label.items())}
 
 
-async def _send(stub, payload: bytes, timeout: float, recorder: _Recorder) -> None:
+async def _send(stub, payload: tuple[str | None, bytes], timeout: float, recorder: _Recorder) -> None:
+    label, raw = payload
     started = recorder.start()
     try:
-        await stub(payload, timeout=timeout)
-        recorder.record(started, None)
+        await stub(raw, timeout=timeout)
+        recorder.record(started, None, label)
     except grpc.RpcError as error:
-        recorder.record(started, error.code().name)
+        recorder.record(started, error.code().name, label)
 
 
 async def _closed_loop(stub, payloads, concurrency: int, timeout: float, recorder: _Recorder) -> None:
@@ -228,7 +257,8 @@ def _server_means(before: dict, after: dict) -> tuple[float | None, float | None
     return mean("inpaint_batching_session_queuing_latency"), mean("inpaint_batching_session_batch_size")
 
 
-async def run_level(config: LoadConfig, mode: str, level: float, payloads: list[bytes], channel) -> LevelResult:
+async def run_level(config: LoadConfig, mode: str, level: float, payloads: list[tuple[str | None, bytes]],
+                    channel) -> LevelResult:
     path, _, parse_reply = PROTOCOLS[config.protocol]
     stub = channel.unary_unary(path, request_serializer=lambda raw: raw, response_deserializer=parse_reply)
     loop_start = time.perf_counter()
@@ -245,17 +275,15 @@ async def run_level(config: LoadConfig, mode: str, level: float, payloads: list[
     ok = len(recorder.latencies)
     result = LevelResult(mode, level, sent=ok + sum(recorder.errors.values()), ok=ok, errors=recorder.errors,
                          seconds=seconds, requests_per_s=ok / seconds, images_per_s=ok * config.batch_size / seconds)
-    if ok:
-        latencies = np.array(recorder.latencies) * 1000
-        result.latency_ms = {**{f"p{p}": float(np.percentile(latencies, p)) for p in PERCENTILES},
-                             "max": float(latencies.max()), "mean": float(latencies.mean())}
+    result.latency_ms = latency_summary(recorder.latencies)
+    result.by_label = recorder.label_results()
     result.server_queue_us, result.server_batch_size = _server_means(before, after)
     return result
 
 
 async def run(config: LoadConfig, on_level: Callable[[LevelResult], None] | None = None) -> list[LevelResult]:
     """Every level in turn over one channel; ``on_level`` sees each result as it lands."""
-    payloads = [r.SerializeToString() for r in build_requests(config)]
+    payloads = [(label, request.SerializeToString()) for label, request in build_requests(config)]
     levels = [("rate", r) for r in config.rates] or [("concurrency", c) for c in config.concurrency]
     results = []
     async with grpc.aio.insecure_channel(config.target, options=channel_options(MAX_MESSAGE_BYTES)) as channel:
@@ -279,7 +307,20 @@ def format_table(results: list[LevelResult]) -> str:
         lines.append(f"| {label} | {r.sent} | {r.ok} | {errors} | {r.requests_per_s:.1f} | {r.images_per_s:.1f} "
                      f"| {lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p95']:.1f} | {lat['p99']:.1f} | {lat['max']:.1f} "
                      f"| {queue} | {batch} |")
+        lines.extend(label_rows(label, r))
     return "\n".join(lines)
+
+
+def label_rows(level: str, result: LevelResult) -> list[str]:
+    """One row per version label of a split level: its requests, errors and latencies."""
+    rows = []
+    for name, part in result.by_label.items():
+        lat = part["latency_ms"] or {k: float("nan") for k in ("p50", "p90", "p95", "p99", "max")}
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(part["errors"].items())) or "0"
+        sent = part["ok"] + sum(part["errors"].values())
+        rows.append(f"| {level}, label {name} | {sent} | {part['ok']} | {errors} | - | - | {lat['p50']:.1f} "
+                    f"| {lat['p90']:.1f} | {lat['p95']:.1f} | {lat['p99']:.1f} | {lat['max']:.1f} | - | - |")
+    return rows
 
 
 CSV_COLUMNS = ("Concurrency", "Request Rate", "Inferences/Second", "Requests/Second", "Server Queue",

@@ -115,17 +115,27 @@ def fill_strings(proto: tensor_pb2.TensorProto, values: list[bytes]) -> None:
     proto.string_val.extend(values)
 
 
-def _request_for(model: str, version: int | None, signature: str) -> predict_pb2.PredictRequest:
+Version = int | str | None  # a version number, a version label ("canary"), or None for the latest
+
+
+def set_model_spec(message, model: str, version: Version = None) -> None:
+    """A request's ``model_spec``: the model's name and its version number or label (``version_label``)."""
+    message.model_spec.name = model
+    if isinstance(version, str):
+        message.model_spec.version_label = version
+    elif version is not None:
+        message.model_spec.version.value = version
+
+
+def _request_for(model: str, version: Version, signature: str) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    if version is not None:
-        request.model_spec.version.value = version
+    set_model_spec(request, model, version)
     request.model_spec.signature_name = signature
     return request
 
 
 def predict_bytes_request(images: list[bytes], masks: list[bytes], model: str,
-                          version: int | None = None) -> predict_pb2.PredictRequest:
+                          version: Version = None) -> predict_pb2.PredictRequest:
     """A ``serving_bytes`` PredictRequest: encoded image and mask files, one of each per image."""
     request = _request_for(model, version, BYTES_SIGNATURE_NAME)
     fill_strings(request.inputs[IMAGE_BYTES], images)
@@ -144,7 +154,7 @@ def bytes_output_of(response: predict_pb2.PredictResponse, count: int) -> list[b
     return values
 
 
-def predict_request(images: np.ndarray, masks: np.ndarray, model: str, version: int | None = None,
+def predict_request(images: np.ndarray, masks: np.ndarray, model: str, version: Version = None,
                     signature: str = SIGNATURE_NAME) -> predict_pb2.PredictRequest:
     """A PredictRequest for uint8 ``(N, H, W, 3)`` images and ``(N, H, W)`` or ``(N, H, W, 1)`` masks."""
     if masks.ndim == 3:
@@ -157,9 +167,9 @@ def predict_request(images: np.ndarray, masks: np.ndarray, model: str, version: 
 
 
 def infer_request(images: np.ndarray, masks: np.ndarray, model: str,
-                  version: int | None = None) -> grpc_predict_v2_pb2.ModelInferRequest:
+                  version: Version = None) -> grpc_predict_v2_pb2.ModelInferRequest:
     """An Open Inference Protocol (v2) ModelInferRequest: uint8 tensors as ``raw_input_contents``, as
-    tritonclient sends them."""
+    tritonclient sends them; the version a string there, a number or a label."""
     if masks.ndim == 3:
         masks = masks[..., None]
     request = grpc_predict_v2_pb2.ModelInferRequest(model_name=model, model_version="" if version is None

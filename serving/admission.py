@@ -154,7 +154,7 @@ def array_predict_cost(count: int, height: int, width: int, itemsize: int, tilin
                 runs=runs, work=work, reply=reply)
 
 
-def files_predict_cost(sizes: list[tuple[int, int]], tiling: TilingOptions, reply_factor: float) -> Cost:
+def bytes_predict_cost(sizes: list[tuple[int, int]], tiling: TilingOptions, reply_factor: float) -> Cost:
     """A ``serving_bytes`` request: its pairs are decoded, inpainted and encoded one at a time, and the PNG
     answers (at most ``PNG_OUT_BYTES_PER_PIXEL / 2`` bytes a pixel each) are kept until the reply."""
     largest = max(height * width for height, width in sizes)

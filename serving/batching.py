@@ -335,6 +335,11 @@ class PerModelScheduler:
     def busy(self) -> bool:
         return any(scheduler.busy for scheduler in self._by_model.values())
 
+    @property
+    def queued_batches(self) -> int:
+        """Batches open or waiting, all models together (a DirectScheduler queues none)."""
+        return sum(getattr(scheduler, "queued_batches", 0) for scheduler in self._by_model.values())
+
     def add(self, model: str) -> None:
         """A model's scheduler, started if the others are; kept if the model has one already."""
         if model not in self._by_model:

@@ -25,7 +25,7 @@ from inpaint.core.images import ImageTooLarge, check_encoded_size, decode_image,
 from inpaint.core.onnx_model import Signature
 from inpaint.core.tiling import TilingOptions, has_wide_holes, inpaint_tiled
 
-from .admission import Cost, MemoryBudget, Reservation, array_predict_cost, files_predict_cost, wide_holes_cost
+from .admission import Cost, MemoryBudget, Reservation, array_predict_cost, bytes_predict_cost, wide_holes_cost
 from .decoding import check_jpeg_scans
 from .errors import DeadlineExpired, InvalidInput, ServerUnavailable, to_status
 from .inputs import Limits, prepare_inputs
@@ -180,7 +180,7 @@ class DataPlane:
         if total > self.limits.max_request_pixels:
             raise InvalidInput(f"request holds {len(images)} images of {total} pixels in all, over the limit of "
                                f"{self.limits.max_request_pixels} per request (--max-request-pixels)")
-        await self.admit(outcome, files_predict_cost(sizes, self.tiling, reply_factor),
+        await self.admit(outcome, bytes_predict_cost(sizes, self.tiling, reply_factor),
                          f"a request of {len(sizes)} file(s) of {total} pixels", deadline)
         model_version = self.models.acquire(name, version)
         outcome.version = str(model_version.version)

@@ -51,7 +51,7 @@ INLINE_BODY_BYTES = 2**20  # parsed on the event loop: a few milliseconds at mos
 BODY_PIECE_BYTES = 2**20   # a body is read, and inflated, this much at a time, each piece held from the budget
 ENCODINGS = {"identity": None, "gzip": 47, "x-gzip": 47, "deflate": 47}  # zlib's wbits: gzip or zlib header
 PARSE_COPIES = 3           # a body's bytes in the codec process: its copy there, the parsed strings, files
-FILES_REPLY_FACTOR = 4.0   # PNG answers as base64 JSON: the files, their base64 and the JSON's copies
+BYTES_REPLY_FACTOR = 4.0   # PNG answers as base64 JSON: the files, their base64 and the JSON's copies
 
 
 def json_values(body: bytes) -> int:
@@ -293,7 +293,7 @@ class RestApi:
                                                                self.dataplane.limits, self.max_json_values)
             if is_bytes_signature(signature):
                 prediction = await self.dataplane.predict_bytes(outcome, name, version, inputs, [], deadline,
-                                                                FILES_REPLY_FACTOR)
+                                                                BYTES_REPLY_FACTOR)
                 files = prediction.outputs[OUTPUT_BYTES]
                 return await self.in_codec(sum(map(len, files)), encode_predictions, files, row_form)
             if IMAGE in inputs:

@@ -308,15 +308,15 @@ def test_the_client_sends_files_and_gets_pngs(onnx_repo, start_server):
     photos = [random_image(20, 30, seed=5), random_image(24, 16, seed=6)]  # two sizes in one request
     masks = [stroke_mask(20, 30), stroke_mask(24, 16)]
     with InpaintClient(server.grpc_target) as client:
-        assert client.takes_files()
-        pngs = client.inpaint_files([encode(p, ".png") for p in photos], [encode(m, ".png") for m in masks])
+        assert client.takes_bytes()
+        pngs = client.inpaint_bytes([encode(p, ".png") for p in photos], [encode(m, ".png") for m in masks])
         for photo, mask, png in zip(photos, masks, pngs):
             np.testing.assert_array_equal(decode_image(png, 10**6),
                                           expected_fill(photo[None], (mask > 0)[None, ..., None])[0])
         with pytest.raises(InvalidInput, match="mask is 16x24 but image is 30x20"):
-            client.inpaint_files([encode(photos[0], ".png")], [encode(masks[1], ".png")])
+            client.inpaint_bytes([encode(photos[0], ".png")], [encode(masks[1], ".png")])
         with pytest.raises(InvalidInput, match="is not a PNG, JPEG, WebP or BMP"):
-            client.inpaint_files([b"II*\0 a tiff"], [encode(masks[0], ".png")])
+            client.inpaint_bytes([b"II*\0 a tiff"], [encode(masks[0], ".png")])
 
 
 def test_predict_sends_the_files_own_bytes_when_the_model_takes_them(onnx_repo, start_server, tmp_path):
@@ -330,7 +330,7 @@ def test_predict_sends_the_files_own_bytes_when_the_model_takes_them(onnx_repo, 
     (tmp_path / "photo.jpg").write_bytes(encode(photo, ".jpg"))
     (tmp_path / "mask.png").write_bytes(encode(mask, ".png"))
     expected = expected_fill(decode_image(encode(photo, ".jpg"), 10**6)[None], (mask > 0)[None, ..., None])[0]
-    for send, files_calls in (("auto", 1), ("pixels", 1), ("files", 2)):
+    for send, files_calls in (("auto", 1), ("pixels", 1), ("bytes", 2), ("files", 3)):
         out = tmp_path / f"out-{send}.png"
         result = CliRunner().invoke(client_main, ["--target", server.grpc_target, "predict", str(tmp_path / "photo.jpg"),
                                                   str(tmp_path / "mask.png"), "-o", str(out), "--send", send])
@@ -358,7 +358,7 @@ def test_predict_with_files_the_server_cannot_read_is_a_one_line_error(onnx_repo
     (tmp_path / "mask.png").write_bytes(encode(stroke_mask(20, 30), ".png"))
     args = ["--target", server.grpc_target, "predict", str(tmp_path / "photo.tif"), str(tmp_path / "mask.png"),
             "-o", str(tmp_path / "out.png")]
-    result = CliRunner().invoke(client_main, [*args, "--send", "files"])
+    result = CliRunner().invoke(client_main, [*args, "--send", "bytes"])
     assert result.exit_code == 1 and "is not a PNG, JPEG, WebP or BMP" in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
     result = CliRunner().invoke(client_main, args)  # auto: a TIFF goes as pixels

@@ -374,3 +374,42 @@ def test_config_files_parse_as_tf_serving_reads_them(tmp_path):
             entries_from_proto(parse_config_text(
                 f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path / "m"}" {bad} }} }}', "x"))
 
+
+# -- the client, its CLI and the load tester by label ----------------------------------------------------
+
+def test_client_cli_and_loadtest_ask_by_label_and_split_traffic(labelled, tmp_path):
+    from click.testing import CliRunner
+
+    from inpaint.client import InpaintClient, InvalidInput as ClientInvalidInput
+    from inpaint.client.cli import main as client_main
+
+    server, _, _ = labelled
+    image, mask = images(1, 8, 8, seed=3)
+    for label, fill in (("stable", 100), ("canary", 200)):
+        with InpaintClient(server.grpc_target, model="a", label=label, timeout=10) as client:
+            assert client.inpaint(image[0], mask[0]).tolist() == expected_fill(image, mask, fill)[0].tolist()
+            assert [entry["version"] for entry in client.status()] == [fill // 100]
+    with InpaintClient(server.grpc_target, model="a", label="nope", timeout=10) as client:
+        with pytest.raises(ClientInvalidInput, match="Unrecognized servable version label"):
+            client.inpaint(image[0], mask[0])
+    with pytest.raises(ValueError, match="not both"):
+        InpaintClient(server.grpc_target, version=1, label="stable")
+
+    runner = CliRunner()
+    result = runner.invoke(client_main, ["--target", server.grpc_target, "--model", "a", "--label", "canary",
+                                         "status"])
+    assert result.exit_code == 0 and result.output.strip() == "version 2: AVAILABLE", result.output
+    report = tmp_path / "load"
+    result = runner.invoke(client_main, ["--target", server.grpc_target, "--model", "a", "loadtest",
+                                         "--split-labels", "stable,canary", "--concurrency", "2", "--duration",
+                                         "1", "--warmup", "0", "--image-size", "16", "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    assert "| 2 clients, label canary |" in result.output and "| 2 clients, label stable |" in result.output
+    [level] = json.loads((report / "load.json").read_text())["levels"]
+    assert set(level["by_label"]) == {"stable", "canary"}
+    for part in level["by_label"].values():
+        assert part["ok"] > 0 and part["errors"] == {} and part["latency_ms"]["p50"] > 0
+    assert sum(part["ok"] for part in level["by_label"].values()) == level["ok"]
+    result = runner.invoke(client_main, ["--target", server.grpc_target, "--label", "x", "loadtest",
+                                         "--split-labels", "stable,canary"])
+    assert result.exit_code == 2 and "without --version or --label" in result.output
