@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .contract import IMAGE, MASK, OUTPUT, OUTPUT_CHANNELS, padded_pixels
+from .detail import load_detail
 
 # ONNX Runtime's tensor type strings, as numpy dtype names.
 _ORT_TYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32", "tensor(int64)": "int64"}
@@ -38,6 +39,7 @@ class OnnxModel:
         import onnxruntime as ort
 
         self.path = Path(path)
+        self.detail = load_detail(self.path.parent)  # the pass its version declares; applied by its callers
         self.session = self._open(ort, providers, intra_op_threads, memory_arena)
         self.shrink_above_pixels = shrink_above_pixels if memory_arena else None
         on_cpu = self.provider == "CPUExecutionProvider"  # a GPU's arena is not shrunk: one session there

@@ -20,6 +20,8 @@ from typing import Iterator
 ONNX_FILENAME = "model.onnx"
 SAVED_MODEL_FILENAME = "saved_model.pb"
 RUN_RECORD = Path("assets.extra") / "run.json"
+# The detail pass a version is served with (core/detail.py); TF Serving ignores it (it reads only its warm-up file).
+DETAIL_RECORD = Path("assets.extra") / "detail.json"
 
 
 class RepositoryError(ValueError):

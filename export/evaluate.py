@@ -38,7 +38,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from collections.abc import Callable, Iterator
 
@@ -47,6 +47,7 @@ import cv2
 import numpy as np
 
 from inpaint.core.envvars import Command, ToolVariables
+from inpaint.core.detail import DetailOptions, finish_fills
 from inpaint.core.masks import line_mask, stroke_mask_in_bucket
 from inpaint.core.repository import ONNX_FILENAME, RUN_RECORD, RepositoryError, version_dir
 from inpaint.core.tiling import TILING_MODES, TilingOptions, inpaint_tiled
@@ -191,13 +192,15 @@ def opencv_method(flag: int) -> Method:
     return run
 
 
-def tiled_method(run: Method, options: TilingOptions) -> Method:
-    """The model as the server runs it: whole, or in windows for photos over the size threshold."""
-    if options.mode == "off":
-        return run
+def tiled_method(run: Method, options: TilingOptions, detail: DetailOptions = DetailOptions()) -> Method:
+    """The model as the server runs it: whole, or in windows for photos over the size threshold, then the
+    detail pass its version declares."""
 
     def each_image(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        return np.stack([inpaint_tiled(image, mask, run, options) for image, mask in zip(images, masks)])
+        outputs = (run(images, masks) if options.mode == "off" else
+                   np.stack([inpaint_tiled(image, mask, run, options) for image, mask in zip(images, masks)]))
+        finish_fills(outputs, masks, detail, options.is_tiled(*images.shape[1:3]))
+        return outputs
 
     return each_image
 
@@ -520,11 +523,17 @@ option = VARIABLES.option
               hidden=True, help="The old name of --tile-above-pixels: still read, with a warning.")
 @option("--wide-hole", type=click.IntRange(min=0), default=TilingOptions.wide_hole,
         help="Holes reaching farther than this from known pixels take the downscaled pass (0: never).")
+@option("--detail-amount", type=click.FloatRange(0, 2), default=None,
+        help="Strength of the detail pass on images run whole (0: off) [default: what the version declares in "
+             "assets.extra/detail.json].")
+@option("--detail-amount-tiled", type=click.FloatRange(0, 2), default=None,
+        help="The same on photos over --tile-above-pixels [default: what the version declares].")
 @option("-v", "--verbose", is_flag=True, help="Show debug logs and tracebacks.")
 def main(model_base_path: Path, version: int | None, data: str | None, report: Path, sizes: tuple[str, ...],
          count_64: int, count_256: int, max_whole_photos: int | None, seed: int, tiling: str,
          tile_above_pixels: int, renamed_whole_max_pixels: int | None,
-         wide_hole: int, verbose: bool) -> None:
+         wide_hole: int, detail_amount: float | None, detail_amount_tiled: float | None,
+         verbose: bool) -> None:
     """Score the exported ONNX model against cv2.inpaint (Telea, NS) and no fill, at three sizes."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -540,8 +549,11 @@ def main(model_base_path: Path, version: int | None, data: str | None, report: P
         # ORT's arena keeps the largest whole photo's peak (about 2.7 GB for 2048 px photos and the
         # default model, against 1.2 GB without), but makes whole photos 1.4x faster.
         model = OnnxModel(path / ONNX_FILENAME)
+        overrides = {"amount": detail_amount, "amount_tiled": detail_amount_tiled}
+        detail = replace(model.detail, **{name: value for name, value in overrides.items() if value is not None})
         methods: dict[str, Method] = {
-            "model": tiled_method(model.inpaint, TilingOptions(tiling, tile_above_pixels, wide_hole=wide_hole)),
+            "model": tiled_method(model.inpaint, TilingOptions(tiling, tile_above_pixels, wide_hole=wide_hole),
+                                        detail),
             "telea": opencv_method(cv2.INPAINT_TELEA),
             "ns": opencv_method(cv2.INPAINT_NS),
             "no_fill": no_fill,
@@ -550,6 +562,7 @@ def main(model_base_path: Path, version: int | None, data: str | None, report: P
         ratios = model_vs_ns(results)
         summary = {"model": str(path), "test_data": source, "seed": seed, "sizes": results,
                    "tiling": {"mode": tiling, "tile_above_pixels": tile_above_pixels, "wide_hole": wide_hole},
+                   "detail": asdict(detail),
                    "model_hole_mae_over_ns": ratios, "worst_ratio": max(ratios.values())}
         report.mkdir(parents=True, exist_ok=True)
         (report / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -41,6 +41,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from inpaint.core.contract import padded_pixels
+from inpaint.core.detail import MAX_SOURCES, DetailOptions
 from inpaint.core.tiling import TilingOptions
 
 from .errors import QueueFull, RequestTooLarge
@@ -71,6 +72,7 @@ JSON_OUT_BYTES_PER_VALUE = 24
 LIST_BYTES_PER_VALUE = 24
 
 DEFAULT_BUDGET_MIB = 1536
+DETAIL_WORST = DetailOptions(sources=MAX_SOURCES)  # the most a version's detail pass may hold
 DEFAULT_SHARE = 0.75
 DEFAULT_WAIT_SECONDS = 2.0
 
@@ -117,14 +119,15 @@ def inpaint_cost(count: int, height: int, width: int, tiling: TilingOptions) -> 
     runs them: whole in runs of at most ``tiling.tile_above_pixels`` padded pixels, or one at a time in
     windows (and the downscaled pass for wide holes)."""
     pixels = count * height * width
+    detail = DETAIL_WORST.work_bytes(height, width)  # the detail pass, one image at a time, after the fills
     if tiling.is_tiled(height, width):
         run = window_run_pixels(height, width, tiling)
         stacked = 3 * pixels if count > 1 else 0  # several photos' outputs are stacked into one array
-        return run * RUN_BYTES_PER_PIXEL, TILED_BYTES_PER_PIXEL * height * width + stacked
+        return run * RUN_BYTES_PER_PIXEL, TILED_BYTES_PER_PIXEL * height * width + stacked + detail
     per_run = max(1, tiling.tile_above_pixels // padded_pixels(1, height, width))
     run = padded_pixels(min(count, per_run), height, width)
     outputs = 3 * pixels * (2 if count > per_run else 1)  # split runs are concatenated
-    return run * RUN_BYTES_PER_PIXEL, outputs
+    return run * RUN_BYTES_PER_PIXEL, outputs + detail
 
 
 def window_run_pixels(height: int, width: int, tiling: TilingOptions) -> int:

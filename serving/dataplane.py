@@ -21,6 +21,7 @@ import numpy as np
 
 from inpaint.core.contract import (BYTES_SIGNATURE_NAME, IMAGE_BYTES, MASK_BYTES, OUTPUT, OUTPUT_BYTES,
                                    SIGNATURE_NAME, padded_pixels)
+from inpaint.core.detail import finish_fills
 from inpaint.core.images import ImageTooLarge, check_encoded_size, decode_image, decode_mask, encode_png
 from inpaint.core.onnx_model import Signature
 from inpaint.core.tiling import TilingOptions, has_wide_holes, inpaint_tiled
@@ -230,6 +231,16 @@ class DataPlane:
 
     async def _inpaint(self, model_version: ModelVersion, image: np.ndarray, mask: np.ndarray,
                        deadline: float | None, outcome: Outcome | None = None) -> np.ndarray:
+        output = await self._fill(model_version, image, mask, deadline, outcome)
+        detail = getattr(model_version.servable, "detail", None)
+        if detail is not None and detail.enabled:
+            tiled = self.tiling.is_tiled(*image.shape[1:3])
+            await asyncio.get_running_loop().run_in_executor(self.tiled_executor, finish_fills, output, mask,
+                                                             detail, tiled)
+        return output
+
+    async def _fill(self, model_version: ModelVersion, image: np.ndarray, mask: np.ndarray,
+                    deadline: float | None, outcome: Outcome | None = None) -> np.ndarray:
         count, height, width = image.shape[:3]
         if self.tiling.is_tiled(height, width):
             if outcome is not None and outcome.reservation is not None:

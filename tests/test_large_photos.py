@@ -18,6 +18,7 @@ from onnx_models import expected_fill
 
 from inpaint.client import AsyncInpaintClient, InpaintClient, InvalidInput, Overloaded
 from inpaint.client.cli import main as client_main
+from inpaint.core.detail import finish_fills
 from inpaint.core.onnx_model import OnnxModel
 from inpaint.core.tiling import TilingOptions, inpaint_tiled
 from inpaint.serving.cli import main as serve_main
@@ -48,13 +49,36 @@ def test_the_server_fills_photos_over_the_threshold_in_windows_as_the_library_do
     server = start_server(shipped_repo, rest_port=None, tile_above_pixels=2**20)
     with InpaintClient(server.grpc_target) as client:
         served = client.inpaint(image, mask, timeout=120)
-    local = inpaint_tiled(image, mask, OnnxModel(shipped_repo / "1" / "model.onnx").inpaint,
-                          TilingOptions(tile_above_pixels=2**20))
+    model = OnnxModel(shipped_repo / "1" / "model.onnx")
+    assert model.detail.enabled, "the shipped version declares its detail pass"
+
+    def finished(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """A run as the server answers it: each window is an image it runs whole, finished with the pass."""
+        outputs = model.inpaint(images, masks)
+        finish_fills(outputs, masks, model.detail, False)
+        return outputs
+
+    local = inpaint_tiled(image, mask, finished, TilingOptions(tile_above_pixels=2**20))
     whole = OnnxModel(shipped_repo / "1" / "model.onnx").inpaint(image[None], mask[None, ..., None])[0]
     holes = mask > 0
     np.testing.assert_array_equal(served[~holes], image[~holes])
     assert np.abs(served.astype(int) - local.astype(int)).max() <= 1
     assert np.abs(served.astype(int) - whole.astype(int))[holes].max() > 1, "the server ran the photo whole"
+
+
+def test_photos_the_server_tiles_itself_get_the_versions_detail_pass_at_full_resolution(shipped_repo, start_server):
+    image, mask = photo(1100, 1500), diagonal_scratch(1100, 1500, thickness=40)
+    server = start_server(shipped_repo, rest_port=None, tile_above_pixels=2**20)
+    with InpaintClient(server.grpc_target, tiling=TilingOptions(mode="off")) as client:  # the photo travels whole
+        served = client.inpaint(image, mask, timeout=120)
+    model = OnnxModel(shipped_repo / "1" / "model.onnx")
+    raw = inpaint_tiled(image, mask, model.inpaint, TilingOptions(tile_above_pixels=2**20))
+    local = raw.copy()
+    finish_fills(local[None], mask[None], model.detail, True)
+    holes = mask > 0
+    np.testing.assert_array_equal(served[~holes], image[~holes])
+    assert np.abs(served.astype(int) - local.astype(int)).max() <= 1
+    assert np.abs(served.astype(int) - raw.astype(int))[holes].mean() > 2, "no detail pass ran"
 
 
 def test_a_24_megapixel_photo_works_end_to_end(onnx_repo, start_server):
