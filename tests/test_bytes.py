@@ -336,6 +336,7 @@ def test_predict_sends_the_files_own_bytes_when_the_model_takes_them(onnx_repo, 
                                                   str(tmp_path / "mask.png"), "-o", str(out), "--send", send])
         assert result.exit_code == 0, result.output
         assert spy.calls == files_calls, f"--send {send}"
+        assert ("--send files is now --send bytes" in result.output) == (send == "files"), "the old value warns"
         np.testing.assert_array_equal(decode_image(out.read_bytes(), 10**6), expected)
     # Photos the client sends in windows go as pixels under auto.
     big = random_image(300, 400, seed=8)
@@ -344,7 +345,7 @@ def test_predict_sends_the_files_own_bytes_when_the_model_takes_them(onnx_repo, 
     result = CliRunner().invoke(client_main, ["--target", server.grpc_target, "predict", str(tmp_path / "big.png"),
                                               str(tmp_path / "big_mask.png"), "-o", str(tmp_path / "big.jpg"),
                                               "--tile-above-pixels", "10000"])
-    assert result.exit_code == 0 and spy.calls == 2, result.output
+    assert result.exit_code == 0 and spy.calls == 3, result.output
     assert cv2.imread(str(tmp_path / "big.jpg")).shape == (300, 400, 3)
 
 

@@ -123,6 +123,22 @@ def test_evals_old_threshold_flag_still_works_with_a_warning(caplog):
     assert "--whole-max-pixels" not in CliRunner().invoke(eval_main, ["--help"]).output
 
 
+def test_the_bytes_signatures_old_client_names_still_work_with_a_warning(monkeypatch):
+    """One name for the serving_bytes signature: inpaint_bytes, takes_bytes, --send bytes."""
+    from inpaint.client import InpaintClient
+    from inpaint.client.cli import SEND_MODES, SendMode
+
+    with InpaintClient("127.0.0.1:1") as client:  # the channel connects on the first call: none is made
+        monkeypatch.setattr(client, "takes_bytes", lambda timeout=None: True)
+        monkeypatch.setattr(client, "inpaint_bytes", lambda images, masks, timeout=None: [b"png"])
+        with pytest.warns(DeprecationWarning, match="takes_files is now takes_bytes"):
+            assert client.takes_files()
+        with pytest.warns(DeprecationWarning, match="inpaint_files is now inpaint_bytes"):
+            assert client.inpaint_files([b"a"], [b"b"]) == [b"png"]
+    assert SEND_MODES == ("auto", "bytes", "pixels")
+    assert SendMode(SEND_MODES).convert("files", None, None) == "bytes"
+
+
 def test_a_flag_wins_over_its_variable(monkeypatch):
     monkeypatch.setenv("INPAINT_SERVE_MODEL_BASE_PATH", "/models/inpaint")
     monkeypatch.setenv("INPAINT_SERVE_TILING", "off")
