@@ -284,6 +284,13 @@ def test_unknown_label_and_label_on_an_unavailable_version_get_their_statuses(la
     assert "version 3 of model 'a', which is not currently available for inference" in details
     assert "--allow_version_labels_for_unavailable_models" in details
     assert stubs.served("a", label="canary") == (2, 200)
+    # A client's label is never state: a 100 KB one is quoted short, and no metrics series holds it.
+    code, details = rpc_error(lambda: stubs.served("a", label="x" * 100_000))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "(100000 characters)" in details and len(details) < 400
+    code, answer = rest(f"{server.rest_url}/v1/models/a/labels/{'y' * 4000}:predict", body)  # aiohttp's URL cap: 8 KB
+    assert code == 400 and "(4000 characters)" in answer["error"] and len(answer["error"]) < 400
+    page = metrics(server.rest_url)
+    assert "xxxxxxxx" not in page and "yyyyyyyy" not in page and len(page) < 100_000
     # The Open Inference Protocol's version strings take labels too.
     v2_body = {"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 2, 2, 3], "data": [7] * 12},
                           {"name": "mask", "datatype": "UINT8", "shape": [1, 2, 2, 1], "data": [1, 0, 0, 0]}]}
