@@ -47,6 +47,7 @@ class DetailOptions:
     sigma: float = 2.0    # detail = photo - its Gaussian blur of this sigma (px)
     cell: int = 8         # blocks are 2 x 2 cells, laid every cell
     sources: int = 2048   # known blocks sampled as the texture's sources
+    choices: int = 8      # each hole block takes one of this many sources nearest its colours, at random
     seed: int = 0         # of the sample, so one input always gives one output
 
     def __post_init__(self):
@@ -55,8 +56,9 @@ class DetailOptions:
                 raise ValueError(f"detail {name} must be within 0-2, got {getattr(self, name)}")
         if not 0.3 <= self.sigma <= 8.0:
             raise ValueError(f"detail sigma must be within 0.3-8 px, got {self.sigma}")
-        if not 2 <= self.cell <= 32 or not 1 <= self.sources <= MAX_SOURCES:
-            raise ValueError(f"detail cell must be within 2-32 px and sources within 1-{MAX_SOURCES}")
+        if not 2 <= self.cell <= 32 or not 1 <= self.sources <= MAX_SOURCES or not 1 <= self.choices <= 64:
+            raise ValueError(f"detail cell must be within 2-32 px, sources within 1-{MAX_SOURCES} and choices "
+                             "within 1-64")
 
     @property
     def enabled(self) -> bool:
@@ -141,7 +143,8 @@ def add_detail(output: np.ndarray, holes: np.ndarray, options: DetailOptions, *,
     positions, residuals, pool_features = pool
     targets = _block_any(hole_cells)
     best = np.full(targets.shape, -1, np.int32)
-    best[targets] = _nearest(features[targets], pool_features)
+    best[targets] = _nearest(features[targets], pool_features, options.choices,
+                             np.random.default_rng([options.seed, 1]))
     for start in range(0, hole_cells.shape[0], BAND_BLOCKS):
         _synthesise_band(output, holes, best, residuals, start, min(start + BAND_BLOCKS, hole_cells.shape[0]),
                          options.cell, amount)
@@ -223,13 +226,19 @@ def _source_pool(image: np.ndarray, hole_cells: np.ndarray, features: np.ndarray
     return eligible, residuals, features[eligible[:, 0], eligible[:, 1]]
 
 
-def _nearest(queries: np.ndarray, pool: np.ndarray) -> np.ndarray:
-    """Index of the pool feature nearest each query (squared distance), in chunks of MATCH_CHUNK."""
+def _nearest(queries: np.ndarray, pool: np.ndarray, choices: int, rng: np.random.Generator) -> np.ndarray:
+    """For each query, one of the ``choices`` pool features nearest it (squared distance), drawn at random:
+    where the colours barely change, the single nearest would be one source for every block, a repeated
+    patch whose lattice shows; a draw among the nearest few varies the grain. In chunks of MATCH_CHUNK."""
     pool_norms = (pool ** 2).sum(axis=1)
+    choices = min(choices, len(pool))
     best = np.empty(len(queries), np.int32)
     for start in range(0, len(queries), MATCH_CHUNK):
         chunk = queries[start:start + MATCH_CHUNK]
-        best[start:start + MATCH_CHUNK] = np.argmin(pool_norms[None, :] - 2 * chunk @ pool.T, axis=1)
+        distances = pool_norms[None, :] - 2 * chunk @ pool.T
+        nearest = np.argpartition(distances, choices - 1, axis=1)[:, :choices]
+        picks = rng.integers(0, choices, len(chunk))
+        best[start:start + MATCH_CHUNK] = nearest[np.arange(len(chunk)), picks]
     return best
 
 

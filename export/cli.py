@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from inpaint.core.envvars import Command, ToolVariables
-from inpaint.core.repository import ONNX_FILENAME, RepositoryError, version_dir
+from inpaint.core.detail import load_detail
+from inpaint.core.repository import DETAIL_RECORD, ONNX_FILENAME, RepositoryError, version_dir, write_atomically
 from inpaint.trainer.startup import import_tensorflow
 
 from .onnx_export import OPSET, ExportError, ExportReport
@@ -46,10 +48,16 @@ option = VARIABLES.option
 @option("--triton-gpu-instances", type=click.IntRange(min=0), default=TritonOptions.gpu_instances,
         help="Model instances on each GPU (a KIND_GPU group; 0: none). Triton refuses to load a model with "
              "a KIND_GPU group where it sees no GPU: use 0 for CPU-only Triton.")
+@option("--detail-amount", type=click.FloatRange(0, 2), default=None,
+        help="Declare the version's detail pass (assets.extra/detail.json, docs/sharp-fills.md): the strength of "
+             "the photo's texture added to fills of images run whole (0: off) [default: leave it as declared].")
+@option("--detail-amount-tiled", type=click.FloatRange(0, 2), default=None,
+        help="The same for photos the server runs in windows [default: leave it as declared].")
 @option("-v", "--verbose", is_flag=True, help="Show debug logs and tracebacks.")
 def main(model_base_path: Path, version: int | None, opset: int, triton_repository: Path | None,
          triton_model_name: str, triton_max_batch_size: int, triton_cpu_instances: int,
-         triton_gpu_instances: int, verbose: bool) -> None:
+         triton_gpu_instances: int, detail_amount: float | None, detail_amount_tiled: float | None,
+         verbose: bool) -> None:
     """Convert a version's SavedModel to ONNX, check it, and check it agrees with TensorFlow.
 
     With --triton-repository, also write it as a Triton model repository (docs/triton.md).
@@ -58,6 +66,7 @@ def main(model_base_path: Path, version: int | None, opset: int, triton_reposito
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         path = version_dir(model_base_path, version)
+        _declare_detail(path, detail_amount, detail_amount_tiled)
         if triton_repository is None:
             _echo_export(_export_onnx(path, opset, verbose))
             return
@@ -74,6 +83,18 @@ def main(model_base_path: Path, version: int | None, opset: int, triton_reposito
         if verbose:
             raise
         raise click.ClickException(str(error)) from None
+
+
+def _declare_detail(path: Path, amount: float | None, amount_tiled: float | None) -> None:
+    """Write the version's detail declaration with the amounts given, keeping its other settings."""
+    given = {name: value for name, value in (("amount", amount), ("amount_tiled", amount_tiled)) if value is not None}
+    if not given:
+        return
+    detail = replace(load_detail(path), **given)
+    (path / DETAIL_RECORD).parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path / DETAIL_RECORD, detail.to_json().encode())
+    click.echo(f"{path / DETAIL_RECORD}: detail pass {detail.amount} on images run whole, "
+               f"{detail.amount_tiled} on photos run in windows")
 
 
 def _export_onnx(path: Path, opset: int, verbose: bool) -> ExportReport:

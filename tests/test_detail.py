@@ -131,3 +131,14 @@ def test_a_version_declares_its_pass_and_a_malformed_declaration_names_the_file(
         with pytest.raises(ValueError, match=problem) as error:
             load_detail(tmp_path)
         assert str(record) in str(error.value)
+
+
+def test_the_exporter_declares_the_pass_keeping_what_it_is_not_told(tmp_path):
+    from inpaint.export.cli import _declare_detail
+
+    _declare_detail(tmp_path, None, None)
+    assert not (tmp_path / DETAIL_RECORD).exists()  # nothing asked: nothing written
+    _declare_detail(tmp_path, 0.5, None)
+    assert load_detail(tmp_path) == DetailOptions(amount=0.5)
+    _declare_detail(tmp_path, None, 1.2)
+    assert load_detail(tmp_path) == DetailOptions(amount=0.5, amount_tiled=1.2)
