@@ -15,6 +15,7 @@ from .errors import FailedPrecondition, InvalidConfig
 from .models import VersionPolicy
 from .runtime import DEVICES
 from .server import ServerConfig, serve
+from .shutdown import exit_once_threads_end
 from inpaint.core.envvars import Command, ToolVariables
 from inpaint.core.tiling import TILING_MODES
 
@@ -41,6 +42,11 @@ option = VARIABLES.option
 def _default(name: str):
     """``ServerConfig``'s default for a field: the one place server defaults are set."""
     return ServerConfig.__dataclass_fields__[name].default
+
+
+def _help(name: str) -> str:
+    """``ServerConfig``'s help for a field, where the field carries it."""
+    return ServerConfig.__dataclass_fields__[name].metadata["help"]
 
 
 def _policy(ctx, param, value: str) -> str:
@@ -152,7 +158,12 @@ def _port(ctx, param, value: int) -> int:
 @option("--compute-threads", default=_default("compute_threads"), type=click.IntRange(min=1),
         help="Model runs at once when batching is off (each holds at most --tile-above-pixels).")
 @option("--drain-seconds", default=_default("drain_seconds"), type=click.FloatRange(min=0),
-        help="On SIGTERM, how long queued and in-flight requests get to finish.")
+        help="On SIGTERM (or SIGINT, SIGHUP), how long queued and in-flight requests get to finish.")
+@option("--close-seconds", default=_default("close_seconds"), type=click.FloatRange(min=0), help=_help("close_seconds"))
+@option("--rest-idle-seconds", default=_default("rest_idle_seconds"), type=click.FloatRange(min=0.1),
+        help=_help("rest_idle_seconds"))
+@option("--rest-body-seconds", default=_default("rest_body_seconds"), type=click.FloatRange(min=0.1),
+        help=_help("rest_body_seconds"))
 @option("--cors-origin", default=None, callback=_origin,
         help="Let web pages from this origin (https://app.example.com, or *) call the REST API.")
 @option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
@@ -167,7 +178,8 @@ def main(model_base_path: Path | None, model_config_file: Path | None, model_con
          max_request_pixels: int, memory_budget_mib: int, memory_share: float, max_inflight_pixels: int | None,
          max_request_bytes: int | None, tiling: str,
          tile_above_pixels: int, tile_batch: int, device: str,
-         intra_op_threads: int, compute_threads: int, drain_seconds: float, cors_origin: str | None,
+         intra_op_threads: int, compute_threads: int, drain_seconds: float, close_seconds: float,
+         rest_idle_seconds: float, rest_body_seconds: float, cors_origin: str | None,
          log_level: str) -> None:
     """Serve MODEL_BASE_PATH's ONNX versions (or the models of --model-config-file) over TF Serving's gRPC and
     REST APIs, and a web page at / on the REST port."""
@@ -205,6 +217,7 @@ def main(model_base_path: Path | None, model_config_file: Path | None, model_con
         max_request_bytes=max_request_bytes, tiling=tiling, tile_above_pixels=tile_above_pixels,
         tile_batch=tile_batch, device=device,
         intra_op_threads=intra_op_threads, compute_threads=compute_threads, drain_seconds=drain_seconds,
+        close_seconds=close_seconds, rest_idle_seconds=rest_idle_seconds, rest_body_seconds=rest_body_seconds,
         cors_origin=cors_origin, rest_timeout_seconds=rest_timeout_ms / 1000 or None,
     )
     try:
@@ -213,6 +226,7 @@ def main(model_base_path: Path | None, model_config_file: Path | None, model_con
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:  # Ctrl+C before serve() handles it: nothing was started yet
         sys.exit(130)
+    exit_once_threads_end()
 
 
 if __name__ == "__main__":

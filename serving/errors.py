@@ -61,6 +61,10 @@ class DeadlineExpired(RuntimeError):
     """The request's deadline passed before the model ran it."""
 
 
+class SlowBody(RuntimeError):
+    """A REST body that did not arrive within --rest-body-seconds (HTTP's 408 Request Timeout)."""
+
+
 _STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode, int], ...] = (
     (ModelNotFound, grpc.StatusCode.NOT_FOUND, 404),
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT, 400),
@@ -72,6 +76,7 @@ _STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode, int], ...] = (
     (ServerUnavailable, grpc.StatusCode.UNAVAILABLE, 503),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
     (DeadlineExpired, grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+    (SlowBody, grpc.StatusCode.DEADLINE_EXCEEDED, 408),
 )
 
 

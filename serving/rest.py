@@ -20,12 +20,14 @@ and its parse and the rest of the request are admitted before they are spent.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import multiprocessing
 import zlib
 import os
 import re
 import select
+import signal
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -42,9 +44,10 @@ from inpaint.core.tensors import signature_def
 
 from .admission import JSON_BYTES_PER_VALUE, JSON_OUT_BYTES_PER_VALUE, Cost
 from .dataplane import DataPlane, Outcome, is_bytes_signature
-from .errors import InvalidInput, RequestTooLarge, status_of
+from .errors import InvalidInput, RequestTooLarge, SlowBody, status_of
 from .models import ModelVersion
 from .rest_codec import check_json_values, decode_predict, encode_predictions
+from .shutdown import Replies
 from .web import add_web_routes, cors_middleware
 
 INLINE_BODY_BYTES = 2**20  # parsed on the event loop: a few milliseconds at most
@@ -84,15 +87,18 @@ def error_response(status: int, message: str) -> web.Response:
 def _codec_pool() -> ProcessPoolExecutor:
     """One worker, from a fork server: forking this threaded process directly is unsafe.
 
-    The worker exits when the server does, however the server ends (even SIGKILL), and with it the fork
-    server and multiprocessing's resource tracker, which live while it holds their pipes.
+    The fork server and the worker exit when the server does, however the server ends (even SIGKILL: the
+    worker by ``exit_with``), and with them multiprocessing's resource tracker, which lives while they hold
+    its pipe.
     """
     return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"),
                                initializer=exit_with, initargs=(os.getpid(),))
 
 
 def exit_with(pid: int) -> None:
-    """In a child process: exit as soon as process ``pid`` has ended (watched by a daemon thread)."""
+    """In a child process: exit as soon as process ``pid`` has ended (watched by a daemon thread), or its own
+    parent (the fork server, which exits with ``pid``) has."""
+    die_with_parent()
     try:
         watched = os.pidfd_open(pid)
     except (AttributeError, OSError):  # no pidfd (not Linux 5.3+): poll for the process instead
@@ -100,6 +106,28 @@ def exit_with(pid: int) -> None:
     if watched is None and not _alive(pid):
         os._exit(0)
     threading.Thread(target=_exit_when_gone, args=(pid, watched), name=f"exit-with-{pid}", daemon=True).start()
+
+
+_PR_SET_PDEATHSIG = 1  # prctl's option: the signal the kernel sends this process when its parent exits
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this worker when its parent, the fork server, exits: unlike the watching thread
+    it needs no GIL, so a worker parsing a large body (json.loads holds the GIL for seconds) dies at once too.
+
+    The fork server lives while any process holds the write end of its "alive" pipe, and multiprocessing
+    hands one to each worker: the worker's copy is closed, so the fork server exits with the server.
+    """
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the watching thread alone
+        return
+    from multiprocessing import forkserver
+
+    alive = getattr(forkserver._forkserver, "_forkserver_alive_fd", None)  # CPython's; absent: the thread alone
+    if alive is not None:
+        os.close(alive)
+        forkserver._forkserver._forkserver_alive_fd = None
 
 
 def _exit_when_gone(pid: int, watched: int | None) -> None:
@@ -123,12 +151,15 @@ def _alive(pid: int) -> bool:
 
 class RestApi:
     def __init__(self, dataplane: DataPlane, max_request_bytes: int, max_json_values: int,
-                 model_name: str = "inpaint", cors_origin: str | None = None, timeout: float | None = None):
+                 model_name: str = "inpaint", cors_origin: str | None = None, timeout: float | None = None,
+                 body_seconds: float | None = None):
         self.dataplane, self.max_request_bytes = dataplane, max_request_bytes
         self.timeout = timeout  # a predict's deadline, from when its body has been read
+        self.body_seconds = body_seconds  # the longest a body may take to arrive (None: no limit)
         self.max_json_values = max_json_values  # what bounds a JSON array body's memory
         self.codec: ProcessPoolExecutor | None = None  # started by start_codec, restarted if it dies
-        middlewares = [cors_middleware(cors_origin)] if cors_origin else []
+        self.replies = Replies()  # outermost: it writes the replies, after the other middlewares set headers
+        middlewares = [self.replies.middleware] + ([cors_middleware(cors_origin)] if cors_origin else [])
         self.app = web.Application(client_max_size=max_request_bytes, middlewares=middlewares)
         add_web_routes(self.app, model_name)
         self.app.add_routes([
@@ -179,7 +210,11 @@ class RestApi:
         if declared is not None and declared > self.max_request_bytes:
             raise self._too_large()
         try:
-            body = await self._read_pieces(request, reservation)
+            async with asyncio.timeout(self.body_seconds):
+                body = await self._read_pieces(request, reservation)
+        except TimeoutError:
+            raise SlowBody(f"the request body did not arrive within {self.body_seconds:g} s "
+                           "(--rest-body-seconds)") from None
         except (RequestPayloadError, aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError,
                 ValueError) as error:
             reason = " ".join(str(error).split())
@@ -254,7 +289,10 @@ class RestApi:
                 label = f"REST {api}" if protocol == "tfserving" else f"REST {protocol} {api}"
                 code, http_status, message = status_of(error, label, name)
                 outcome.status = code.name
-                return error_response(http_status, message)
+                response = error_response(http_status, message)
+                if isinstance(error, SlowBody):
+                    response.force_close()  # the rest of the body is not read (Replies closes its connection)
+                return response
 
     def deadline(self) -> float | None:
         """A predict's deadline on the event loop's clock, ``timeout`` from now (its body has been read)."""

@@ -38,6 +38,7 @@ from .models import ModelManager, ModelVersion, VersionPolicy
 from .registry import ModelRegistry
 from .rest import RestApi
 from .runtime import ModelLoader, hand_large_buffers_back_when_freed, return_freed_memory
+from .shutdown import RUNNER_SHUTDOWN_SECONDS, STOP_SIGNALS, check_ports_free, close_rest
 from .v2_api import SERVICE_NAME as V2_SERVICE_NAME, add_v2_service
 from .v2_rest import add_v2_routes
 
@@ -80,6 +81,17 @@ class ServerConfig:
     intra_op_threads: int = 0
     compute_threads: int = 2               # worker threads when batching is off
     drain_seconds: float = 20.0
+    # The stop's bounds (serving/shutdown.py): drain_seconds + close_seconds + shutdown.EXIT_SECONDS must fit in
+    # the pod's terminationGracePeriodSeconds (30 s in the Deployment: 20 + 5 + 2).
+    close_seconds: float = field(default=5.0, metadata={"help": (
+        "After the drain, how long replies still being written and gRPC calls still open get before their "
+        "connections are cut (a cut REST request gets 503 or a reset, never a short 200).")})
+    rest_idle_seconds: float = field(default=75.0, metadata={"help": (
+        "A REST connection without a request in progress (silent, still sending its headers, or idle between "
+        "requests) is closed after this long.")})
+    rest_body_seconds: float = field(default=60.0, metadata={"help": (
+        "The longest a REST request body may take to arrive, as for gRPC messages; a slower one gets 408 and "
+        "its connection closed.")})
     cors_origin: str | None = None         # an origin (or *) whose pages may call the REST API
     rest_timeout_seconds: float | None = None  # deadline of a REST predict (TF Serving's rest_api_timeout_in_ms)
 
@@ -137,7 +149,10 @@ def create_server(address: str, dataplane: DataPlane, health: health_aio.HealthS
         reflection.SERVICE_NAME,
     )
     reflection.enable_server_reflection(names, server, pool=POOL)
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as error:  # gRPC's "Failed to bind": taken since check_ports_free looked
+        raise OSError(f"cannot listen for gRPC on {address}: {error}") from None
     if port == 0:
         raise OSError(f"cannot bind gRPC address {address}")
     return server, port
@@ -195,7 +210,8 @@ class InpaintServer:
         if config.max_request_bytes:  # an operator who admits that many bytes admits them as JSON values too
             json_values = config.max_request_bytes // 2
         self.rest = (RestApi(self.dataplane, self.max_rest_bytes, json_values, config.model_name,
-                             config.cors_origin, config.rest_timeout_seconds) if config.rest_port is not None else None)
+                             config.cors_origin, config.rest_timeout_seconds, config.rest_body_seconds)
+                     if config.rest_port is not None else None)
         if self.rest is not None:
             add_v2_routes(self.rest.app, self.rest)  # the Open Inference Protocol (KServe v2) on the same port
         self.rest_app_runner: web.AppRunner | None = None
@@ -233,7 +249,9 @@ class InpaintServer:
         if self.rest is not None:
             await self.rest.start_codec()
             # Bodies are inflated by RestApi.read_body, with a cap and held from the memory budget.
-            self.rest_app_runner = web.AppRunner(self.rest.app, access_log=None, auto_decompress=False)
+            self.rest_app_runner = web.AppRunner(self.rest.app, access_log=None, auto_decompress=False,
+                                                 keepalive_timeout=config.rest_idle_seconds,
+                                                 shutdown_timeout=RUNNER_SHUTDOWN_SECONDS)
             await self.rest_app_runner.setup()
             await web.TCPSite(self.rest_app_runner, config.host, config.rest_port).start()
             self.rest_port = self.rest_app_runner.addresses[0][1]  # what port 0 resolved to
@@ -312,6 +330,18 @@ class InpaintServer:
         self._health_names = set(managers)
         loop.create_task(self.health.set(OVERALL_HEALTH, SERVING if self.models.is_available() else NOT_SERVING))
 
+    async def close_connections(self) -> None:
+        """Within ``close_seconds``: gRPC calls still open get the time as grace, REST replies being written
+        finish; then both servers stop and what is left is cut."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.close_seconds
+        closing = []
+        if self.grpc_server is not None:
+            closing.append(self.grpc_server.stop(grace=max(0.0, self.config.close_seconds - RUNNER_SHUTDOWN_SECONDS)))
+        if self.rest_app_runner is not None:
+            closing.append(close_rest(self.rest_app_runner, self.rest.replies, deadline))
+        await asyncio.gather(*closing)
+
     async def drain_and_stop(self) -> bool:
         """Health NOT_SERVING, refuse new requests, finish queued and in-flight ones, stop. True if none cut."""
         logger.info("draining: health NOT_SERVING, new requests refused, up to %.0f s for in-flight ones",
@@ -324,10 +354,7 @@ class InpaintServer:
             if task is not None:
                 task.cancel()
         await self.models.stop()
-        if self.grpc_server is not None:
-            await self.grpc_server.stop(grace=1.0)
-        if self.rest_app_runner is not None:
-            await self.rest_app_runner.cleanup()
+        await self.close_connections()
         if self.rest is not None:
             self.rest.close()
         await self.scheduler.stop()
@@ -340,21 +367,29 @@ class InpaintServer:
 
 
 async def serve(config: ServerConfig) -> None:
-    """Run until SIGTERM or SIGINT, then drain and return.
+    """Run until SIGTERM, SIGINT or SIGHUP, then drain and return.
 
     The signals are handled before anything starts, so a server stopped while it starts (its codec process
-    half-spawned, say) still stops its children: none is left behind.
+    half-spawned, say) still stops its children: none is left behind. A port already taken is reported
+    (``PortInUse``) before anything starts.
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, _stop_on, signum, stop)
+    check_ports_free(config.host, {"--port": config.port, "--rest-port": config.rest_port})
     server = InpaintServer(config)
     try:
         if await started_unless_stopped(server, stop):
             await stop.wait()
     finally:
         await server.drain_and_stop()
+
+
+def _stop_on(signum: int, stop: asyncio.Event) -> None:
+    if not stop.is_set():
+        logger.info("%s: stopping", signal.Signals(signum).name)
+    stop.set()
 
 
 async def started_unless_stopped(server: InpaintServer, stop: asyncio.Event) -> bool:
