@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Callable, TypeVar
 
 from inpaint.serving.server import InpaintServer, ServerConfig
@@ -62,6 +64,21 @@ def wait_serving(target: str, process: subprocess.Popen | None = None, service: 
         return health_status(target, service) == health_pb2.HealthCheckResponse.SERVING
 
     wait_for(serving, timeout, f"{target} to report SERVING")
+
+
+def requests_in_flight(rest_port: int) -> float | None:
+    """The server's ``inpaint_requests_in_flight`` gauge, read from its metrics page."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("inpaint_requests_in_flight{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
 
 
 class ServerThread:
@@ -226,3 +243,82 @@ class MemoryCgroup:
                 return
             except OSError:
                 time.sleep(0.05)
+
+
+# -- inpaint-serve as in its pod: the Deployment's args, under its memory limit ---------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOYMENT = ROOT / "k8s" / "base" / "deployment.yaml"
+SHIPPED = ROOT / "models" / "pretrained" / "inpaint"
+OWN_FLAGS = ("--model-base-path", "--port", "--rest-port", "--host")
+
+
+def deployment_server() -> tuple[list[str], int]:
+    """The server container's args (less paths and ports) and its memory limit in bytes."""
+    import yaml
+
+    document = next(yaml.safe_load_all(DEPLOYMENT.read_text()))
+    [container] = [c for c in document["spec"]["template"]["spec"]["containers"] if c["name"] == "server"]
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi"), limit
+    return [arg for arg in container["args"] if not arg.startswith(OWN_FLAGS)], int(limit[:-2]) * 2**20
+
+
+class PodProcess:
+    """``inpaint-serve`` on the shipped model with the Deployment's args (then ``extra_args``: a flag given again
+    wins), every process of it in a memory cgroup at the pod's limit, on 127.0.0.1 with free ports. Its output
+    is collected as it comes (``output``), so a chatty log never fills the pipe. ``remove`` after."""
+
+    def __init__(self, *extra_args: str, log_level: str = "WARNING", timeout: float = 120):
+        args, self.limit = deployment_server()
+        self.cgroup = MemoryCgroup(self.limit)
+        self.port, self.rest_port = free_port(), free_port()
+        command = [sys.executable, "-m", "inpaint.serving.cli", "--model-base-path", str(SHIPPED), "--host",
+                   "127.0.0.1", "--port", str(self.port), "--rest-port", str(self.rest_port), "--log-level",
+                   log_level, *args, *extra_args]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        preexec_fn=self.cgroup.preexec)
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._collect, name="pod-output", daemon=True)
+        self._reader.start()
+        try:
+            wait_for(self._serving, timeout, f"{self.target} to report SERVING")
+        except BaseException:
+            self.remove()
+            raise
+
+    def _collect(self) -> None:
+        for line in self.process.stdout:
+            self._lines.append(line)
+
+    def _serving(self) -> bool:
+        from grpc_health.v1 import health_pb2
+
+        if self.process.poll() is not None:
+            self._reader.join(timeout=5)
+            raise AssertionError(f"server exited with {self.process.returncode}: {self.output()[-3000:]}")
+        return health_status(self.target) == health_pb2.HealthCheckResponse.SERVING
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def url(self, path: str = "/v1/models/inpaint:predict") -> str:
+        return f"http://127.0.0.1:{self.rest_port}{path}"
+
+    def output(self) -> str:
+        """What the server has written so far (all of it once it has exited and ``wait`` returned)."""
+        return "".join(self._lines)
+
+    def wait(self, timeout: float) -> int:
+        """The exit status, once the process and the reading of its output have ended."""
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return code
+
+    def remove(self) -> None:
+        """Kill the server if it still runs, and delete its cgroup (moving out anything left in it)."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.wait(timeout=30)
+        self.cgroup.remove()

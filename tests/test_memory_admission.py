@@ -13,66 +13,36 @@ import collections
 import gzip
 import json
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import cv2
 import grpc
 import numpy as np
 import pytest
-import yaml
 
-from helpers import MemoryCgroup, cgroup_unavailable_reason, free_port, wait_for, wait_serving
+from helpers import SHIPPED, PodProcess, cgroup_unavailable_reason, wait_for
 from inpaint.core.protos import predict_pb2, prediction_service_pb2_grpc, types_pb2
 from inpaint.core.tensors import from_numpy, predict_bytes_request, to_numpy
 
-ROOT = Path(__file__).resolve().parents[1]
-DEPLOYMENT = ROOT / "k8s" / "base" / "deployment.yaml"
-SHIPPED = ROOT / "models" / "pretrained" / "inpaint"
 MiB = 2**20
-OWN_FLAGS = ("--model-base-path", "--port", "--rest-port", "--host")
 BACK_TO_IDLE = 1.2   # after a burst the cgroup holds at most this times its idle usage...
 IDLE_SLACK = 64 * MiB  # ...or idle + what may stay: ORT's arena for small runs (at most 32 MiB), allocator pages
 
 
-def deployment_server() -> tuple[list[str], int]:
-    """The server container's args (less paths and ports) and its memory limit in bytes."""
-    document = next(yaml.safe_load_all(DEPLOYMENT.read_text()))
-    [container] = [c for c in document["spec"]["template"]["spec"]["containers"] if c["name"] == "server"]
-    limit = container["resources"]["limits"]["memory"]
-    assert limit.endswith("Mi"), limit
-    return [arg for arg in container["args"] if not arg.startswith(OWN_FLAGS)], int(limit[:-2]) * MiB
-
-
-class PodServer:
-    """``inpaint-serve`` with the Deployment's args, every process of it in a memory cgroup at the pod's limit."""
+class PodServer(PodProcess):
+    """``inpaint-serve`` with the Deployment's args, every process of it in a memory cgroup at the pod's limit,
+    warmed up, its idle usage measured."""
 
     def __init__(self):
-        args, self.limit = deployment_server()
-        self.cgroup = MemoryCgroup(self.limit)
-        self.port, self.rest_port = free_port(), free_port()
-        command = [sys.executable, "-m", "inpaint.serving.cli", "--model-base-path", str(SHIPPED), "--host",
-                   "127.0.0.1", "--port", str(self.port), "--rest-port", str(self.rest_port), "--log-level",
-                   "WARNING", *args]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        preexec_fn=self.cgroup.preexec)
-        wait_serving(self.target, self.process, timeout=120)
+        super().__init__()
         self.channel = grpc.insecure_channel(self.target, options=[("grpc.max_receive_message_length", -1),
                                                                    ("grpc.max_send_message_length", -1)])
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.predict(*small_pair())  # warm: the arena of small runs is part of idle
         self.idle = self.settled_usage()
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def url(self, path: str = "/v1/models/inpaint:predict") -> str:
-        return f"http://127.0.0.1:{self.rest_port}{path}"
 
     def predict(self, image: np.ndarray, mask: np.ndarray, timeout: float = 120) -> np.ndarray:
         request = predict_pb2.PredictRequest()
@@ -102,7 +72,7 @@ class PodServer:
         """No OOM kill, alive, a small request served, memory back near idle; returns the peak and after."""
         peak = self.cgroup.peak
         assert self.cgroup.oom_kills == self.kills_before, "the server's cgroup OOM-killed"
-        assert self.process.poll() is None, self.process.stdout.read()[-3000:]
+        assert self.process.poll() is None, self.output()[-3000:]
         assert peak < self.limit
         image, mask = small_pair()
         assert self.predict(image, mask).shape == image.shape
@@ -115,12 +85,11 @@ class PodServer:
         self.channel.close()
         self.process.terminate()
         try:
-            output, _ = self.process.communicate(timeout=30)
+            self.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            output, _ = self.process.communicate()
-        self.cgroup.remove()
-        return output
+            pass
+        self.remove()
+        return self.output()
 
 
 @pytest.fixture(scope="module")

@@ -8,27 +8,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import grpc
 from grpc_health.v1 import health_pb2
 
 from grpc_helpers import Stubs, images, predict_request
 from helpers import free_port as another_free_port
-from helpers import health_status, wait_for, wait_serving
-
-
-def requests_in_flight(rest_port: int) -> float | None:
-    """The server's ``inpaint_requests_in_flight`` gauge, read from its metrics page."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("inpaint_requests_in_flight{"):
-            return float(line.rsplit(" ", 1)[1])
-    return None
+from helpers import health_status, requests_in_flight, wait_for, wait_serving
 
 
 def _serve(base, port, *extra):
