@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 TIERS = {
     "slow": ("test_adversarial", "test_benchmarks_large", "test_first_hour", "test_gpu_benchmark",
              "test_images", "test_large_photos", "test_memory_admission", "test_photos", "test_pipeline",
-             "test_reach", "test_savedmodel_bytes", "test_train_scale", "test_tool_faults", "test_cli",
+             "test_reach", "test_savedmodel_bytes", "test_shutdown", "test_train_scale", "test_tool_faults", "test_cli",
              "test_evaluate", "test_model_config"),
     "browser": ("test_web",),
     "cluster": ("test_deploy", "test_training_job", "test_triton"),
