@@ -22,10 +22,12 @@ import time
 import urllib.request
 
 import cv2
+import grpc
 import numpy as np
 import pytest
 import yaml
 
+from grpc_helpers import Stubs, predict_request
 from helpers import (DEPLOYMENT, ROOT, SHIPPED, PodProcess, cgroup_unavailable_reason, deployment_server,
                      free_port, requests_in_flight, wait_for)
 from inpaint.serving.cli import main as serve_command
@@ -196,21 +198,38 @@ def files_body(side: int) -> bytes:
     return json.dumps({"signature_name": "serving_bytes", "instances": [files]}).encode()
 
 
-def test_a_request_longer_than_the_drain_gets_503_never_a_short_200(pod):
-    """SIGTERM while a REST predict runs the model for longer than the drain: the server waited for it (the
-    interpreter joins the model's threads at exit) and its reply could go out cut. Now the close cuts it with
-    503 and the server exits without waiting for the model run."""
+def test_a_request_longer_than_the_drain_gets_an_error_never_a_short_200(pod):
+    """SIGTERM while predicts run the model for longer than the drain: the server waited for them (the
+    interpreter joins the model's threads at exit) and a REST reply could go out cut. Now the close cuts
+    them, REST with 503 and gRPC with UNAVAILABLE, and the server exits without waiting for the model."""
     server = pod(*SHORT_STOP)
     client = connect(server.rest_port)
     body = files_body(1024)  # a megapixel run: seconds of model time on a CPU
+    image = np.zeros((1, 1024, 960, 3), np.uint8)
+    mask = np.zeros((1, 1024, 960, 1), np.uint8)
+    mask[:, 100:200, 100:200] = 1
+    grpc_outcome = {}
+
+    def grpc_predict() -> None:
+        try:
+            Stubs(server.target).prediction.Predict(predict_request(image, mask), timeout=120)
+            grpc_outcome["code"] = grpc.StatusCode.OK
+        except grpc.RpcError as error:
+            grpc_outcome["code"], grpc_outcome["details"] = error.code(), error.details()
+
     before = cpu_seconds(server.process.pid)
     client.sendall(post_head(len(body)) + body)
-    wait_for(lambda: cpu_seconds(server.process.pid) - before > 1.0, 60, "the model to be running the request")
+    caller = threading.Thread(target=grpc_predict)
+    caller.start()
+    wait_for(lambda: requests_in_flight(server.rest_port) == 2, 60, "both requests in the server")
+    wait_for(lambda: cpu_seconds(server.process.pid) - before > 1.5, 60, "the model to be running them")
     server.process.send_signal(signal.SIGTERM)
     assert stopped_within(server, stop_seconds(DRAIN, CLOSE) + SLACK) == 0
+    caller.join(timeout=30)
     received, ending = read_to_end(client)
     assert received.startswith(b"HTTP/1.1 503"), (received[:300], ending)
     assert b"the server stopped before this request finished" in received, received[-300:]
+    assert grpc_outcome["code"] == grpc.StatusCode.UNAVAILABLE, grpc_outcome
     assert "drain period over with requests still running" in server.output(), server.output()[-2000:]
 
 
