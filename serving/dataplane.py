@@ -75,20 +75,20 @@ class DataPlane:
     A request names its model and a version: a number, a version label (``canary``), or None for the latest
     AVAILABLE (``Version``); ``models`` resolves it.
 
-    Images up to ``tiling.tile_above_pixels`` (padded as the graph pads them) go to the scheduler whole, in
-    runs of at most that many pixels (a request of many images is split); larger ones run through
-    ``inpaint_tiled`` in ``tiled_executor``, so no model run holds more than the window batch. Every
-    request's memory is reserved from ``budget`` before it is spent (``admission``): the adapters hold the
-    message as it arrives and ``admit`` the rest from the declared shapes before building any array. Files
-    are decoded and encoded in ``decoder``, threads of the data plane's own, never in the model's.
+    Images up to ``tiling.tile_above_pixels`` go to the scheduler whole, whose runs take the model's
+    ``compute`` threads (the detail pass of those images runs there too); larger ones run in windows in
+    ``tiled``, ``tiled_threads`` of the data plane's own, so a photo running for minutes never holds the
+    threads the small requests need. Files are decoded and encoded in ``decoder``, the data plane's too. The
+    whole path of a request: the ``inpaint.serving`` package's docstring.
     """
 
     def __init__(self, models: ModelRegistry, scheduler: Scheduler, limits: Limits, metrics: ServerMetrics,
-                 tiling: TilingOptions = TilingOptions(), tiled_executor: Executor | None = None,
-                 budget: MemoryBudget | None = None, decode_threads: int = 2):
+                 tiling: TilingOptions = TilingOptions(), compute: Executor | None = None,
+                 budget: MemoryBudget | None = None, decode_threads: int = 2, tiled_threads: int = 1):
         self.models, self.scheduler, self.limits, self.metrics = models, scheduler, limits, metrics
-        self.tiling, self.tiled_executor, self.budget = tiling, tiled_executor, budget
+        self.tiling, self.compute, self.budget = tiling, compute, budget
         self.decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
+        self.tiled = ThreadPoolExecutor(tiled_threads, thread_name_prefix="tiled")
         self.draining = False
         self.active = 0
         self.finished_since_trim = False  # a request ended since freed memory was last given back
@@ -127,7 +127,8 @@ class DataPlane:
             raise ServerUnavailable("server is shutting down; retry on another replica")
 
     def close(self) -> None:
-        self.decoder.shutdown(wait=False, cancel_futures=True)
+        for executor in (self.decoder, self.tiled):
+            executor.shutdown(wait=False, cancel_futures=True)
 
     # -- memory admission (``admission``) ---------------------------------------------------------------
 
@@ -235,8 +236,8 @@ class DataPlane:
         detail = getattr(model_version.servable, "detail", None)
         if detail is not None and detail.enabled:
             tiled = self.tiling.is_tiled(*image.shape[1:3])
-            await asyncio.get_running_loop().run_in_executor(self.tiled_executor, finish_fills, output, mask,
-                                                             detail, tiled)
+            await asyncio.get_running_loop().run_in_executor(self.tiled if tiled else self.compute, finish_fills,
+                                                             output, mask, detail, tiled)
         return output
 
     async def _fill(self, model_version: ModelVersion, image: np.ndarray, mask: np.ndarray,
@@ -265,7 +266,7 @@ class DataPlane:
 
     async def _inpaint_tiled(self, model_version: ModelVersion, image: np.ndarray, mask: np.ndarray,
                              deadline: float | None) -> np.ndarray:
-        """Each image through ``inpaint_tiled`` in a worker thread; stops between runs if the caller left."""
+        """Each image through ``inpaint_tiled`` in ``tiled``; stops between runs if the caller left."""
         loop = asyncio.get_running_loop()
         abandoned = threading.Event()
 
@@ -283,7 +284,7 @@ class DataPlane:
                              for one_image, one_mask in zip(image, mask)])
 
         try:
-            return await loop.run_in_executor(self.tiled_executor, inpaint_all)
+            return await loop.run_in_executor(self.tiled, inpaint_all)
         except asyncio.CancelledError:
             abandoned.set()
             raise
