@@ -34,16 +34,18 @@ from inpaint.core.contract import padded_pixels
 from inpaint.core.protos import session_bundle_config_pb2
 
 from .models import ModelVersion
+from .settings import setting
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class BatchingOptions:
-    max_batch_size: int = 32
-    batch_timeout_micros: int = 2000
-    max_enqueued_batches: int = 100
-    num_batch_threads: int = 2
+    max_batch_size: int = field(default=32, metadata=setting("Most images in one model run.", min=1))
+    batch_timeout_micros: int = field(default=2000, metadata=setting("Longest a batch waits to fill.", min=0))
+    max_enqueued_batches: int = field(default=100, metadata=setting(
+        "Batches that may wait; beyond it requests get RESOURCE_EXHAUSTED.", min=1))
+    num_batch_threads: int = field(default=2, metadata=setting("Batches run at once.", min=1))
     allowed_batch_sizes: tuple[int, ...] = ()
 
     def __post_init__(self):

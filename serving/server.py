@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from inpaint.core.contract import VersionState
 from inpaint.core.protos import model_service_pb2, prediction_service_pb2
 from inpaint.core.protos._pool import POOL
-from inpaint.core.tiling import TilingOptions
+from inpaint.core.tiling import TILING_MODES, TilingOptions
 
 from .admission import DEFAULT_BUDGET_MIB, DEFAULT_SHARE, MiB, MemoryBudget
 from .batching import BatchingOptions, BatchScheduler, DirectScheduler, PerModelScheduler
@@ -37,7 +37,8 @@ from .model_config import ModelEntry, entries_from_proto, read_config_file
 from .models import ModelManager, ModelVersion, VersionPolicy
 from .registry import ModelRegistry
 from .rest import RestApi
-from .runtime import ModelLoader, hand_large_buffers_back_when_freed, return_freed_memory
+from .runtime import DEVICES, ModelLoader, hand_large_buffers_back_when_freed, return_freed_memory
+from .settings import check_origin, check_port, setting
 from .shutdown import RUNNER_SHUTDOWN_SECONDS, STOP_SIGNALS, check_ports_free, close_rest
 from .v2_api import SERVICE_NAME as V2_SERVICE_NAME, add_v2_service
 from .v2_rest import add_v2_routes
@@ -50,51 +51,85 @@ OVERALL_HEALTH = ""  # grpc.health.v1's name for the server as a whole
 
 @dataclass
 class ServerConfig:
-    model_base_path: Path | None = None   # one model (--model-base-path), or:
-    model_name: str = "inpaint"
-    model_config_file: Path | None = None  # TF Serving's ModelServerConfig text file: several models, labels
-    config_poll_seconds: float = 0.0      # re-read model_config_file this often (0: never)
-    allow_unavailable_labels: bool = False  # --allow_version_labels_for_unavailable_models
-    host: str = "0.0.0.0"
-    port: int = 8500
-    rest_port: int | None = 8501          # None: no REST server; 0: any free port
-    version_policy: str = "latest:1"
-    poll_seconds: float = 2.0
-    enable_batching: bool = False
-    batching: BatchingOptions = field(default_factory=BatchingOptions)
+    """What ``inpaint-serve`` is told. Each field set by a flag carries its ``Setting`` (serving/settings.py): the
+    flag, its help and its bounds are written here once, and serving/cli.py builds the option from them."""
+
+    model_base_path: Path | None = field(default=None, metadata=setting(
+        "Model repository: BASE/<version>/model.onnx (one model; or --model-config-file).", tf_serving=True,
+        path="folder"))
+    model_name: str = field(default="inpaint", metadata=setting("Name clients ask for.", tf_serving=True))
+    model_config_file: Path | None = field(default=None, metadata=setting(
+        "TF Serving's model server config (ModelServerConfig text format): several models, their version "
+        "policies and version labels, in place of --model-base-path.", tf_serving=True, path="file"))
+    config_poll_seconds: float = field(default=0.0, metadata=setting(
+        "How often to re-read --model-config-file and apply its changes (0: read it once).",
+        flag="--model-config-file-poll-wait-seconds", tf_serving=True, min=0))
+    allow_unavailable_labels: bool = field(default=False, metadata=setting(
+        "Let a new version label point at a version that is not AVAILABLE yet (as TF Serving's flag).",
+        flag="--allow-version-labels-for-unavailable-models", tf_serving=True))
+    host: str = field(default="0.0.0.0", metadata=setting("Address to listen on."))
+    port: int = field(default=8500, metadata=setting("gRPC port (0: any free port).", check=check_port))
+    rest_port: int | None = field(default=8501, metadata=setting(  # None: no REST server; 0: any free port
+        "REST and metrics port (0: any free port, -1: no REST).", check=check_port))
+    version_policy: str = field(default="latest:1", metadata=setting(
+        "Versions to serve: latest:N, all or specific:1,3.", flag="--model-version-policy",
+        check=VersionPolicy.parse))
+    poll_seconds: float = field(default=2.0, metadata=setting(
+        "How often to look for new or removed versions.", flag="--file-system-poll-wait-seconds", tf_serving=True,
+        min=0.05))
+    enable_batching: bool = field(default=False, metadata=setting(
+        "Merge concurrent same-size requests into one model run."))
+    batching: BatchingOptions = field(default_factory=BatchingOptions)  # its fields carry their own settings
     # Memory (docs/serving.md, "Memory"; serving/admission.py): every request reserves what it will cost
     # (its message, before a gRPC one is received, tensors by dtype, model runs padded to multiples of 16 at
     # 640 bytes a pixel, the tiled path's arrays, its reply) from one budget of memory_budget_mib before
     # it spends it, and no request may hold more than memory_share of it; the rest waits up to 2 s, then gets
     # RESOURCE_EXHAUSTED (429). The default budget leaves a quarter of the Deployment's 2.5 GiB over the idle
     # processes (~360 MiB) and ORT's arena for small runs (at most 32 MiB): the arithmetic is in admission.py.
-    max_pixels: int = 50_000_000           # per image
-    max_images_per_request: int = 64
-    max_request_pixels: int = 50_000_000   # N x H x W per request
-    memory_budget_mib: int = DEFAULT_BUDGET_MIB  # what all requests in flight may hold together
-    memory_share: float = DEFAULT_SHARE    # the most of it one request may hold
-    max_request_bytes: int | None = None   # None: from the pixel limits (request_bytes_for)
-    tiling: str = "auto"                   # auto: photos over tile_above_pixels run in windows; off; always
-    tile_above_pixels: int = TilingOptions.tile_above_pixels  # images up to this run whole; the most in one run
-    tile_batch: int = 8                    # windows per model run
-    device: str = "auto"
-    intra_op_threads: int = 0
-    compute_threads: int = 2               # worker threads when batching is off
-    drain_seconds: float = 20.0
+    max_pixels: int = field(default=50_000_000, metadata=setting("Largest H x W per image.", min=1))
+    max_images_per_request: int = field(default=64, metadata=setting("Most images (N) in one request.", min=1))
+    max_request_pixels: int = field(default=50_000_000, metadata=setting(
+        "Most pixels (N x H x W) in one request.", min=1))
+    memory_budget_mib: int = field(default=DEFAULT_BUDGET_MIB, metadata=setting(
+        "Memory all requests in flight may hold together; each reserves its cost before spending it, and what "
+        "does not fit waits up to 2 s, then gets RESOURCE_EXHAUSTED (429). Size it with the pod's memory limit "
+        "(docs/serving.md, Memory).", min=64))
+    memory_share: float = field(default=DEFAULT_SHARE, metadata=setting(
+        "The most of the budget one request may hold; a request costing more gets RESOURCE_EXHAUSTED (413), and "
+        "the rest stays for the others.", min=0.05, max=1.0))
+    max_request_bytes: int | None = field(default=None, metadata=setting(  # None: from the pixel limits
+        "Largest message, gRPC and REST [default: gRPC 4 bytes per --max-request-pixels (uint8; float32 up to "
+        "--tile-above-pixels), REST 40 bytes per --tile-above-pixels (JSON is for small images), + 1 MiB]. A "
+        "gRPC predict holds twice this from the memory budget while its message arrives, so gRPC's is at most "
+        "half of what one request may hold.", min=1024))
+    tiling: str = field(default="auto", metadata=setting(
+        "auto: images over --tile-above-pixels run in windows around their holes (memory bounded by the window "
+        "batch); always; off: every image whole.", choices=TILING_MODES))
+    tile_above_pixels: int = field(default=TilingOptions.tile_above_pixels, metadata=setting(
+        "Images up to this size run whole; the most pixels in one model run.", min=4096))
+    tile_batch: int = field(default=8, metadata=setting("Windows (256 x 256) per model run.", min=1))
+    device: str = field(default="auto", metadata=setting(
+        "auto: CUDA when it really works, else CPU.", choices=DEVICES))
+    intra_op_threads: int = field(default=0, metadata=setting(
+        "ONNX Runtime threads per model run (0: ORT's choice).", min=0))
+    compute_threads: int = field(default=2, metadata=setting(
+        "Model runs at once when batching is off (each holds at most --tile-above-pixels).", min=1))
+    drain_seconds: float = field(default=20.0, metadata=setting(
+        "On SIGTERM (or SIGINT, SIGHUP), how long queued and in-flight requests get to finish.", min=0))
     # The stop's bounds (serving/shutdown.py): drain_seconds + close_seconds + shutdown.EXIT_SECONDS must fit in
     # the pod's terminationGracePeriodSeconds (30 s in the Deployment: 20 + 5 + 2).
-    close_seconds: float = field(default=5.0, metadata={"help": (
+    close_seconds: float = field(default=5.0, metadata=setting(
         "After the drain, how long replies still being written and gRPC calls still open get before their "
-        "connections are cut (a cut REST request gets 503 or a reset, never a short 200).")})
-    rest_idle_seconds: float = field(default=75.0, metadata={"help": (
+        "connections are cut (a cut REST request gets 503 or a reset, never a short 200).", min=0))
+    rest_idle_seconds: float = field(default=75.0, metadata=setting(
         "A REST connection without a request in progress (silent, still sending its headers, or idle between "
-        "requests) is closed after this long.")})
-    rest_body_seconds: float = field(default=60.0, metadata={"help": (
-        "The longest a REST request body may take to arrive, as for gRPC messages; a slower one gets 408 and "
-        "its connection closed.")})
-    cors_origin: str | None = None         # an origin (or *) whose pages may call the REST API
-    rest_timeout_seconds: float | None = None  # deadline of a REST predict (TF Serving's rest_api_timeout_in_ms)
-
+        "requests) is closed after this long.", min=0.1))
+    rest_body_seconds: float = field(default=60.0, metadata=setting(
+        "The longest a REST request body may take to arrive, as for gRPC messages; a slower one gets 408 and its "
+        "connection closed.", min=0.1))
+    cors_origin: str | None = field(default=None, metadata=setting(
+        "Let web pages from this origin (https://app.example.com, or *) call the REST API.", check=check_origin))
+    rest_timeout_seconds: float | None = None  # deadline of a REST predict (TF Serving's --rest_api_timeout_in_ms)
 
 JSON_BYTES_PER_PIXEL = 40    # room for the widest encoding: REST JSON of float pixels
 TENSOR_BYTES_PER_PIXEL = 4   # binary tensors (gRPC): uint8 image and mask

@@ -8,6 +8,7 @@ the Dockerfiles install pyproject.toml's extras rather than lists of their own.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import shlex
@@ -306,3 +307,50 @@ def test_the_serving_extras_are_serve_base_and_one_onnx_runtime():
         assert not any("tensorflow" in r for r in extras["serve-base"] + extras[name]), name
     assert re.search(r"^ARG SERVE_EXTRA=serve-cpu$", (ROOT / "serving/Dockerfile").read_text(), re.M)
     assert "SERVE_EXTRA" in (ROOT / "images/build.sh").read_text()
+
+
+# -- inpaint-serve's options are ServerConfig's fields ----------------------------------------------------------
+
+CLI_ONLY = {"rest_api_port", "rest_timeout_ms", "batching_parameters_file", "max_inflight_pixels", "log_level"}
+
+
+def test_every_server_option_is_a_config_field_written_once():
+    """Each option's name, type and default are its field's, its flags, help and bounds its Setting's: only the
+    few CLI-only options (TF Serving's --rest_api_* whose units differ, the batching file, the log level) are
+    declared in serving/cli.py."""
+    from inpaint.serving.batching import BatchingOptions
+    from inpaint.serving.cli import setting_fields
+    from inpaint.serving.server import ServerConfig
+
+    fields = {field.name: field for field, _ in setting_fields(ServerConfig)}
+    options = {param.name: param for param in serve_main.params}
+    assert set(options) - set(fields) == CLI_ONLY
+    for name, field in fields.items():
+        param, spec = options[name], field.metadata["setting"]
+        assert param.default == field.default and param.help == spec.help, name
+        assert spec.flags(name)[0] in param.opts, name
+    unset = {field.name for field in dataclasses.fields(ServerConfig)} - set(fields)
+    assert unset == {"batching", "rest_timeout_seconds"}, "a field without a flag is one the CLI derives"
+    assert {field.name for field in dataclasses.fields(BatchingOptions)} - set(fields) == {"allowed_batch_sizes"}
+
+
+def test_tf_servings_spellings_and_the_dashed_ones_set_the_same_fields(tmp_path):
+    config = tmp_path / "batching.txt"
+    config.write_text("max_batch_size { value: 4 }\n")
+    tf_serving = ["--model_base_path", str(tmp_path), "--model_name", "m", "--rest_api_port", "0",
+                  "--rest_api_timeout_in_ms", "250", "--file_system_poll_wait_seconds", "1",
+                  "--batching_parameters_file", str(config), "--model_config_file_poll_wait_seconds", "3",
+                  "--allow_version_labels_for_unavailable_models=true"]
+    dashed = ["--model-base-path", str(tmp_path), "--model-name", "m", "--file-system-poll-wait-seconds", "1",
+              "--model-config-file-poll-wait-seconds", "3", "--allow-version-labels-for-unavailable-models"]
+    for args in (tf_serving, dashed):
+        params = serve_main.make_context("inpaint-serve", list(args)).params
+        assert (str(params["model_base_path"]), params["model_name"]) == (str(tmp_path), "m")
+        assert params["poll_seconds"] == 1
+        assert params["config_poll_seconds"] == 3 and params["allow_unavailable_labels"] is True
+    params = serve_main.make_context("inpaint-serve", list(tf_serving)).params
+    assert (params["rest_api_port"], params["rest_timeout_ms"], params["batching_parameters_file"]) == (0, 250, config)
+    for bad in (["--port", "70000"], ["--model-version-policy", "newest"], ["--cors-origin", "ftp://x/y"],
+                ["--memory-share", "2"], ["--tiling", "sometimes"]):
+        with pytest.raises(click.BadParameter):
+            serve_main.make_context("inpaint-serve", ["--model-base-path", str(tmp_path), *bad])
