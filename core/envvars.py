@@ -29,7 +29,7 @@ class ToolVariables:
         self.renamed = {} if renamed is None else renamed
 
     def envvar(self, flag: str) -> str:
-        """``--batch-size`` -> ``INPAINT_TRAIN_BATCH_SIZE``; TF Serving's ``--rest_api_port`` -> ``..._REST_API_PORT``."""
+        """``--batch-size`` -> ``INPAINT_TRAIN_BATCH_SIZE``; ``--rest_api_port`` -> ``..._REST_API_PORT``."""
         return self.prefix + flag.split("/")[0].lstrip("-").replace("-", "_").upper()
 
     def option(self, *declarations: str, **attrs):
