@@ -144,8 +144,9 @@ def request_bytes_for(max_request_pixels: int, tile_above_pixels: int) -> tuple[
     JSON arrays are parsed into Python lists (8 bytes per value and more), so REST carries pixel arrays
     for the images that run whole, up to ``tile_above_pixels``; larger photos travel as files
     (``serving_bytes``) or as binary tensors over gRPC. gRPC's cap is what uint8 tensors take at
-    ``max_request_pixels``, and float32 ones up to ``tile_above_pixels`` (images that run whole): every predict holds twice the cap from the memory budget while its message
-    arrives (``grpc_api.receive``), so a cap sized for float32 photos would let few arrive at once.
+    ``max_request_pixels``, and float32 ones up to ``tile_above_pixels`` (images that run whole): every
+    predict holds twice the cap from the memory budget while its message arrives (``grpc_api.receive``), so
+    a cap sized for float32 photos would let few arrive at once.
     """
     grpc_bytes = max(TENSOR_BYTES_PER_PIXEL * max_request_pixels,
                      FLOAT_TENSOR_BYTES_PER_PIXEL * min(tile_above_pixels, max_request_pixels)) + 2**20
