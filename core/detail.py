@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 BAND_BLOCKS = 8         # cell rows per band
 MATCH_CHUNK = 256       # target blocks matched at once: a MATCH_CHUNK x sources cost matrix
+CONTEXT = 0.5           # sources come from the holes' bounding box grown by this much of its larger side...
+MIN_CONTEXT = 128       # ...and at least this many pixels
+EDGE_ENERGY = 3.0       # sources with more detail than this many times the pool's median are left out
 MAX_SOURCES = 4096      # what a server reserves for (DetailOptions.work_bytes) bounds a version's declaration
 
 
@@ -97,7 +100,8 @@ class DetailOptions:
         sources = min(self.sources, blocks)
         pool = sources * (block * block * 3 * 4 + 12 * 4 + 16)
         match = min(MATCH_CHUNK, blocks) * sources * 4 * 3
-        band = BAND_BLOCKS * self.cell * (width + block) * 4 * 24  # sums, weights, patches and temporaries
+        band_height = min(BAND_BLOCKS, -(-height // self.cell)) * self.cell
+        band = band_height * (width + block) * 4 * 24  # sums, weights, patches and temporaries
         grids = blocks * (12 * 4 * 2 + 16)
         return pool + match + band + grids + height * width  # + the holes' view as bytes
 
@@ -132,6 +136,21 @@ def add_detail(output: np.ndarray, holes: np.ndarray, options: DetailOptions, *,
     amount = options.amount_tiled if tiled else options.amount
     if amount <= 0 or not holes.any():
         return
+    top, bottom, left, right = _around_holes(holes)
+    _add_detail(output[top:bottom, left:right], holes[top:bottom, left:right], options, amount)
+
+
+def _around_holes(holes: np.ndarray) -> tuple[int, int, int, int]:
+    """The holes' bounding box grown by ``CONTEXT`` of its larger side (at least ``MIN_CONTEXT`` px), within the
+    image: where the sources are drawn from. A scratch in a 24 MP photo costs its neighbourhood, not the photo."""
+    rows, cols = np.flatnonzero(holes.any(axis=1)), np.flatnonzero(holes.any(axis=0))
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    grow = max(MIN_CONTEXT, int(CONTEXT * max(bottom - top, right - left)))
+    height, width = holes.shape
+    return max(0, top - grow), min(height, bottom + grow), max(0, left - grow), min(width, right + grow)
+
+
+def _add_detail(output: np.ndarray, holes: np.ndarray, options: DetailOptions, amount: float) -> None:
     cell = options.cell
     hole_cells = _cells_any(holes, cell)
     means = _cell_means(output, holes, cell)
@@ -223,6 +242,11 @@ def _source_pool(image: np.ndarray, hole_cells: np.ndarray, features: np.ndarray
         patch = image[top:top + block + 2 * margin, left:left + block + 2 * margin].astype(np.float32)
         blurred = cv2.GaussianBlur(patch, (0, 0), options.sigma)
         residuals[index] = (patch - blurred)[margin:margin + block, margin:margin + block]
+    # A block across a strong edge (a window frame, a can's rim) would paste a stray bright stroke into the
+    # fill: such outliers are left out of the pool.
+    energy = np.abs(residuals).mean(axis=(1, 2, 3))
+    calm = energy <= EDGE_ENERGY * max(float(np.median(energy)), 1e-3)
+    eligible, residuals = eligible[calm], residuals[calm]
     return eligible, residuals, features[eligible[:, 0], eligible[:, 1]]
 
 
