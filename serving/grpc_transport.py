@@ -1,0 +1,192 @@
+"""gRPC's side of every adapter: a call's message received within the memory budget, parsed, handled, and
+its failure turned into its status. TF Serving's API (``grpc_api``) and the Open Inference Protocol's
+(``v2_api``) both register their methods with it; the request's path: the ``inpaint.serving`` package's
+docstring.
+
+Methods receive their request as raw bytes and parse them here, so a body that is not the message it should
+be is the caller's INVALID_ARGUMENT, not gRPC's UNKNOWN. A predict registers with ``receiving_unary``: gRPC
+buffers a message whole before any handler sees it, so the handler reads it itself (``receive``), after
+holding what the largest message may take while it arrives, and then keeps what it really takes; other
+methods' messages are held as soon as they have arrived, refused at once if they do not fit. ``call`` is the
+one place where a gRPC request's failure becomes its status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from .admission import Reservation
+from .dataplane import DataPlane, Outcome
+from .errors import DeadlineExpired, InvalidInput, QueueFull, RequestTooLarge, status_of
+from .inputs import Limits
+from .wire import WireError
+
+MESSAGE_COPIES = 2   # a message held: the bytes received and the parsed message
+# A message arriving: gRPC's buffer of it and, for a moment when it is handed over, its copy as bytes too.
+ARRIVAL_COPIES = 2
+ARRIVAL_SECONDS = 60.0  # the longest a message may take to arrive once its memory is held (or the deadline)
+REPLY_BYTES_PER_VALUE = 2  # past the output array: the reply message's copy and its serialized form
+
+T = TypeVar("T")
+
+
+def parse(message_class, raw: bytes):
+    """The request message in ``raw``; InvalidInput when the bytes are not one."""
+    try:
+        return message_class.FromString(raw)
+    except (DecodeError, RuntimeError, ValueError) as error:
+        raise InvalidInput(f"request body is not a valid {message_class.DESCRIPTOR.full_name}: {error}") from None
+
+
+def model_name_of(request) -> str:
+    """The model a request names: TF Serving's ``model_spec.name``, or the Open Inference Protocol's
+    ``model_name`` (infer) or ``name`` (metadata, ready); "" for a request that names none or was not parsed."""
+    if request is None:
+        return ""
+    if request.DESCRIPTOR.fields_by_name.get("model_spec") is not None:
+        return request.model_spec.name
+    return getattr(request, "model_name", getattr(request, "name", ""))
+
+
+def check_list_values(count: int, limits: Limits) -> None:
+    """Refuse tensors sent as more value-list numbers than ``limits.max_list_values``, before parsing."""
+    if count > limits.max_list_values:
+        raise InvalidInput(f"request sends more than {limits.max_list_values} values as value lists (int_val, "
+                           "float_val, contents), which are parsed one number at a time; send the tensors as "
+                           "raw bytes (tensor_content, raw_input_contents)")
+
+
+def lists_checked(raw: bytes, limits: Limits, count_values: Callable[[bytes, int], int]) -> None:
+    """The value lists of a raw message (``count_values`` reads its protocol's wire format) within the limit."""
+    try:
+        count = count_values(raw, limits.max_list_values)
+    except WireError:
+        return  # not a message: the parser says so
+    check_list_values(count, limits)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A call's request message not received yet: gRPC receives it when ``requests`` is read."""
+
+    requests: AsyncIterator[bytes]
+    max_bytes: int  # gRPC's cap on a message (grpc.max_receive_message_length)
+
+
+async def only_message(requests: AsyncIterator[bytes]) -> bytes | None:
+    """The call's one message (None if it has none), read to the end of the stream so that gRPC's receiver
+    keeps no reference to it."""
+    messages = aiter(requests)
+    raw = await anext(messages, None)
+    if raw is not None and await anext(messages, None) is not None:
+        raise InvalidInput("the call carries more than one request message")
+    return raw
+
+
+async def receive(incoming: Incoming, held: Reservation | None, api: str, deadline: float | None) -> bytes:
+    """The message, received once what it may take while arriving (``ARRIVAL_COPIES`` x gRPC's cap) is held
+    from the budget (waiting as ``MemoryBudget.acquire`` does), then held at what it really takes."""
+    if held is not None:
+        await held.grow(ARRIVAL_COPIES * incoming.max_bytes, f"a {api} message arriving (up to "
+                        f"{incoming.max_bytes} bytes)", deadline)
+    loop = asyncio.get_running_loop()
+    seconds = ARRIVAL_SECONDS if deadline is None else min(ARRIVAL_SECONDS, deadline - loop.time())
+    try:
+        raw = await asyncio.wait_for(only_message(incoming.requests), max(seconds, 0.0))
+    except asyncio.TimeoutError:
+        raise DeadlineExpired(f"the {api} message did not arrive within {seconds:.0f} s") from None
+    if raw is None:
+        raise InvalidInput(f"the call ended without its {api} message")
+    if held is not None:
+        held.shrink_to(MESSAGE_COPIES * len(raw))
+    return raw
+
+
+async def held_message(message: bytes | Incoming, held: Reservation | None, api: str,
+                       deadline: float | None) -> bytes:
+    """The message's bytes, held from the budget before they are parsed: received within the budget, or, when
+    they have arrived already, held at once (a message that does not fit is dropped unparsed)."""
+    if isinstance(message, Incoming):
+        return await receive(message, held, api, deadline)
+    if held is not None:
+        held.grow_now(MESSAGE_COPIES * len(message), f"a {len(message)}-byte {api} message")
+    return message
+
+
+async def call(context: grpc.aio.ServicerContext, dataplane: DataPlane, api: str, message: bytes | Incoming,
+               message_class, handler: Callable[[object, Outcome], Awaitable[T]], *, protocol: str = "tfserving",
+               counted: bool = True, check_raw: Callable[[bytes], None] | None = None) -> T:
+    """Parse ``message`` and run ``handler``; a domain error aborts with its status, anything else with INTERNAL.
+
+    The request is counted in the metrics under ``protocol``, unless it is a probe (``counted=False``); a
+    counted one holds its message from the memory budget before it is parsed (``held_message``). ``check_raw``
+    looks at the bytes before they are parsed (a value list too long to parse, say) and raises InvalidInput.
+    """
+    code = text = None
+    held = dataplane.budget.reservation() if counted and dataplane.budget is not None else None
+    try:
+        raw = await held_message(message, held, api, deadline_of(context))
+        if check_raw is not None:
+            check_raw(raw)
+        request, problem = parse(message_class, raw), None
+        del raw
+    except (InvalidInput, QueueFull, RequestTooLarge, DeadlineExpired) as error:
+        request, problem = None, error
+    except BaseException:  # cancelled while it arrived: nothing else will give its memory back
+        if held is not None:
+            held.release()
+        raise
+    model_name = model_name_of(request)
+    scope = dataplane.request(api, model_name, protocol) if counted else contextlib.nullcontext(Outcome())
+    async with scope as outcome:
+        if held is not None:
+            outcome.reservation.release()
+            outcome.reservation = held  # released when the request ends
+        try:
+            if problem is not None:
+                raise problem
+            return await handler(request, outcome)
+        except Exception as error:  # noqa: BLE001 - every failure becomes a status
+            label = api if protocol == "tfserving" else f"{protocol} {api}"
+            code, _, text = status_of(error, label, model_name)
+            outcome.status = code.name
+    # gRPC may keep the abort's exception, and with its traceback this frame: let it hold nothing large.
+    message = raw = request = problem = None
+    await context.abort(code, text)
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else asyncio.get_running_loop().time() + remaining
+
+
+def reply_serializer(response_class) -> Callable[[object], bytes]:
+    """A reply message's bytes, or the bytes a handler serialized itself (a large reply, within its memory
+    reservation)."""
+    def serialize(response) -> bytes:
+        return response if isinstance(response, bytes) else response_class.SerializeToString(response)
+
+    return serialize
+
+
+def raw_unary(method, response_class) -> grpc.RpcMethodHandler:
+    """A handler that receives the request's bytes unparsed (``parse`` reads them)."""
+    return grpc.unary_unary_rpc_method_handler(method, request_deserializer=None,
+                                               response_serializer=reply_serializer(response_class))
+
+
+def receiving_unary(method, response_class, max_message_bytes: int) -> grpc.RpcMethodHandler:
+    """A unary method whose handler receives the request message itself (``Incoming``), so that its memory is
+    held before gRPC buffers it. Registered as client-streaming, which is the same call on the wire: gRPC
+    then reads a message only when the handler asks for it."""
+    async def behavior(requests: AsyncIterator[bytes], context):
+        return await method(Incoming(requests, max_message_bytes), context)
+
+    return grpc.stream_unary_rpc_method_handler(behavior, request_deserializer=None,
+                                                response_serializer=reply_serializer(response_class))
