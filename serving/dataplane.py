@@ -1,10 +1,8 @@
 """The protocol-neutral data plane: predict, metadata and status for the served models, in numpy and dataclasses.
 
-The adapters (``grpc_api`` and ``rest`` for TF Serving's gRPC and REST APIs,
-``v2_api`` and ``v2_rest`` for the Open Inference Protocol's) convert their
-wire formats to these calls and back, and nothing more. Every request passes
-through ``request``, which counts it, times it and labels its metrics with its
-outcome and protocol; domain errors raised here become statuses in ``errors``.
+The adapters convert their wire formats to these calls and back, and nothing more; where the data plane sits
+on a request's path: the ``inpaint.serving`` package's docstring. Domain errors raised here become statuses
+in ``errors``.
 """
 
 from __future__ import annotations
