@@ -354,6 +354,12 @@ class ModelManager:
         while self._draining:
             await asyncio.gather(*list(self._draining), return_exceptions=True)
 
+    async def stop(self) -> None:
+        """The server stops: unloads still waiting for their requests are cancelled, and awaited."""
+        for task in self._draining:
+            task.cancel()
+        await asyncio.gather(*list(self._draining), return_exceptions=True)
+
     def _unload_all_but(self, keep: set[int]) -> None:
         for model_version in list(self.versions.values()):
             if model_version.state == VersionState.AVAILABLE and model_version.version not in keep:

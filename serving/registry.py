@@ -120,10 +120,12 @@ class ModelRegistry:
             self._start_polling(name)
 
     async def stop(self) -> None:
+        """Cancel every task the registry and its managers started (polls, retirements, unloads), and await it."""
         tasks = [*self._pollers.values(), *self._retiring]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(manager.stop() for manager in self.managers.values()))
 
     async def apply(self, entries: list[ModelEntry]) -> None:
         """Replace the config with ``entries`` (checked by ``model_config``); FailedPrecondition, with nothing
@@ -206,6 +208,8 @@ class ModelRegistry:
             poller.cancel()
 
         async def unload() -> None:
+            if poller is not None:
+                await asyncio.gather(poller, return_exceptions=True)
             await manager.unload_all()
             if remove_scheduler and name not in self.managers:
                 await self.schedulers.remove(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -423,3 +424,15 @@ def test_unexpected_errors_are_internal_and_the_server_survives(onnx_repo, start
         model_version.servable = real_servable
     assert stubs.predict(predict_request(image, mask)).tolist() == expected_fill(image, mask).tolist()
     assert 'status="INTERNAL"' in http(server.rest_url + "/metrics")[1].decode()
+
+
+def test_a_stopped_server_leaves_no_task_behind(onnx_repo, start_server):
+    """Background tasks are kept and awaited: an unload still waiting for a request when the server stops is
+    cancelled with the rest, and nothing is left pending on the loop."""
+    server = start_server(onnx_repo, rest_port=None)
+    version = server.call(lambda: server.server.models.acquire("inpaint", None))  # a request that never ends
+    shutil.rmtree(onnx_repo / "1")
+    wait_for(lambda: server.call(lambda: version.state) == VersionState.UNLOADING, 10, "the version unloading")
+    assert server.stop()
+    left = sorted(task.get_coro().__qualname__ for task in asyncio.all_tasks(server.loop))
+    assert not left, f"tasks left pending after the stop: {left}"
