@@ -29,7 +29,8 @@ from inpaint.core.tiling import TILING_MODES, TilingOptions
 from .admission import DEFAULT_BUDGET_MIB, DEFAULT_SHARE, MiB, MemoryBudget
 from .batching import BatchingOptions, BatchScheduler, DirectScheduler, PerModelScheduler
 from .dataplane import DataPlane
-from .grpc_api import ARRIVAL_COPIES, Reloader, add_tf_serving_services
+from .grpc_api import Reloader, add_tf_serving_services
+from .grpc_transport import ARRIVAL_COPIES
 from .inputs import Limits
 from .errors import FailedPrecondition, InvalidConfig
 from .metrics import ServerMetrics
@@ -114,6 +115,9 @@ class ServerConfig:
         "ONNX Runtime threads per model run (0: ORT's choice).", min=0))
     compute_threads: int = field(default=2, metadata=setting(
         "Model runs at once when batching is off (each holds at most --tile-above-pixels).", min=1))
+    tiled_threads: int = field(default=1, metadata=setting(
+        "Photos over --tile-above-pixels running in windows at once, on threads of their own (not the compute "
+        "threads, which whole images and batches keep).", min=1))
     drain_seconds: float = field(default=20.0, metadata=setting(
         "On SIGTERM (or SIGINT, SIGHUP), how long queued and in-flight requests get to finish.", min=0))
     # The stop's bounds (serving/shutdown.py): drain_seconds + close_seconds + shutdown.EXIT_SECONDS must fit in
@@ -145,8 +149,8 @@ def request_bytes_for(max_request_pixels: int, tile_above_pixels: int) -> tuple[
     for the images that run whole, up to ``tile_above_pixels``; larger photos travel as files
     (``serving_bytes``) or as binary tensors over gRPC. gRPC's cap is what uint8 tensors take at
     ``max_request_pixels``, and float32 ones up to ``tile_above_pixels`` (images that run whole): every
-    predict holds twice the cap from the memory budget while its message arrives (``grpc_api.receive``), so
-    a cap sized for float32 photos would let few arrive at once.
+    predict holds twice the cap from the memory budget while its message arrives
+    (``grpc_transport.receive``), so a cap sized for float32 photos would let few arrive at once.
     """
     grpc_bytes = max(TENSOR_BYTES_PER_PIXEL * max_request_pixels,
                      FLOAT_TENSOR_BYTES_PER_PIXEL * min(tile_above_pixels, max_request_pixels)) + 2**20
@@ -231,7 +235,7 @@ class InpaintServer:
         self.budget = MemoryBudget(config.memory_budget_mib * MiB, config.memory_share)
         hand_large_buffers_back_when_freed()
         self.dataplane = DataPlane(self.models, self.scheduler, limits, self.metrics, tiling, self.compute,
-                                   self.budget)
+                                   self.budget, tiled_threads=config.tiled_threads)
         self.health = health_aio.HealthServicer()
         grpc_bytes, rest_bytes, json_values = request_bytes_for(config.max_request_pixels, config.tile_above_pixels)
         # gRPC's cap, within what one request may hold while its message arrives (ARRIVAL_COPIES x the cap)
@@ -256,6 +260,7 @@ class InpaintServer:
         self.rest_port: int | None = None
         self.config_poller: asyncio.Task | None = None
         self.trimmer: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()  # every task the server starts; cancelled and awaited on stop
         self.stopped = asyncio.Event()
 
     @property
@@ -300,11 +305,25 @@ class InpaintServer:
                     "%d pixels", config.max_pixels, self.dataplane.limits.max_images, config.max_request_pixels,
                     config.memory_budget_mib, self.budget.per_request // MiB, self.max_request_bytes,
                     self.max_rest_bytes, config.tiling, config.tile_above_pixels)
-        self.trimmer = asyncio.get_running_loop().create_task(self._return_memory_when_idle())
+        self.trimmer = self._in_background(self._return_memory_when_idle())
         await self.models.start()
         if config.model_config_file is not None and config.config_poll_seconds > 0:
             self._config_text = config.model_config_file.read_text()
-            self.config_poller = asyncio.get_running_loop().create_task(self._poll_config_file())
+            self.config_poller = self._in_background(self._poll_config_file())
+
+    def _in_background(self, coroutine) -> asyncio.Task:
+        """Run ``coroutine`` as a task the server keeps until it ends (``_stop_background`` on stop)."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _stop_background(self) -> None:
+        """Cancel every task still running in the background (pollers, health updates), and await it."""
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _serving_what(self) -> str:
         if self.config.model_config_file is None:
@@ -356,15 +375,14 @@ class InpaintServer:
         metrics' labels record (a removed model's series go)."""
         managers = self.models.managers
         self.metrics.set_models(managers)
-        loop = asyncio.get_running_loop()
         for name, manager in managers.items():
             loaded = sum(1 for v in manager.versions.values() if v.state == VersionState.AVAILABLE)
             self.metrics.versions_loaded.labels(name).set(loaded)
-            loop.create_task(self.health.set(name, SERVING if manager.is_available() else NOT_SERVING))
+            self._in_background(self.health.set(name, SERVING if manager.is_available() else NOT_SERVING))
         for name in self._health_names - set(managers):
-            loop.create_task(self.health.set(name, NOT_SERVING))
+            self._in_background(self.health.set(name, NOT_SERVING))
         self._health_names = set(managers)
-        loop.create_task(self.health.set(OVERALL_HEALTH, SERVING if self.models.is_available() else NOT_SERVING))
+        self._in_background(self.health.set(OVERALL_HEALTH, SERVING if self.models.is_available() else NOT_SERVING))
 
     async def close_connections(self) -> None:
         """Within ``close_seconds``: gRPC calls still open get the time as grace, REST replies being written
@@ -386,10 +404,9 @@ class InpaintServer:
         finished = await self.dataplane.drain(self.config.drain_seconds)
         if not finished:
             logger.warning("drain period over with requests still running; stopping anyway")
-        for task in (self.config_poller, self.trimmer):
-            if task is not None:
-                task.cancel()
+        await self._stop_background()
         await self.models.stop()
+        await self._stop_background()  # health updates of the versions the stop unloaded
         await self.close_connections()
         if self.rest is not None:
             self.rest.close()

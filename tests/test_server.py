@@ -436,3 +436,24 @@ def test_a_stopped_server_leaves_no_task_behind(onnx_repo, start_server):
     assert server.stop()
     left = sorted(task.get_coro().__qualname__ for task in asyncio.all_tasks(server.loop))
     assert not left, f"tasks left pending after the stop: {left}"
+
+
+def test_health_updates_still_waiting_at_the_stop_are_cancelled_and_awaited(onnx_repo, start_server):
+    """A health update the versions' changes started, still waiting when the server stops (a Watch holding the
+    health servicer's lock, say), is kept by the server and cancelled and awaited with its other tasks."""
+    server = start_server(onnx_repo, rest_port=None)
+    inpaint_server = server.server
+
+    async def waits_forever(service: str, status) -> None:
+        await asyncio.Event().wait()
+
+    inpaint_server.health.set = waits_forever
+    server.call(inpaint_server._on_versions_changed)
+
+    async def stop_and_look() -> list[str]:
+        await inpaint_server.drain_and_stop()
+        return sorted(task.get_coro().__qualname__ for task in asyncio.all_tasks()
+                      if task is not asyncio.current_task())
+
+    left = server.run(stop_and_look())
+    assert not left, f"tasks left pending after the stop: {left}"
