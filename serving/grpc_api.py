@@ -18,7 +18,6 @@ from .dataplane import DataPlane, Outcome, Prediction, is_bytes_signature
 from .errors import InvalidInput
 from .grpc_transport import (REPLY_BYTES_PER_VALUE, Incoming, call, deadline_of, lists_checked, raw_unary,
                              receiving_unary)
-from .grpc_transport import ARRIVAL_COPIES  # noqa: F401 - server.py imports it from here
 from .inputs import Limits, check_shapes
 from .wire import predict_list_values
 

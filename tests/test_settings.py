@@ -250,7 +250,7 @@ def test_every_manifests_memory_limit_holds_its_budget(monkeypatch):
     a quarter of the limit left for what is not admitted; a gRPC predict's message (held twice while it
     arrives) fits in what one request may hold, so the server need not cut the cap the args imply."""
     from inpaint.serving.admission import UNADMITTED_SHARE, unadmitted_mib
-    from inpaint.serving.grpc_api import ARRIVAL_COPIES
+    from inpaint.serving.grpc_transport import ARRIVAL_COPIES
     from inpaint.serving.server import request_bytes_for
 
     for path, container in server_containers():
