@@ -33,7 +33,7 @@ from inpaint.core.tensors import (TensorError, bytes_output_of, output_of, predi
                                   set_model_spec)
 from inpaint.core.tiling import TilingOptions, inpaint_tiled
 
-from ._errors import DeadlineExceeded, InvalidInput, ServerError, from_rpc_error
+from ._errors import DeadlineExceeded, InvalidInput, ModelNotFound, ServerError, from_rpc_error
 
 
 @dataclass(frozen=True)
@@ -214,13 +214,14 @@ class _ClientBase:
         signatures = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signatures)
 
-        def describe(infos):
+        def describe(infos):  # by name: a protobuf map's order differs from one process to the next
             return {name: {"dtype": dtype_name(info.dtype), "shape": [d.size for d in info.tensor_shape.dim]}
-                    for name, info in infos.items()}
+                    for name, info in sorted(infos.items())}
 
         return {"model": response.model_spec.name, "version": response.model_spec.version.value,
                 "signatures": {key: {"inputs": describe(s.inputs), "outputs": describe(s.outputs),
-                                     "method_name": s.method_name} for key, s in signatures.signature_def.items()}}
+                                     "method_name": s.method_name}
+                               for key, s in sorted(signatures.signature_def.items())}}
 
     @staticmethod
     def _status_list(response) -> list[dict]:
@@ -324,8 +325,12 @@ class InpaintClient(_ClientBase):
         return self._status_list(self._call(self._models.GetModelStatus, self._status_request(), timeout))
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
-        """``SERVING``, ``NOT_SERVING``, ...; ServerUnavailable if nobody answers."""
-        response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        """``SERVING``, ``NOT_SERVING``, ...; ServerUnavailable if nobody answers, ModelNotFound for a service
+        the server does not have."""
+        try:
+            response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        except ModelNotFound:
+            raise ModelNotFound(no_health_service(self.target, service)) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
 
@@ -424,5 +429,15 @@ class AsyncInpaintClient(_ClientBase):
         return self._status_list(await self._call(self._models.GetModelStatus, self._status_request(), timeout))
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
-        response = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        try:
+            response = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service),
+                                        timeout)
+        except ModelNotFound:
+            raise ModelNotFound(no_health_service(self.target, service)) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def no_health_service(target: str, service: str) -> str:
+    """What NOT_FOUND from grpc.health.v1 means (the server sends no details)."""
+    return (f"{target} has no health service {service[:100]!r}: give a model it serves (one a config change "
+            "adds has none until the server applies it), or '' for the whole server")

@@ -312,7 +312,8 @@ def status(settings: Settings, as_json: bool):
 def health(settings: Settings, service: str, wait_seconds: float, as_json: bool):
     """grpc.health.v1 status; exits 1 unless SERVING (within --wait seconds)."""
     if wait_seconds:
-        click.echo(f"waiting up to {wait_seconds:g} s for {settings.target} to be SERVING", err=True)
+        click.echo(f"waiting up to {wait_seconds:g} s for {serving_what(settings.target, service)} to be SERVING",
+                   err=True)
         try:
             with settings.client() as client:
                 state = wait_until_serving(client, service, wait_seconds, settings.timeout)
@@ -328,25 +329,32 @@ def health(settings: Settings, service: str, wait_seconds: float, as_json: bool)
 POLL_SECONDS = 0.5
 
 
+def serving_what(target: str, service: str) -> str:
+    return f"model {service!r} on {target}" if service else target
+
+
 def wait_until_serving(client: InpaintClient, service: str, seconds: float, timeout: float) -> str:
     """SERVING once the server says so; ServerUnavailable naming the last answer when ``seconds`` pass first.
 
-    Nobody listening yet, NOT_SERVING, UNAVAILABLE and a slow answer are waited out; any other error ends
-    the wait.
+    Nobody listening yet, NOT_SERVING, UNAVAILABLE and a slow answer are waited out, and so is a model's
+    service not found yet (a model that a config change adds has none until the server applies it); any
+    other error ends the wait.
     """
     deadline = time.monotonic() + seconds
+    waited_out = (ServerUnavailable, DeadlineExceeded, ModelNotFound) if service else (ServerUnavailable,
+                                                                                         DeadlineExceeded)
     while True:
         left = deadline - time.monotonic()
         try:
             state = client.health(service, timeout=max(min(left, timeout), 0.001))
             last = state
-        except (ServerUnavailable, DeadlineExceeded) as error:
+        except waited_out as error:
             state, last = None, str(error)
         if state == "SERVING":
             return state
         if time.monotonic() + POLL_SECONDS >= deadline:
-            raise ServerUnavailable(f"{client.target} was not SERVING within --wait {seconds:g} s "
-                                    f"(last: {last}); see the server's log, or wait longer")
+            raise ServerUnavailable(f"{serving_what(client.target, service)} was not SERVING within --wait "
+                                    f"{seconds:g} s (last: {last}); see the server's log, or wait longer")
         time.sleep(POLL_SECONDS)
 
 

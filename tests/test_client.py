@@ -69,6 +69,23 @@ def test_metadata_status_health(onnx_repo, start_server):
         assert client.health() == "SERVING" and client.health("inpaint") == "SERVING"
 
 
+def test_metadata_lists_signatures_and_tensors_by_name():
+    """A protobuf map's order is the process's own (inpaint-client metadata printed serving_bytes or
+    serving_default first, image or mask first, from one run to the next): the client sorts them by name."""
+    from inpaint.core.protos import get_model_metadata_pb2
+
+    names = [f"signature_{i:02d}" for i in range(20)]
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    for name in reversed(names):
+        for tensor in reversed(names):
+            signatures.signature_def[name].inputs[tensor].name = tensor
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    response.metadata["signature_def"].Pack(signatures)
+    info = InpaintClient._metadata_dict(response)
+    assert list(info["signatures"]) == names
+    assert all(list(signature["inputs"]) == names for signature in info["signatures"].values())
+
+
 def test_async_client_many_concurrent_calls(onnx_repo, start_server):
     server = start_server(onnx_repo, enable_batching=True)
     image, mask = random_image(16, 16), _mask(16, 16)
@@ -222,6 +239,40 @@ def test_cli_metadata_status_health(onnx_repo, start_server):
     assert json.loads(run_cli("--target", target, "status", "--json").output)[0]["state"] == "AVAILABLE"
     result = run_cli("--target", target, "health")
     assert result.exit_code == 0 and result.output.strip() == "SERVING"
+
+
+def test_health_of_a_service_not_there_says_what_to_ask(onnx_repo, start_server):
+    """grpc.health.v1 answers NOT_FOUND without details: the client says what it means; and --wait waits out
+    a model's service not there yet (a model a config change adds has none until the server applies it)."""
+    target = start_server(onnx_repo).grpc_target
+    with InpaintClient(target) as client:
+        with pytest.raises(ModelNotFound, match=f"{target} has no health service 'nope': give a model it serves"):
+            client.health("nope")
+    one_line_error(run_cli("--target", target, "health", "--service", "nope"), "has no health service 'nope'")
+    result = run_cli("--target", target, "health", "--service", "nope", "--wait", "1")
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1].startswith(
+        f"Error: model 'nope' on {target} was not SERVING within --wait 1 s (last: {target} has no health service")
+
+
+def test_wait_until_serving_waits_out_a_model_not_added_yet():
+    from inpaint.client.cli import wait_until_serving
+
+    class Adding:
+        target = "host:1"
+
+        def __init__(self):
+            self.answers = [ModelNotFound("no health service"), ModelNotFound("no health service"), "NOT_SERVING",
+                            "SERVING"]
+
+        def health(self, service, timeout):
+            answer = self.answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    assert wait_until_serving(Adding(), "inpaint-small", 5, 1) == "SERVING"
+    with pytest.raises(ModelNotFound):  # the whole server's service is always there: not found is not waited out
+        wait_until_serving(Adding(), "", 5, 1)
 
 
 def test_cli_bad_inputs_are_one_line_errors(onnx_repo, start_server, tmp_path, free_port):
