@@ -50,11 +50,15 @@ class ModelEntry:
 
 def read_config_file(path: Path) -> list[ModelEntry]:
     """The models of a ``--model_config_file``; InvalidConfig when it cannot be read, parsed or used."""
+    return entries_from_proto(parse_config_text(read_config_text(path), str(path)))
+
+
+def read_config_text(path: Path) -> str:
+    """The file's text; InvalidConfig when it cannot be read (missing, unreadable, not UTF-8)."""
     try:
-        text = Path(path).read_text()
+        return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise InvalidConfig(f"cannot read model config file {path}: {error}") from None
-    return entries_from_proto(parse_config_text(text, str(path)))
 
 
 def parse_config_text(text: str, source: str) -> model_server_config_pb2.ModelServerConfig:

@@ -96,6 +96,14 @@ class VersionPolicy:
             return cls("specific", versions=tuple(sorted({int(v) for v in match.group(1).split(",")})))
         raise ValueError(f"bad version policy {text!r}: use latest:N, all or specific:1,3")
 
+    def __str__(self) -> str:
+        """As ``--model-version-policy`` spells it (``latest:1``, ``all``, ``specific:1,3``)."""
+        if self.kind == "latest":
+            return f"latest:{self.count}"
+        if self.kind == "specific":
+            return "specific:" + ",".join(str(version) for version in self.versions)
+        return self.kind
+
     def select(self, versions: list[int]) -> set[int]:
         if self.kind == "all":
             return set(versions)

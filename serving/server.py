@@ -34,7 +34,7 @@ from .grpc_transport import ARRIVAL_COPIES
 from .inputs import Limits
 from .errors import FailedPrecondition, InvalidConfig
 from .metrics import ServerMetrics
-from .model_config import ModelEntry, entries_from_proto, read_config_file
+from .model_config import ModelEntry, entries_from_proto, parse_config_text, read_config_file, read_config_text
 from .models import ModelManager, ModelVersion, VersionPolicy
 from .registry import ModelRegistry
 from .rest import RestApi
@@ -228,6 +228,7 @@ class InpaintServer:
         self.models.on_change.append(self._on_versions_changed)
         self._health_names: set[str] = set()
         self._config_text: str | None = None  # the model config file's text last read (applied or not)
+        self._config_unreadable: str | None = None  # why the model config file could not be read at the last poll
         tiling = TilingOptions(config.tiling, config.tile_above_pixels, batch=config.tile_batch)
         max_images = (min(config.max_images_per_request, config.batching.max_batch_size) if config.enable_batching
                       else config.max_images_per_request)
@@ -308,7 +309,7 @@ class InpaintServer:
         self.trimmer = self._in_background(self._return_memory_when_idle())
         await self.models.start()
         if config.model_config_file is not None and config.config_poll_seconds > 0:
-            self._config_text = config.model_config_file.read_text()
+            self._config_text = read_config_text(config.model_config_file)
             self.config_poller = self._in_background(self._poll_config_file())
 
     def _in_background(self, coroutine) -> asyncio.Task:
@@ -336,23 +337,42 @@ class InpaintServer:
 
     async def _poll_config_file(self) -> None:
         """Re-read the model config file every ``config_poll_seconds``; apply it when its text changed. A file
-        that cannot be used is logged once and changes nothing: the models served go on."""
-        path, every = self.config.model_config_file, self.config.config_poll_seconds
+        that cannot be read or used is logged once and changes nothing: the models served go on, and so does
+        the poll."""
+        path = self.config.model_config_file
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(self.config.config_poll_seconds)
             try:
-                text = path.read_text()
-            except OSError as error:
-                logger.warning("cannot read model config file %s (the models served are unchanged): %s", path, error)
-                continue
-            if text == self._config_text:
-                continue
-            self._config_text = text
-            try:
-                await self.models.apply(read_config_file(path))
-            except (InvalidConfig, FailedPrecondition) as error:
-                logger.error("model config file %s changed but is not applied (the models served are "
-                             "unchanged): %s", path, error)
+                await self._apply_config_file(path)
+            except Exception:  # noqa: BLE001 - a bad poll must not stop future polls
+                logger.exception("applying model config file %s failed", path)
+
+    async def _apply_config_file(self, path: Path) -> None:
+        text = self._read_config_file(path)
+        if text is None or text == self._config_text:
+            return
+        self._config_text = text
+        try:
+            await self.models.apply(entries_from_proto(parse_config_text(text, str(path))))
+        except (InvalidConfig, FailedPrecondition) as error:
+            logger.error("model config file %s changed but is not applied (the models served are "
+                         "unchanged): %s", path, error)
+
+    def _read_config_file(self, path: Path) -> str | None:
+        """The file's text, or None when it cannot be read: logged once (until the problem changes), and
+        once more when it can be read again."""
+        try:
+            text = read_config_text(path)
+        except InvalidConfig as error:
+            if str(error) != self._config_unreadable:
+                logger.warning("%s (the models served are unchanged; read again every %g s)", error,
+                               self.config.config_poll_seconds)
+            self._config_unreadable = str(error)
+            return None
+        if self._config_unreadable is not None:
+            logger.info("model config file %s can be read again", path)
+            self._config_unreadable = None
+        return text
 
     async def _return_memory_when_idle(self, every: float = 1.0) -> None:
         """Once no request runs, give the heap pages that requests' buffers held back to the system."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -343,6 +344,30 @@ def test_broken_configs_are_refused_and_never_take_down_the_models_served(labell
     wait_for(lambda: stubs.served("a", label="canary") == (1, 100), 10, "the good file to be applied")
     with pytest.raises(InvalidConfig, match="not a ModelServerConfig in text format"):
         entries_from_proto(parse_config_text('model_config_list { config { name: "a" base_path: ', "x.config"))
+
+
+def test_a_config_file_gone_or_not_utf8_is_logged_once_and_the_poll_goes_on(labelled, caplog):
+    """A file that cannot be read (removed, or bytes that are not UTF-8) is logged once per problem, not at
+    every poll, and never stops the poll: the next good file is applied, and the log says so readably."""
+    server, models, config_file = labelled
+    stubs = Official(server.grpc_target)
+
+    def warned() -> list[str]:
+        return [record.getMessage() for record in caplog.records if "cannot read model config file" in
+                record.getMessage()]
+
+    with caplog.at_level(logging.INFO):
+        config_file.unlink()
+        wait_for(lambda: len(warned()) == 1, 10, "the missing file to be logged")
+        config_file.write_bytes(b"\xff\xfe model_config_list {}")
+        wait_for(lambda: len(warned()) == 2, 10, "the file that is not UTF-8 to be logged")
+        time.sleep(1.0)  # five more polls of each: nothing more logged
+        assert len(warned()) == 2 and "No such file" in warned()[0] and "utf-8" in warned()[1], warned()
+        assert stubs.served("a", label="canary") == (2, 200) and stubs.served("b") == (1, 50)
+        write_atomically(config_file, config_text(models, canary=1))
+        wait_for(lambda: stubs.served("a", label="canary") == (1, 100), 10, "the good file to be applied")
+    assert "can be read again" in caplog.text
+    assert f"a from {models['a']} (specific:1,2; labels canary=1, stable=1)" in caplog.text
 
 
 def test_cli_refuses_a_broken_config_file_or_both_model_sources_in_one_line(tmp_path):
