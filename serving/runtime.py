@@ -74,7 +74,11 @@ def _libc_function(name: str):
 
 _MALLOC_TRIM = _libc_function("malloc_trim")
 _MALLOPT = _libc_function("mallopt")
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameters
+M_ARENA_MAX = -8
+# glibc gives each thread that allocates an arena of its own (up to 8 per core), and each keeps its free
+# pieces: two arenas for the event loop, the compute, tiled, decoding and loading threads.
+ARENAS = 2
 # Blocks from this size on are mapped on their own and unmapped when freed (glibc's default starts at 128 KiB).
 MMAP_THRESHOLD_BYTES = 2**20
 
@@ -91,6 +95,8 @@ def hand_large_buffers_back_when_freed() -> None:
     """
     if _MALLOPT is not None and not _MALLOPT(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES):
         logger.warning("mallopt(M_MMAP_THRESHOLD) failed: memory may stay high after bursts")
+    if _MALLOPT is not None and not _MALLOPT(M_ARENA_MAX, ARENAS):
+        logger.warning("mallopt(M_ARENA_MAX) failed: memory may stay high after bursts")
 
 
 def return_freed_memory() -> None:

@@ -1,0 +1,123 @@
+"""The CPU runtimes side by side, in one run: TensorFlow on the SavedModel (what TF Serving runs), ONNX Runtime
+as ``inpaint-serve`` opens it, and OpenVINO (if installed) on the same ``model.onnx``.
+
+    python benchmarks/cpu_runtimes.py [--model models/pretrained/inpaint/1] [--seconds 4] [--out reports/cpu]
+
+For each batch x size (32 x 64², 4 x 256², 1 x 1024²) every runtime gets the same uint8 photos and masks,
+two warm-up runs, then runs until ``--seconds`` have passed; the table gives images/s and each runtime's ratio
+to TensorFlow, and how far its fills are from TensorFlow's (mean and max absolute difference in levels over
+the hole pixels; known pixels are the graph's own composite). Only ratios measured in this one run compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = ((32, 64), (4, 256), (1, 1024))
+
+
+def inputs(batch: int, side: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    from inpaint.core.masks import stroke_mask_in_bucket
+    from inpaint.trainer.data import read_image, samples_dir
+
+    rng = np.random.default_rng(seed)
+    photo = read_image(samples_dir() / "coffee.png")
+    images = np.stack([cv2.resize(photo, (side, side), interpolation=cv2.INTER_AREA)] * batch)
+    masks = np.stack([stroke_mask_in_bucket(side, side, 0.1, 0.3, rng) for _ in range(batch)])[..., None]
+    return images, masks.astype(np.uint8)
+
+
+def tensorflow_runner(version: Path):
+    import tensorflow as tf
+
+    from inpaint.core.contract import IMAGE, MASK, OUTPUT
+
+    function = tf.saved_model.load(str(version)).signatures["serving_default"]
+    return lambda images, masks: function(**{IMAGE: tf.constant(images), MASK: tf.constant(masks)})[OUTPUT].numpy()
+
+
+def onnxruntime_runner(version: Path):
+    from inpaint.core.onnx_model import OnnxModel
+    from inpaint.serving.runtime import ARENA_KEEPS_PIXELS
+
+    model = OnnxModel(version / "model.onnx", shrink_above_pixels=ARENA_KEEPS_PIXELS)  # as the server opens it
+    return model.inpaint
+
+
+def openvino_runner(version: Path, hint: str = "f32"):
+    import openvino as ov
+
+    from inpaint.core.contract import IMAGE, MASK, OUTPUT
+
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+    compiled = core.compile_model(core.read_model(str(version / "model.onnx")), "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(images, masks):
+        request.infer({IMAGE: images, MASK: masks})
+        return request.get_tensor(compiled.output(OUTPUT)).data.copy()
+
+    return run
+
+
+def throughput(run, images, masks, seconds: float) -> float:
+    for _ in range(2):
+        run(images, masks)
+    started, runs = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds or runs < 2:
+        run(images, masks)
+        runs += 1
+    return runs * len(images) / (time.perf_counter() - started)
+
+
+def runners(version: Path) -> dict:
+    found = {"tensorflow": tensorflow_runner(version), "onnxruntime": onnxruntime_runner(version)}
+    try:
+        found["openvino f32"] = openvino_runner(version)
+    except ImportError:
+        pass
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "pretrained" / "inpaint" / "1")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "cpu")
+    args = parser.parse_args()
+    found = runners(args.model)
+    rows = []
+    for batch, side in SHAPES:
+        images, masks = inputs(batch, side)
+        reference = found["tensorflow"](images, masks).astype(np.int16)
+        holes = np.broadcast_to(masks > 0, reference.shape)
+        for name, run in found.items():
+            output = run(images, masks).astype(np.int16)
+            difference = np.abs(output - reference)[holes]
+            rows.append({"shape": f"{batch} x {side}²", "runtime": name,
+                         "images_per_s": throughput(run, images, masks, args.seconds),
+                         "mean_diff": float(difference.mean()), "max_diff": int(difference.max())})
+    tf_speed = {row["shape"]: row["images_per_s"] for row in rows if row["runtime"] == "tensorflow"}
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs\n")
+    print("| batch x size | runtime | images/s | / TensorFlow | hole diff to TF, mean / max levels |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        row["over_tensorflow"] = row["images_per_s"] / tf_speed[row["shape"]]
+        print(f"| {row['shape']} | {row['runtime']} | {row['images_per_s']:.2f} | {row['over_tensorflow']:.2f} | "
+              f"{row['mean_diff']:.2f} / {row['max_diff']} |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cpu_runtimes.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
