@@ -199,6 +199,9 @@ def test_version_policy_and_saved_model_only_versions(onnx_repo, start_server):
     stubs = Stubs(start_server(onnx_repo, version_policy="specific:1,3").grpc_target)
     image, mask = images()
     assert sorted(s.version for s in stubs.status().model_version_status) == [1, 3]
+    # The server is ready once one version is; the latest of the two may still be loading.
+    wait_for(lambda: all(s.state == VersionState.AVAILABLE for s in stubs.status().model_version_status),
+             timeout=60, what="versions 1 and 3 AVAILABLE")
     assert stubs.predict(predict_request(image, mask)).tolist() == expected_fill(image, mask, 20).tolist()
     assert stubs.predict(predict_request(image, mask, version=1)).tolist() == expected_fill(image, mask).tolist()
     assert code_of(lambda: stubs.predict(predict_request(image, mask, version=2)))[0] == grpc.StatusCode.NOT_FOUND
