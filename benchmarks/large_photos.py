@@ -151,6 +151,12 @@ def hole_mask(kind: str, width: int, height: int, seed: int = 0) -> np.ndarray:
 
 # -- memory ---------------------------------------------------------------------------------------------
 
+def peak_since(before: dict, after: dict) -> int:
+    """The peak resident set over a measurement: VmHWM when it ends, at least VmRSS when it began (the kernel's
+    RSS counters are per-thread and approximate, so a later VmHWM can read a MiB under an earlier VmRSS)."""
+    return max(after["VmHWM"], before["VmRSS"])
+
+
 def process_memory(pid: int | str = "self") -> dict[str, int]:
     """VmRSS (now) and VmHWM (lifetime peak) of a process, in MiB."""
     fields = {}
@@ -200,7 +206,7 @@ def in_process_worker(spec: dict) -> dict:
         inpaint_tiled(image, mask, run, options)
         seconds.append(time.perf_counter() - began)
     after = process_memory()
-    return {"seconds_all": seconds, "rss_before_mib": before["VmRSS"], "peak_rss_mib": after["VmHWM"],
+    return {"seconds_all": seconds, "rss_before_mib": before["VmRSS"], "peak_rss_mib": peak_since(before, after),
             "rss_after_mib": after["VmRSS"], "model_pixels": model_pixels}
 
 
@@ -325,7 +331,7 @@ def server_case(model_base: Path, image: np.ndarray, mask: np.ndarray, repeats: 
             after = server.memory()
     except (InpaintError, RuntimeError) as error:
         return {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}
-    cell = {"seconds_all": seconds, "rss_before_mib": before["VmRSS"], "peak_rss_mib": after["VmHWM"],
+    cell = {"seconds_all": seconds, "rss_before_mib": before["VmRSS"], "peak_rss_mib": peak_since(before, after),
             "rss_after_mib": after["VmRSS"], "helpers_peak_mib": after["helpers_peak"]}
     if concurrent > 1:
         cell["wall_seconds_all"] = wall

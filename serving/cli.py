@@ -8,7 +8,11 @@ whose units differ, the batching parameters file, the log level) are declared be
 
 from __future__ import annotations
 
-import asyncio
+from . import early_signals
+
+early_signals.remember()  # before the slow imports below: a stop while they run is acted on, not lost
+
+import asyncio  # noqa: E402
 import dataclasses
 import logging
 import sys
@@ -185,6 +189,8 @@ def main(rest_api_port: int | None, rest_timeout_ms: int, batching_parameters_fi
                        "out); ignored")
     config = ServerConfig(**settings, batching=batching, rest_timeout_seconds=rest_timeout_ms / 1000 or None)
     _check(config)
+    if early_signals.received:  # stopped before anything started
+        sys.exit(128 + early_signals.received[0])
     try:
         asyncio.run(serve(config))
     except (OSError, InvalidConfig, FailedPrecondition) as error:

@@ -38,6 +38,7 @@ from .model_config import ModelEntry, entries_from_proto, parse_config_text, rea
 from .models import ModelManager, ModelVersion, VersionPolicy
 from .registry import ModelRegistry
 from .rest import RestApi
+from . import early_signals
 from .runtime import DEVICES, ModelLoader, hand_large_buffers_back_when_freed, return_freed_memory
 from .settings import check_origin, check_port, setting
 from .shutdown import RUNNER_SHUTDOWN_SECONDS, STOP_SIGNALS, check_ports_free, close_rest
@@ -450,6 +451,8 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, _stop_on, signum, stop)
+    for signum in early_signals.received[:1]:  # one that came before the loop's handlers
+        _stop_on(signum, stop)
     check_ports_free(config.host, {"--port": config.port, "--rest-port": config.rest_port})
     server = InpaintServer(config)
     try:

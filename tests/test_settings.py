@@ -280,6 +280,7 @@ def pip_requirements(dockerfile: str) -> list[str]:
     text = (ROOT / dockerfile).read_text().replace("\\\n", " ")
     args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
     [command] = [line for line in text.splitlines() if line.startswith("RUN pip wheel")]
+    command = re.split(r"\s(?:&&|;|\|\|)\s", command)[0]  # the pip command alone, not what follows it
     words = [word for word in shlex.split(command)[3:] if not word.startswith("-")]
     words = words[words.index("/wheels") + 1:] if "/wheels" in words else words
     return [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], word) for word in words]

@@ -205,8 +205,10 @@ def test_a_request_longer_than_the_drain_gets_an_error_never_a_short_200(pod):
     server = pod(*SHORT_STOP)
     client = connect(server.rest_port)
     body = files_body(1024)  # a megapixel run: seconds of model time on a CPU
-    image = np.zeros((1, 1024, 960, 3), np.uint8)
-    mask = np.zeros((1, 1024, 960, 1), np.uint8)
+    # Three megapixel images: three runs one after the other, longer than the drain and the close even on a
+    # quiet machine (one alone finished inside them in CI).
+    image = np.zeros((3, 1024, 960, 3), np.uint8)
+    mask = np.zeros((3, 1024, 960, 1), np.uint8)
     mask[:, 100:200, 100:200] = 1
     grpc_outcome = {}
 
