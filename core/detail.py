@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from pathlib import Path
 
@@ -83,6 +83,12 @@ class DetailOptions:
             return cls(**record)
         except TypeError as error:
             raise ValueError(str(error)) from None
+
+    def with_amounts(self, amount: float | None = None, amount_tiled: float | None = None) -> "DetailOptions":
+        """These options with the amounts that are given (not None) in place of their own."""
+        given = {name: value for name, value in (("amount", amount), ("amount_tiled", amount_tiled))
+                 if value is not None}
+        return replace(self, **given)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -159,7 +165,7 @@ def _add_detail(output: np.ndarray, holes: np.ndarray, options: DetailOptions, a
     if pool is None:
         logger.debug("detail pass skipped: no known block clear of the holes in %dx%d", *output.shape[1::-1])
         return
-    positions, residuals, pool_features = pool
+    residuals, pool_features = pool
     targets = _block_any(hole_cells)
     best = np.full(targets.shape, -1, np.int32)
     best[targets] = _nearest(features[targets], pool_features, options.choices,
@@ -219,7 +225,7 @@ def _block_any(cells: np.ndarray) -> np.ndarray:
 def _source_pool(image: np.ndarray, hole_cells: np.ndarray, features: np.ndarray, options: DetailOptions
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Known blocks far enough from every hole and from the image's edge that their blur reads only photo:
-    ``(positions in blocks, detail patches (k, 2cell, 2cell, 3) float32, features (k, 12))``."""
+    ``(detail patches (k, 2cell, 2cell, 3) float32, features (k, 12))``."""
     cell, margin = options.cell, options.margin
     reach = 1 + -(-margin // cell)  # cells around a block that its blur touches
     near = cv2.dilate(hole_cells.view(np.uint8), np.ones((2 * reach + 2, 2 * reach + 2), np.uint8),
@@ -247,7 +253,7 @@ def _source_pool(image: np.ndarray, hole_cells: np.ndarray, features: np.ndarray
     energy = np.abs(residuals).mean(axis=(1, 2, 3))
     calm = energy <= EDGE_ENERGY * max(float(np.median(energy)), 1e-3)
     eligible, residuals = eligible[calm], residuals[calm]
-    return eligible, residuals, features[eligible[:, 0], eligible[:, 1]]
+    return residuals, features[eligible[:, 0], eligible[:, 1]]
 
 
 def _nearest(queries: np.ndarray, pool: np.ndarray, choices: int, rng: np.random.Generator) -> np.ndarray:

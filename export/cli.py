@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -87,10 +86,9 @@ def main(model_base_path: Path, version: int | None, opset: int, triton_reposito
 
 def _declare_detail(path: Path, amount: float | None, amount_tiled: float | None) -> None:
     """Write the version's detail declaration with the amounts given, keeping its other settings."""
-    given = {name: value for name, value in (("amount", amount), ("amount_tiled", amount_tiled)) if value is not None}
-    if not given:
+    if amount is None and amount_tiled is None:
         return
-    detail = replace(load_detail(path), **given)
+    detail = load_detail(path).with_amounts(amount, amount_tiled)
     (path / DETAIL_RECORD).parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path / DETAIL_RECORD, detail.to_json().encode())
     click.echo(f"{path / DETAIL_RECORD}: detail pass {detail.amount} on images run whole, "
