@@ -144,7 +144,7 @@ class DataPlane:
 
     async def decoded(self, function, *args):
         """``function(*args)`` in the data plane's decoding threads (array conversions, file decoding)."""
-        return await asyncio.get_running_loop().run_in_executor(self.decoder, function, *args)
+        return await in_thread(self.decoder, function, *args)
 
     async def predict(self, outcome: Outcome, name: str, version: Version, signature: str,
                       arrays: dict[str, np.ndarray], output_filter: list[str],
@@ -234,8 +234,7 @@ class DataPlane:
         detail = getattr(model_version.servable, "detail", None)
         if detail is not None and detail.enabled:
             tiled = self.tiling.is_tiled(*image.shape[1:3])
-            await asyncio.get_running_loop().run_in_executor(self.tiled if tiled else self.compute, finish_fills,
-                                                             output, mask, detail, tiled)
+            await in_thread(self.tiled if tiled else self.compute, finish_fills, output, mask, detail, tiled)
         return output
 
     async def _fill(self, model_version: ModelVersion, image: np.ndarray, mask: np.ndarray,
@@ -265,7 +264,6 @@ class DataPlane:
     async def _inpaint_tiled(self, model_version: ModelVersion, image: np.ndarray, mask: np.ndarray,
                              deadline: float | None) -> np.ndarray:
         """Each image through ``inpaint_tiled`` in ``tiled``; stops between runs if the caller left."""
-        loop = asyncio.get_running_loop()
         abandoned = threading.Event()
 
         def run(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -281,11 +279,7 @@ class DataPlane:
             return np.stack([inpaint_tiled(one_image, one_mask, run, self.tiling)
                              for one_image, one_mask in zip(image, mask)])
 
-        try:
-            return await loop.run_in_executor(self.tiled, inpaint_all)
-        except asyncio.CancelledError:
-            abandoned.set()
-            raise
+        return await in_thread(self.tiled, inpaint_all, on_cancel=abandoned.set)
 
     def signature(self, outcome: Outcome, name: str, version: Version) -> ModelSignature:
         self._check_open()
@@ -326,6 +320,21 @@ class DataPlane:
 
 
 SIGNATURE_NAMES = (SIGNATURE_NAME, BYTES_SIGNATURE_NAME)
+
+
+async def in_thread(executor: Executor, function, *args, on_cancel=None):
+    """``function(*args)`` in ``executor``. If the request is cancelled (its client left or its deadline
+    passed), ``on_cancel`` is called and the request still ends only when the thread has: what the thread
+    holds stays reserved from the budget until then, and is not counted twice."""
+    future = asyncio.get_running_loop().run_in_executor(executor, function, *args)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        if on_cancel is not None:
+            on_cancel()
+        with contextlib.suppress(BaseException):  # its outcome no longer matters, only that it ended
+            await future
+        raise
 
 
 def is_bytes_signature(signature: str) -> bool:

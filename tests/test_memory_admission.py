@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 import pytest
 
-from helpers import SHIPPED, PodProcess, cgroup_unavailable_reason, wait_for
+from helpers import SHIPPED, PodProcess, cgroup_unavailable_reason, requests_in_flight, wait_for
 from inpaint.core.protos import predict_pb2, prediction_service_pb2_grpc, types_pb2
 from inpaint.core.tensors import from_numpy, predict_bytes_request, to_numpy
 
@@ -59,10 +59,22 @@ class PodServer(PodProcess):
         except grpc.RpcError as error:
             return f"{error.code().name}: {error.details()}"
 
-    def settled_usage(self, seconds: float = 4.0) -> int:
-        """The cgroup's usage once the server has been idle a moment (it frees and trims after ~1 s)."""
-        time.sleep(seconds)
-        return self.cgroup.usage
+    def settled_usage(self, steady_seconds: float = 2.5) -> int:
+        """The cgroup's usage once no request is in flight (a cancelled one ends when its threads have) and
+        the usage has held within 1 MiB for ``steady_seconds``: the server frees and trims ~1 s after its
+        last request ends."""
+        wait_for(lambda: requests_in_flight(self.rest_port) == 0, 120, "no request in flight")
+        readings: collections.deque[tuple[float, int]] = collections.deque()
+
+        def steady() -> int:
+            now, usage = time.monotonic(), self.cgroup.usage
+            readings.append((now, usage))
+            while now - readings[0][0] > steady_seconds:
+                readings.popleft()
+            held = now - readings[0][0] >= steady_seconds - 0.1
+            return usage if held and max(u for _, u in readings) - min(u for _, u in readings) <= MiB else 0
+
+        return wait_for(steady, 60, f"the cgroup's usage to hold steady for {steady_seconds} s")
 
     def begin(self) -> None:
         self.cgroup.reset_peak()
@@ -238,7 +250,7 @@ def test_a_long_large_photo_leaves_room_for_small_requests(probe):
     sender = threading.Thread(target=lambda: outcome.setdefault("big", probe.call(big, timeout=20)))
     sender.start()
     try:
-        time.sleep(3)  # decoded and running its windows
+        wait_for(lambda: probe.cgroup.usage > probe.idle + 96 * MiB, 30, "the photo decoded (96 MB of pixels)")
         small_image, small_mask = small_pair()
         for _ in range(5):
             assert probe.predict(small_image, small_mask, timeout=30).shape == small_image.shape
