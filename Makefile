@@ -23,6 +23,8 @@ INIT_WEIGHTS  ?=
 SEED          ?=
 VERSION       ?=
 PYTEST_ARGS   ?=
+# pytest-xdist workers for make test-fast (a module per worker; one per core here)
+FAST_WORKERS  ?= 2
 # Server options
 PORT          ?= 8500
 REST_PORT     ?= 8501
@@ -164,11 +166,12 @@ $(TEST_DEPS): | $(INSTALLED)
 
 # Exit code 5 (no tests collected) is a failure. CI=true turns skipped browser/cluster/protocol tests into failures.
 test: $(INSTALLED) test-deps  ## Run the whole suite, as CI does (.ci/run)
-	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
+	$(BIN)/python -m pytest --durations=25 $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$status
 
 test-fast: $(INSTALLED)  ## The inner loop: the suite less its slow, browser and cluster tiers
-	$(BIN)/python -m pytest -m "not slow and not browser and not cluster" $(PYTEST_ARGS); status=$$?; \
+	$(BIN)/python -m pytest -m "not slow and not browser and not cluster" -n $(FAST_WORKERS) --dist loadfile \
+		$(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$status
 
 clean:  ## Remove build outputs and caches (keeps .venv, models/ and checkpoints/)

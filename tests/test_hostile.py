@@ -69,9 +69,15 @@ class CappedServer:
         self.process.wait(timeout=30)
 
 
-@pytest.fixture
-def capped(onnx_repo):
-    server = CappedServer(onnx_repo)
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory):
+    """One capped server for the module's probes: each ends by checking that it still serves, so every
+    probe also runs against a server the previous ones have hit."""
+    from onnx_models import write_version
+
+    base = tmp_path_factory.mktemp("hostile") / "models" / "inpaint"
+    write_version(base, 1)
+    server = CappedServer(base)
     yield server
     server.stop()
 
@@ -129,6 +135,7 @@ def test_bytes_that_are_not_a_predict_request_are_invalid_argument(capped):
     capped.assert_alive_and_serving()
 
 
+@pytest.mark.slow  # over 5 s
 def test_too_many_images_are_refused_in_both_modes(onnx_repo):
     many = json.dumps({"instances": [{"image": [[[1, 2, 3]]], "mask": [[[1]]]}] * 100_000}).encode()
     for extra in ((), ("--enable-batching",)):
@@ -173,6 +180,7 @@ def roomy(onnx_repo):
     server.stop()
 
 
+@pytest.mark.slow  # over 5 s
 def test_health_answers_quickly_while_a_large_json_body_is_parsed(roomy):
     capped = roomy
     image = np.random.default_rng(0).integers(0, 256, (1, 1400, 1400, 3), dtype=np.uint8)
@@ -205,6 +213,7 @@ def test_health_answers_quickly_while_a_large_json_body_is_parsed(roomy):
     capped.assert_alive_and_serving()
 
 
+@pytest.mark.slow  # over 5 s
 def test_message_size_and_pixel_limits_are_coherent(onnx_repo):
     """Every request the pixel limits admit fits the message cap, and the CLI names the cap it hits."""
     from click.testing import CliRunner

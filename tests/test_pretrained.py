@@ -63,6 +63,7 @@ def test_shipped_saved_model_agrees_with_onnx():
     assert np.abs(tf_out.astype(int) - onnx_out.astype(int)).max() <= 1
 
 
+@pytest.mark.slow  # trains
 def test_a_finished_checkpoint_publishes_as_the_next_version(tmp_path):
     """What a run under another Keras backend (JAX on a GPU) leaves behind, published under TensorFlow."""
     from inpaint.trainer.savedmodel import load_serving_signature
@@ -95,6 +96,7 @@ def test_publishing_a_folder_without_a_finished_run_is_an_error(tmp_path):
         publish_checkpoint(tmp_path, str(tmp_path / "models"))
 
 
+@pytest.mark.slow  # trains
 def test_the_default_starts_from_the_shipped_weights(tmp_path):
     """`make train` fine-tunes the shipped model: its weights load by name into the default architecture."""
     from inpaint.core.onnx_model import OnnxModel

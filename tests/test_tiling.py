@@ -166,6 +166,7 @@ def small_holes(height: int, width: int, seed: int = 0) -> np.ndarray:
     return mask
 
 
+@pytest.mark.slow  # over 5 s
 def test_the_shipped_model_in_windows_matches_the_whole_image_for_holes_smaller_than_a_core(photo, shipped):
     mask = small_holes(*photo.shape[:2])
     holes = mask > 0
@@ -180,6 +181,7 @@ def test_the_shipped_model_in_windows_matches_the_whole_image_for_holes_smaller_
     assert np.abs(tiled - photo)[holes].mean() <= np.abs(whole - photo)[holes].mean()
 
 
+@pytest.mark.slow  # over 5 s
 def test_long_scratches_in_windows_are_filled_as_well_as_whole(photo, shipped):
     mask = scratches(*photo.shape[:2])
     holes = mask > 0
