@@ -33,6 +33,8 @@ OTHER_TOOLS_FLAGS = {
     "--variant", "--userspec", "--no-index", "--arg",
     # pytest; the shared import-graph tool beside the checkout (../shared/tools/import_graph.py)
     "--strict-markers", "--modules",
+    # pytest-xdist (make test-fast, docs/testing.md)
+    "--dist",
 }
 
 FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.M | re.S)
