@@ -12,7 +12,8 @@ scans. After each burst the mix pauses, its requests in flight finish, and the c
 the server is idle again, with each process's resident set.
 
 Reports OOM kills (the cgroup's oom_control), failures by status, and the memory after each burst against
-idle (measured after a warm-up). The criterion: zero OOM kills, zero failures other than
+idle (measured after a warm-up): the cgroup's usage (what the pod's limit counts, page cache included) and its
+RSS (memory.stat's total_rss: the processes' resident memory, shared pages once). The criterion: zero OOM kills, zero failures other than
 RESOURCE_EXHAUSTED (and the refusals the burst's hostile requests must get), memory back within 20 % of idle
 after each burst.
 """
@@ -42,7 +43,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from helpers import MemoryCgroup, cgroup_unavailable_reason, free_port, wait_serving  # noqa: E402
+from helpers import MemoryCgroup, cgroup_unavailable_reason, free_port, settled_usage, wait_serving  # noqa: E402
 from inpaint.core.protos import grpc_predict_v2_pb2_grpc, prediction_service_pb2_grpc  # noqa: E402
 from inpaint.core.tensors import infer_request, predict_bytes_request, predict_request  # noqa: E402
 
@@ -197,9 +198,8 @@ class Soak:
         with ThreadPoolExecutor(len(calls)) as pool:
             list(pool.map(lambda call: call(), calls))
 
-    def settled(self, seconds: float = 6.0) -> int:
-        time.sleep(seconds)
-        return self.cgroup.usage
+    def settled(self) -> int:
+        return settled_usage(self.cgroup, self.rest_port)
 
     def run(self, minutes: float) -> dict:
         warm = random.Random(0)
@@ -207,13 +207,14 @@ class Soak:
             self.mixed_request(warm)
         self.burst()  # the first burst warms what stays (ORT's arena for small runs, gRPC's buffers)
         idle = self.settled()
+        idle_rss = self.cgroup.rss()
         idle_resident = self.resident_sets()
         self.cgroup.reset_peak()
         logger.info("idle after warm-up: %d MiB; resident MiB %s", idle // MiB, idle_resident)
         mixers = [threading.Thread(target=self.mix_forever, args=(seed,), daemon=True) for seed in (1, 2)]
         for mixer in mixers:
             mixer.start()
-        started, bursts, resident = time.monotonic(), [], []
+        started, bursts, rss, resident = time.monotonic(), [], [], []
         while time.monotonic() - started < minutes * 60:
             next_burst = started + 60 * (len(bursts) + 1)
             while time.monotonic() < min(next_burst, started + minutes * 60):
@@ -225,11 +226,13 @@ class Soak:
             self.burst()
             self.pause_mix()
             after = self.settled()
+            rss.append(self.cgroup.rss())
             resident.append(self.resident_sets())
             self.paused.clear()
             bursts.append(after)
-            logger.info("burst %d: %d MiB after (idle %d MiB), peak so far %d MiB; resident MiB %s", len(bursts),
-                        after // MiB, idle // MiB, self.cgroup.peak // MiB, resident[-1])
+            logger.info("burst %d: %d MiB after (idle %d MiB), rss %d MiB (idle %d MiB), peak so far %d MiB; "
+                        "resident MiB %s", len(bursts), after // MiB, idle // MiB, rss[-1] // MiB, idle_rss // MiB,
+                        self.cgroup.peak // MiB, resident[-1])
         self.stopping.set()
         for mixer in mixers:
             mixer.join(timeout=600)
@@ -240,6 +243,8 @@ class Soak:
             "minutes": minutes, "memory_limit_mib": self.limit // MiB, "alive": self.process.poll() is None,
             "oom_kills": self.cgroup.oom_kills, "peak_mib": self.cgroup.peak // MiB, "idle_mib": idle // MiB,
             "after_each_burst_mib": [after // MiB for after in bursts],
+            "rss_idle_mib": idle_rss // MiB, "rss_after_each_burst_mib": [value // MiB for value in rss],
+            "rss_within_20_percent_of_idle": all(value <= (1 + BACK_WITHIN) * idle_rss for value in rss),
             "resident_mib_idle": idle_resident, "resident_mib_after_each_burst": resident,
             "within_20_percent_of_idle": all(after <= (1 + BACK_WITHIN) * idle for after in bursts),
             "requests": sum(self.outcomes.values()),

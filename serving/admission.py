@@ -27,9 +27,10 @@ check them under a memory cgroup). The Deployment's arithmetic, under its 2,560 
                                                                                                    = 1,928 MiB
 
 leaving 632 MiB (a quarter) for what is not admitted: what a gRPC stream still waiting for room may send
-before its handler reads (HTTP/2 flow control: its window, 64 KiB to a few MiB), the messages of the methods
-that are not predicts (metadata, status, health: bytes in practice, gRPC's cap at most), the allocators' slack
-and the cost model's error. Measured: the soak's burst beside its mix peaks at 1,388-1,695 MiB of the
+before its handler reads (HTTP/2 flow control: its window, 64 KiB; the server does not grow it), the message
+of a method that is not a predict (metadata, status, reload, health: bytes in practice; they arrive one at a
+time, about three copies of gRPC's cap at most while it is handed over, 280 MiB, and one over 1 MiB is
+dropped unparsed: ``grpc_transport.SMALL_ARRIVALS``), the allocators' slack and the cost model's error. Measured: the soak's burst beside its mix peaks at 1,388-1,695 MiB of the
 cgroup (whose idle does not count the shared libraries' pages), and memory returns to idle after it.
 """
 
@@ -78,10 +79,12 @@ DEFAULT_WAIT_SECONDS = 2.0
 
 # The Deployment's arithmetic (above), which tests/test_settings.py checks for every manifest that runs the
 # server: besides the budget, the idle processes and ORT's arena for small runs, and at least this share of
-# the pod's memory limit left for what is not admitted (632 of 2,560 MiB).
+# the pod's memory limit left for what is not admitted (632 of 2,560 MiB), which holds at least what the
+# small methods' one message arriving may take (SMALL_ARRIVAL_COPIES x gRPC's cap).
 IDLE_PROCESSES_MIB = 360
 SMALL_RUNS_ARENA_MIB = 32
 UNADMITTED_SHARE = 0.24
+SMALL_ARRIVAL_COPIES = 3  # measured: a 90 MB status request peaked at 258 MiB over idle as it arrived
 
 
 def unadmitted_mib(memory_limit_mib: int, budget_mib: int) -> int:

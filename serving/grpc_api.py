@@ -5,6 +5,7 @@ its protos to numpy and the data plane's calls, its answers back to protos. Call
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Awaitable, Callable
 
@@ -16,8 +17,8 @@ from inpaint.core.tensors import fill_strings, fill_tensor, signature_def, tenso
 
 from .dataplane import DataPlane, Outcome, Prediction, is_bytes_signature
 from .errors import InvalidInput
-from .grpc_transport import (REPLY_BYTES_PER_VALUE, Incoming, call, deadline_of, lists_checked, raw_unary,
-                             receiving_unary)
+from .grpc_transport import (REPLY_BYTES_PER_VALUE, Incoming, call, deadline_of, lists_checked,
+                             receiving_unary, small_unary)
 from .inputs import Limits, check_shapes
 from .wire import predict_list_values
 
@@ -95,7 +96,7 @@ class PredictionServicer:
                           check_raw=lambda message: lists_checked(message, self.dataplane.limits,
                                                                    predict_list_values))
 
-    async def GetModelMetadata(self, raw: bytes, context) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    async def GetModelMetadata(self, raw: Incoming, context) -> get_model_metadata_pb2.GetModelMetadataResponse:
         async def handle(request, outcome: Outcome) -> get_model_metadata_pb2.GetModelMetadataResponse:
             spec = request.model_spec
             fields = set(request.metadata_field)
@@ -124,7 +125,7 @@ class ModelServicer:
     def __init__(self, dataplane: DataPlane, reload: Reloader | None = None):
         self.dataplane, self.reload = dataplane, reload
 
-    async def HandleReloadConfigRequest(self, raw: bytes, context) -> model_management_pb2.ReloadConfigResponse:
+    async def HandleReloadConfigRequest(self, raw: Incoming, context) -> model_management_pb2.ReloadConfigResponse:
         """As TF Serving: OK once the config is in place (new models load in the background); a config that
         cannot be used is refused with its status, and changes nothing."""
         async def handle(request, outcome: Outcome) -> model_management_pb2.ReloadConfigResponse:
@@ -136,7 +137,7 @@ class ModelServicer:
         return await call(context, self.dataplane, "reload_config", raw, model_management_pb2.ReloadConfigRequest,
                           handle, counted=False)
 
-    async def GetModelStatus(self, raw: bytes, context) -> get_model_status_pb2.GetModelStatusResponse:
+    async def GetModelStatus(self, raw: Incoming, context) -> get_model_status_pb2.GetModelStatusResponse:
         async def handle(request, outcome: Outcome) -> get_model_status_pb2.GetModelStatusResponse:
             spec = request.model_spec
             response = get_model_status_pb2.GetModelStatusResponse()
@@ -153,19 +154,22 @@ class ModelServicer:
 
 
 def add_tf_serving_services(server: grpc.aio.Server, dataplane: DataPlane, max_message_bytes: int,
-                            reload: Reloader | None = None) -> None:
+                            gate: asyncio.Semaphore, reload: Reloader | None = None) -> None:
     """Register PredictionService and ModelService under TF Serving's names; Predict receives its messages,
-    of at most ``max_message_bytes``, within the memory budget; ``reload`` applies a HandleReloadConfigRequest."""
+    of at most ``max_message_bytes``, within the memory budget, the other methods through ``gate``;
+    ``reload`` applies a HandleReloadConfigRequest."""
     prediction, models = PredictionServicer(dataplane), ModelServicer(dataplane, reload)
     server.add_generic_rpc_handlers((
         grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
             "Predict": receiving_unary(prediction.Predict, predict_pb2.PredictResponse, max_message_bytes),
-            "GetModelMetadata": raw_unary(prediction.GetModelMetadata,
-                                           get_model_metadata_pb2.GetModelMetadataResponse),
+            "GetModelMetadata": small_unary(prediction.GetModelMetadata,
+                                            get_model_metadata_pb2.GetModelMetadataResponse, max_message_bytes, gate),
         }),
         grpc.method_handlers_generic_handler("tensorflow.serving.ModelService", {
-            "GetModelStatus": raw_unary(models.GetModelStatus, get_model_status_pb2.GetModelStatusResponse),
-            "HandleReloadConfigRequest": raw_unary(models.HandleReloadConfigRequest,
-                                                   model_management_pb2.ReloadConfigResponse),
+            "GetModelStatus": small_unary(models.GetModelStatus, get_model_status_pb2.GetModelStatusResponse,
+                                          max_message_bytes, gate),
+            "HandleReloadConfigRequest": small_unary(models.HandleReloadConfigRequest,
+                                                     model_management_pb2.ReloadConfigResponse, max_message_bytes,
+                                                     gate),
         }),
     ))

@@ -4,11 +4,14 @@ its failure turned into its status. TF Serving's API (``grpc_api``) and the Open
 docstring.
 
 Methods receive their request as raw bytes and parse them here, so a body that is not the message it should
-be is the caller's INVALID_ARGUMENT, not gRPC's UNKNOWN. A predict registers with ``receiving_unary``: gRPC
-buffers a message whole before any handler sees it, so the handler reads it itself (``receive``), after
-holding what the largest message may take while it arrives, and then keeps what it really takes; other
-methods' messages are held as soon as they have arrived, refused at once if they do not fit. ``call`` is the
-one place where a gRPC request's failure becomes its status.
+be is the caller's INVALID_ARGUMENT, not gRPC's UNKNOWN. gRPC buffers a message whole, up to its cap, before a
+unary handler sees it, so every method registers as client-streaming (the same call on the wire) and reads
+its message itself (``receive``): a predict once it holds what the largest message may take while it arrives
+(``receiving_unary``), then keeps what it really takes; the other methods (``small_unary``: metadata, status,
+reload, the v2 readiness calls, health), whose messages are bytes in practice but may be as large as a
+predict's, through a gate that lets ``SMALL_ARRIVALS`` arrive at once, outside the budget (the Deployment's
+arithmetic counts them: ``serving/admission.py``), then, up to ``SMALL_MESSAGE_BYTES``, held as soon as they
+have arrived, refused at once if they do not fit; a larger one is refused unparsed. ``call`` is the one place where a gRPC request's failure becomes its status.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2
 
 from .admission import Reservation
 from .dataplane import DataPlane, Outcome
@@ -31,6 +35,15 @@ MESSAGE_COPIES = 2   # a message held: the bytes received and the parsed message
 # A message arriving: gRPC's buffer of it and, for a moment when it is handed over, its copy as bytes too.
 ARRIVAL_COPIES = 2
 ARRIVAL_SECONDS = 60.0  # the longest a message may take to arrive once its memory is held (or the deadline)
+# Messages of methods other than predicts arrive one at a time, each up to gRPC's cap: they are bytes in
+# practice, but one of 90 MB peaked at 258 MiB over idle as it arrived. A tiny one passes in microseconds; a
+# slow one holds the gate for SMALL_ARRIVAL_SECONDS at most.
+SMALL_ARRIVALS = 1
+SMALL_ARRIVAL_SECONDS = 2.0
+# The most a message of a method other than a predict may hold once it has arrived: theirs are bytes (a model
+# config of a thousand models is ~100 KB); a larger one is dropped unparsed (parsing a 90 MB model name held
+# four copies of it).
+SMALL_MESSAGE_BYTES = 2**20
 REPLY_BYTES_PER_VALUE = 2  # past the output array: the reply message's copy and its serialized form
 
 T = TypeVar("T")
@@ -77,6 +90,7 @@ class Incoming:
 
     requests: AsyncIterator[bytes]
     max_bytes: int  # gRPC's cap on a message (grpc.max_receive_message_length)
+    gate: asyncio.Semaphore | None = None  # a method other than a predict: arrives through the gate, unbudgeted
 
 
 async def only_message(requests: AsyncIterator[bytes]) -> bytes | None:
@@ -91,21 +105,56 @@ async def only_message(requests: AsyncIterator[bytes]) -> bytes | None:
 
 async def receive(incoming: Incoming, held: Reservation | None, api: str, deadline: float | None) -> bytes:
     """The message, received once what it may take while arriving (``ARRIVAL_COPIES`` x gRPC's cap) is held
-    from the budget (waiting as ``MemoryBudget.acquire`` does), then held at what it really takes."""
+    from the budget (waiting as ``MemoryBudget.acquire`` does), or once it may pass the gate of the methods
+    other than predicts; then held at what it really takes."""
+    if incoming.gate is not None:
+        async with gate_passed(incoming.gate, api, deadline):
+            raw = await arrived(incoming, api, deadline)
+        if len(raw) > SMALL_MESSAGE_BYTES:
+            raise RequestTooLarge(f"a {api} message of {len(raw)} bytes; this method takes at most "
+                                  f"{SMALL_MESSAGE_BYTES} bytes")
+        if held is not None:
+            held.grow_now(MESSAGE_COPIES * len(raw), f"a {len(raw)}-byte {api} message")
+        return raw
     if held is not None:
         await held.grow(ARRIVAL_COPIES * incoming.max_bytes, f"a {api} message arriving (up to "
                         f"{incoming.max_bytes} bytes)", deadline)
-    loop = asyncio.get_running_loop()
-    seconds = ARRIVAL_SECONDS if deadline is None else min(ARRIVAL_SECONDS, deadline - loop.time())
-    try:
-        raw = await asyncio.wait_for(only_message(incoming.requests), max(seconds, 0.0))
-    except asyncio.TimeoutError:
-        raise DeadlineExpired(f"the {api} message did not arrive within {seconds:.0f} s") from None
-    if raw is None:
-        raise InvalidInput(f"the call ended without its {api} message")
+    raw = await arrived(incoming, api, deadline)
     if held is not None:
         held.shrink_to(MESSAGE_COPIES * len(raw))
     return raw
+
+
+def seconds_left(deadline: float | None, most: float = ARRIVAL_SECONDS) -> float:
+    """What a message may still take to arrive: ``most``, or less if the call's deadline is nearer."""
+    if deadline is None:
+        return most
+    return max(0.0, min(most, deadline - asyncio.get_running_loop().time()))
+
+
+async def arrived(incoming: Incoming, api: str, deadline: float | None) -> bytes:
+    seconds = seconds_left(deadline, ARRIVAL_SECONDS if incoming.gate is None else SMALL_ARRIVAL_SECONDS)
+    try:
+        raw = await asyncio.wait_for(only_message(incoming.requests), seconds)
+    except asyncio.TimeoutError:
+        raise DeadlineExpired(f"the {api} message did not arrive within {seconds:g} s") from None
+    if raw is None:
+        raise InvalidInput(f"the call ended without its {api} message")
+    return raw
+
+
+@contextlib.asynccontextmanager
+async def gate_passed(gate: asyncio.Semaphore, api: str, deadline: float | None):
+    """Hold one of the gate's places while a message arrives; refused (RESOURCE_EXHAUSTED) if none frees up
+    within ``ARRIVAL_SECONDS`` or the deadline."""
+    try:
+        await asyncio.wait_for(gate.acquire(), seconds_left(deadline))
+    except asyncio.TimeoutError:
+        raise QueueFull(f"too many {api} messages arriving at once ({SMALL_ARRIVALS}); retry") from None
+    try:
+        yield
+    finally:
+        gate.release()
 
 
 async def held_message(message: bytes | Incoming, held: Reservation | None, api: str,
@@ -175,18 +224,43 @@ def reply_serializer(response_class) -> Callable[[object], bytes]:
     return serialize
 
 
-def raw_unary(method, response_class) -> grpc.RpcMethodHandler:
-    """A handler that receives the request's bytes unparsed (``parse`` reads them)."""
-    return grpc.unary_unary_rpc_method_handler(method, request_deserializer=None,
-                                               response_serializer=reply_serializer(response_class))
-
-
-def receiving_unary(method, response_class, max_message_bytes: int) -> grpc.RpcMethodHandler:
+def receiving_unary(method, response_class, max_message_bytes: int,
+                    gate: asyncio.Semaphore | None = None) -> grpc.RpcMethodHandler:
     """A unary method whose handler receives the request message itself (``Incoming``), so that its memory is
-    held before gRPC buffers it. Registered as client-streaming, which is the same call on the wire: gRPC
-    then reads a message only when the handler asks for it."""
+    held, or it has passed ``gate``, before gRPC buffers it. Registered as client-streaming, which is the
+    same call on the wire: gRPC then reads a message only when the handler asks for it."""
     async def behavior(requests: AsyncIterator[bytes], context):
-        return await method(Incoming(requests, max_message_bytes), context)
+        return await method(Incoming(requests, max_message_bytes, gate), context)
 
     return grpc.stream_unary_rpc_method_handler(behavior, request_deserializer=None,
                                                 response_serializer=reply_serializer(response_class))
+
+
+def small_unary(method, response_class, max_message_bytes: int, gate: asyncio.Semaphore) -> grpc.RpcMethodHandler:
+    """A unary method other than a predict: its message arrives through ``gate`` (``receive``)."""
+    return receiving_unary(method, response_class, max_message_bytes, gate)
+
+
+def add_health_service(server: grpc.aio.Server, health, max_message_bytes: int, gate: asyncio.Semaphore) -> None:
+    """``grpc.health.v1.Health`` answered by grpcio-health-checking's servicer (``health``), its requests
+    arriving through ``gate`` as the other small methods' do."""
+    async def request_of(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext):
+        try:
+            raw = await receive(Incoming(requests, max_message_bytes, gate), None, "health", deadline_of(context))
+            return parse(health_pb2.HealthCheckRequest, raw)
+        except (InvalidInput, QueueFull, RequestTooLarge, DeadlineExpired) as error:
+            code, _, text = status_of(error, "health", "")
+        await context.abort(code, text)
+
+    async def check(requests, context):
+        return await health.Check(await request_of(requests, context), context)
+
+    async def watch(requests, context):
+        await health.Watch(await request_of(requests, context), context)
+
+    serialize = health_pb2.HealthCheckResponse.SerializeToString
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+        "Check": grpc.stream_unary_rpc_method_handler(check, request_deserializer=None, response_serializer=serialize),
+        "Watch": grpc.stream_stream_rpc_method_handler(watch, request_deserializer=None,
+                                                       response_serializer=serialize),
+    }),))

@@ -5,6 +5,7 @@ calls go through ``grpc_transport``; the request's path: the ``inpaint.serving``
 
 from __future__ import annotations
 
+import asyncio
 from typing import Awaitable, Callable, TypeVar
 
 import grpc
@@ -15,8 +16,8 @@ from inpaint.core.protos import grpc_predict_v2_pb2 as pb
 
 from .dataplane import DataPlane, Outcome
 from .errors import InvalidInput, ModelNotFound
-from .grpc_transport import (REPLY_BYTES_PER_VALUE, Incoming, call, deadline_of, lists_checked, raw_unary,
-                             receiving_unary)
+from .grpc_transport import (REPLY_BYTES_PER_VALUE, Incoming, call, deadline_of, lists_checked,
+                             receiving_unary, small_unary)
 from .inputs import Limits
 from .v2_protocol import (OUTPUT_DATATYPE, PROTOCOL, InputSpec, array_from_bytes, check_inputs, check_outputs,
                           model_metadata, model_ready, requested_version, server_metadata)
@@ -70,24 +71,24 @@ class InferenceServicer:
     def __init__(self, dataplane: DataPlane):
         self.dataplane = dataplane
 
-    async def _call(self, context: grpc.aio.ServicerContext, api: str, raw: bytes, message_class,
+    async def _call(self, context: grpc.aio.ServicerContext, api: str, raw: Incoming, message_class,
                     handler: Callable[[object, Outcome], Awaitable[T]], counted: bool = True) -> T:
         return await call(context, self.dataplane, api, raw, message_class, handler, protocol=PROTOCOL,
                           counted=counted)
 
-    async def ServerLive(self, raw: bytes, context) -> pb.ServerLiveResponse:
+    async def ServerLive(self, raw: Incoming, context) -> pb.ServerLiveResponse:
         async def handle(request, outcome):
             return pb.ServerLiveResponse(live=True)
 
         return await self._call(context, "live", raw, pb.ServerLiveRequest, handle, counted=False)
 
-    async def ServerReady(self, raw: bytes, context) -> pb.ServerReadyResponse:
+    async def ServerReady(self, raw: Incoming, context) -> pb.ServerReadyResponse:
         async def handle(request, outcome):
             return pb.ServerReadyResponse(ready=self.dataplane.is_ready())
 
         return await self._call(context, "ready", raw, pb.ServerReadyRequest, handle, counted=False)
 
-    async def ModelReady(self, raw: bytes, context) -> pb.ModelReadyResponse:
+    async def ModelReady(self, raw: Incoming, context) -> pb.ModelReadyResponse:
         async def handle(request: pb.ModelReadyRequest, outcome):
             version = requested_version(request.version)
             try:
@@ -98,13 +99,13 @@ class InferenceServicer:
 
         return await self._call(context, "model_ready", raw, pb.ModelReadyRequest, handle, counted=False)
 
-    async def ServerMetadata(self, raw: bytes, context) -> pb.ServerMetadataResponse:
+    async def ServerMetadata(self, raw: Incoming, context) -> pb.ServerMetadataResponse:
         async def handle(request, outcome):
             return pb.ServerMetadataResponse(**server_metadata())
 
         return await self._call(context, "server_metadata", raw, pb.ServerMetadataRequest, handle, counted=False)
 
-    async def ModelMetadata(self, raw: bytes, context) -> pb.ModelMetadataResponse:
+    async def ModelMetadata(self, raw: Incoming, context) -> pb.ModelMetadataResponse:
         async def handle(request: pb.ModelMetadataRequest, outcome: Outcome) -> pb.ModelMetadataResponse:
             metadata = model_metadata(self.dataplane, outcome, request.name, requested_version(request.version))
             tensor = pb.ModelMetadataResponse.TensorMetadata
@@ -139,14 +140,17 @@ class InferenceServicer:
                           check_raw=lambda message: lists_checked(message, self.dataplane.limits, infer_list_values))
 
 
-def add_v2_service(server: grpc.aio.Server, dataplane: DataPlane, max_message_bytes: int) -> None:
+def add_v2_service(server: grpc.aio.Server, dataplane: DataPlane, max_message_bytes: int,
+                   gate: asyncio.Semaphore) -> None:
     """Register ``inference.GRPCInferenceService`` (the Open Inference Protocol) on ``server``; ModelInfer
-    receives its messages, of at most ``max_message_bytes``, within the memory budget."""
+    receives its messages, of at most ``max_message_bytes``, within the memory budget, the other methods
+    through ``gate``."""
     servicer = InferenceServicer(dataplane)
     methods = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, {
         method.name: (receiving_unary(servicer.ModelInfer, pb.ModelInferResponse, max_message_bytes)
                       if method.name == "ModelInfer"
-                      else raw_unary(getattr(servicer, method.name), getattr(pb, method.output_type.name)))
+                      else small_unary(getattr(servicer, method.name), getattr(pb, method.output_type.name),
+                                       max_message_bytes, gate))
         for method in methods
     }),))

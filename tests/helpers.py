@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import socket
 import subprocess
 import sys
@@ -79,6 +80,24 @@ def requests_in_flight(rest_port: int) -> float | None:
         if line.startswith("inpaint_requests_in_flight{"):
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+def settled_usage(cgroup: "MemoryCgroup", rest_port: int, steady_seconds: float = 2.5) -> int:
+    """A server's memory cgroup usage once no request is in flight (a cancelled one ends when its threads
+    have) and the usage has held within 1 MiB for ``steady_seconds``: the server frees and trims ~1 s after
+    its last request ends."""
+    wait_for(lambda: requests_in_flight(rest_port) == 0, 600, "no request in flight")
+    readings: collections.deque[tuple[float, int]] = collections.deque()
+
+    def steady() -> int:
+        now, usage = time.monotonic(), cgroup.usage
+        readings.append((now, usage))
+        while now - readings[0][0] > steady_seconds:
+            readings.popleft()
+        held = now - readings[0][0] >= steady_seconds - 0.1
+        return usage if held and max(u for _, u in readings) - min(u for _, u in readings) <= 2**20 else 0
+
+    return wait_for(steady, 60, f"the cgroup's usage to hold steady for {steady_seconds} s")
 
 
 class ServerThread:
@@ -219,7 +238,8 @@ class MemoryCgroup:
         return 0
 
     def rss(self) -> int:
-        """Resident anonymous memory and page cache charged to the cgroup (memory.stat's total_rss + cache)."""
+        """Resident anonymous memory of the cgroup's processes, shared pages counted once (memory.stat's
+        total_rss; ``usage`` adds the page cache charged to it)."""
         stats = dict(line.split() for line in self._read("memory.stat").splitlines())
         return int(stats.get("total_rss", stats.get("rss", 0)))
 

@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 import pytest
 
-from helpers import SHIPPED, PodProcess, cgroup_unavailable_reason, requests_in_flight, wait_for
+from helpers import SHIPPED, PodProcess, cgroup_unavailable_reason, settled_usage, wait_for
 from inpaint.core.protos import predict_pb2, prediction_service_pb2_grpc, types_pb2
 from inpaint.core.tensors import from_numpy, predict_bytes_request, to_numpy
 
@@ -59,22 +59,8 @@ class PodServer(PodProcess):
         except grpc.RpcError as error:
             return f"{error.code().name}: {error.details()}"
 
-    def settled_usage(self, steady_seconds: float = 2.5) -> int:
-        """The cgroup's usage once no request is in flight (a cancelled one ends when its threads have) and
-        the usage has held within 1 MiB for ``steady_seconds``: the server frees and trims ~1 s after its
-        last request ends."""
-        wait_for(lambda: requests_in_flight(self.rest_port) == 0, 120, "no request in flight")
-        readings: collections.deque[tuple[float, int]] = collections.deque()
-
-        def steady() -> int:
-            now, usage = time.monotonic(), self.cgroup.usage
-            readings.append((now, usage))
-            while now - readings[0][0] > steady_seconds:
-                readings.popleft()
-            held = now - readings[0][0] >= steady_seconds - 0.1
-            return usage if held and max(u for _, u in readings) - min(u for _, u in readings) <= MiB else 0
-
-        return wait_for(steady, 60, f"the cgroup's usage to hold steady for {steady_seconds} s")
+    def settled_usage(self) -> int:
+        return settled_usage(self.cgroup, self.rest_port)
 
     def begin(self) -> None:
         self.cgroup.reset_peak()
@@ -226,6 +212,39 @@ def post_gzip(url: str, body: bytes) -> int:
             return response.status
     except urllib.error.HTTPError as error:
         return error.code
+
+
+def test_messages_of_the_other_methods_arrive_a_few_at_a_time(probe):
+    """GetModelStatus, GetModelMetadata, the v2 calls and health took their messages as gRPC had buffered them,
+    up to its cap (92 MiB) each, outside the budget, and parsed them: sixteen 90 MB status and health requests
+    at once peaked at 933-1,444 MiB over idle. Now they arrive through a gate, one at a time, and a message
+    over SMALL_MESSAGE_BYTES is refused unparsed."""
+    from inpaint.core.protos import get_model_status_pb2, model_service_pb2_grpc
+    from inpaint.serving.grpc_transport import SMALL_ARRIVALS
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    name = "m" * (90 * 10**6)
+    status = get_model_status_pb2.GetModelStatusRequest()
+    status.model_spec.name = name
+    health = health_pb2.HealthCheckRequest(service=name)
+    models = model_service_pb2_grpc.ModelServiceStub(probe.channel)
+    checks = health_pb2_grpc.HealthStub(probe.channel)
+
+    def send(index: int) -> str:
+        call = models.GetModelStatus if index % 2 else checks.Check
+        try:
+            call(status if index % 2 else health, timeout=120)
+            return "OK"
+        except grpc.RpcError as error:
+            return error.code().name
+
+    codes = at_once(send, 16)
+    assert set(codes) == {"RESOURCE_EXHAUSTED"}, collections.Counter(codes)  # over SMALL_MESSAGE_BYTES, unparsed
+    # One arriving at a time (about three copies of it while gRPC hands it over), the others' HTTP/2 windows:
+    # under five messages' worth (it was 933-1,444 MiB when all sixteen arrived at once and were parsed).
+    peak = probe.cgroup.peak - probe.idle
+    assert peak < (3 * SMALL_ARRIVALS + 2) * len(name), f"{peak // MiB} MiB over idle at the peak"
 
 
 def test_gzip_bodies_are_inflated_within_the_budget(probe):

@@ -247,10 +247,11 @@ def test_the_limits_every_manifest_repeats_agree(monkeypatch):
 
 def test_every_manifests_memory_limit_holds_its_budget(monkeypatch):
     """serving/admission.py's arithmetic: idle processes + ORT's small-run arena + --memory-budget-mib, and about
-    a quarter of the limit left for what is not admitted; a gRPC predict's message (held twice while it
-    arrives) fits in what one request may hold, so the server need not cut the cap the args imply."""
-    from inpaint.serving.admission import UNADMITTED_SHARE, unadmitted_mib
-    from inpaint.serving.grpc_transport import ARRIVAL_COPIES
+    a quarter of the limit left for what is not admitted, at least half of it free of the small methods' one
+    message arriving; a gRPC predict's message (held twice while it arrives) fits in what one request may
+    hold, so the server need not cut the cap the args imply."""
+    from inpaint.serving.admission import SMALL_ARRIVAL_COPIES, UNADMITTED_SHARE, unadmitted_mib
+    from inpaint.serving.grpc_transport import ARRIVAL_COPIES, SMALL_ARRIVALS
     from inpaint.serving.server import request_bytes_for
 
     for path, container in server_containers():
@@ -260,6 +261,9 @@ def test_every_manifests_memory_limit_holds_its_budget(monkeypatch):
         grpc_bytes, _, _ = request_bytes_for(params["max_request_pixels"], params["tile_above_pixels"])
         per_request = params["memory_budget_mib"] * 2**20 * params["memory_share"]
         assert ARRIVAL_COPIES * grpc_bytes <= per_request, path
+        # the other methods' messages, arriving outside the budget, fit in what is left for the unadmitted
+        assert SMALL_ARRIVALS * SMALL_ARRIVAL_COPIES * grpc_bytes <= unadmitted_mib(limit, params["memory_budget_mib"]) \
+            * 2**20 / 2, path
 
 
 def test_the_deployments_drain_fits_its_grace_period(monkeypatch):
