@@ -161,6 +161,17 @@ class Soak:
         while self.mixing and time.monotonic() < deadline:
             time.sleep(0.2)
 
+    def breakdown(self) -> dict[str, int]:
+        """The cgroup's charge by kind, MiB: memory.stat's rss and cache, kernel memory, TCP buffers."""
+        stats = dict(line.split() for line in self.cgroup._read("memory.stat").splitlines())
+        kinds = {"rss": int(stats["total_rss"]), "cache": int(stats["total_cache"])}
+        for kind, name in (("kernel", "memory.kmem.usage_in_bytes"), ("tcp", "memory.kmem.tcp.usage_in_bytes")):
+            try:
+                kinds[kind] = int(self.cgroup._read(name))
+            except OSError:
+                pass
+        return {kind: value // MiB for kind, value in kinds.items()}
+
     def resident_sets(self) -> dict[str, int]:
         """MiB resident per process of the cgroup (the server, its REST codec worker, the fork server...)."""
         sets = {}
@@ -208,13 +219,14 @@ class Soak:
         self.burst()  # the first burst warms what stays (ORT's arena for small runs, gRPC's buffers)
         idle = self.settled()
         idle_rss = self.cgroup.rss()
+        idle_breakdown = self.breakdown()
         idle_resident = self.resident_sets()
         self.cgroup.reset_peak()
         logger.info("idle after warm-up: %d MiB; resident MiB %s", idle // MiB, idle_resident)
         mixers = [threading.Thread(target=self.mix_forever, args=(seed,), daemon=True) for seed in (1, 2)]
         for mixer in mixers:
             mixer.start()
-        started, bursts, rss, resident = time.monotonic(), [], [], []
+        started, bursts, rss, resident, breakdowns = time.monotonic(), [], [], [], []
         while time.monotonic() - started < minutes * 60:
             next_burst = started + 60 * (len(bursts) + 1)
             while time.monotonic() < min(next_burst, started + minutes * 60):
@@ -227,6 +239,7 @@ class Soak:
             self.pause_mix()
             after = self.settled()
             rss.append(self.cgroup.rss())
+            breakdowns.append(self.breakdown())
             resident.append(self.resident_sets())
             self.paused.clear()
             bursts.append(after)
@@ -245,6 +258,7 @@ class Soak:
             "after_each_burst_mib": [after // MiB for after in bursts],
             "rss_idle_mib": idle_rss // MiB, "rss_after_each_burst_mib": [value // MiB for value in rss],
             "rss_within_20_percent_of_idle": all(value <= (1 + BACK_WITHIN) * idle_rss for value in rss),
+            "breakdown_mib_idle": idle_breakdown, "breakdown_mib_after_each_burst": breakdowns,
             "resident_mib_idle": idle_resident, "resident_mib_after_each_burst": resident,
             "within_20_percent_of_idle": all(after <= (1 + BACK_WITHIN) * idle for after in bursts),
             "requests": sum(self.outcomes.values()),
