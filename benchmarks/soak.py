@@ -12,10 +12,10 @@ scans. After each burst the mix pauses, its requests in flight finish, and the c
 the server is idle again, with each process's resident set.
 
 Reports OOM kills (the cgroup's oom_control), failures by status, and the memory after each burst against
-idle (measured after a warm-up): the cgroup's usage (what the pod's limit counts, page cache included) and its
-RSS (memory.stat's total_rss: the processes' resident memory, shared pages once). The criterion: zero OOM kills, zero failures other than
-RESOURCE_EXHAUSTED (and the refusals the burst's hostile requests must get), memory back within 20 % of idle
-after each burst.
+idle (measured after a warm-up): the cgroup's usage (what the pod's limit counts, page cache included), its
+RSS (memory.stat's total_rss: the processes' resident memory, shared pages once) and its charge by kind. The
+criterion: zero OOM kills, zero failures other than RESOURCE_EXHAUSTED (and the refusals the burst's hostile
+requests must get), memory back within 20 % of idle after each burst.
 """
 
 from __future__ import annotations
@@ -162,15 +162,8 @@ class Soak:
             time.sleep(0.2)
 
     def breakdown(self) -> dict[str, int]:
-        """The cgroup's charge by kind, MiB: memory.stat's rss and cache, kernel memory, TCP buffers."""
-        stats = dict(line.split() for line in self.cgroup._read("memory.stat").splitlines())
-        kinds = {"rss": int(stats["total_rss"]), "cache": int(stats["total_cache"])}
-        for kind, name in (("kernel", "memory.kmem.usage_in_bytes"), ("tcp", "memory.kmem.tcp.usage_in_bytes")):
-            try:
-                kinds[kind] = int(self.cgroup._read(name))
-            except OSError:
-                pass
-        return {kind: value // MiB for kind, value in kinds.items()}
+        """The cgroup's charge by kind, MiB (MemoryCgroup.charges)."""
+        return {kind: value // MiB for kind, value in self.cgroup.charges().items()}
 
     def resident_sets(self) -> dict[str, int]:
         """MiB resident per process of the cgroup (the server, its REST codec worker, the fork server...)."""
@@ -218,8 +211,8 @@ class Soak:
             self.mixed_request(warm)
         self.burst()  # the first burst warms what stays (ORT's arena for small runs, gRPC's buffers)
         idle = self.settled()
-        idle_rss = self.cgroup.rss()
         idle_breakdown = self.breakdown()
+        idle_rss = idle_breakdown["rss"] * MiB
         idle_resident = self.resident_sets()
         self.cgroup.reset_peak()
         logger.info("idle after warm-up: %d MiB; resident MiB %s", idle // MiB, idle_resident)
@@ -238,8 +231,8 @@ class Soak:
             self.burst()
             self.pause_mix()
             after = self.settled()
-            rss.append(self.cgroup.rss())
             breakdowns.append(self.breakdown())
+            rss.append(breakdowns[-1]["rss"] * MiB)
             resident.append(self.resident_sets())
             self.paused.clear()
             bursts.append(after)

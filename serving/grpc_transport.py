@@ -11,7 +11,8 @@ its message itself (``receive``): a predict once it holds what the largest messa
 reload, the v2 readiness calls, health), whose messages are bytes in practice but may be as large as a
 predict's, through a gate that lets ``SMALL_ARRIVALS`` arrive at once, outside the budget (the Deployment's
 arithmetic counts them: ``serving/admission.py``), then, up to ``SMALL_MESSAGE_BYTES``, held as soon as they
-have arrived, refused at once if they do not fit; a larger one is refused unparsed. ``call`` is the one place where a gRPC request's failure becomes its status.
+have arrived, refused at once if they do not fit; a larger one is refused unparsed. ``call`` is the one place
+where a gRPC request's failure becomes its status.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class Incoming:
 
     requests: AsyncIterator[bytes]
     max_bytes: int  # gRPC's cap on a message (grpc.max_receive_message_length)
-    gate: asyncio.Semaphore | None = None  # a method other than a predict: arrives through the gate, unbudgeted
+    gate: asyncio.Semaphore | None = None  # not a predict: arrives through the gate, outside the budget
 
 
 async def only_message(requests: AsyncIterator[bytes]) -> bytes | None:

@@ -240,8 +240,20 @@ class MemoryCgroup:
     def rss(self) -> int:
         """Resident anonymous memory of the cgroup's processes, shared pages counted once (memory.stat's
         total_rss; ``usage`` adds the page cache charged to it)."""
+        return self.charges()["rss"]
+
+    def charges(self) -> dict[str, int]:
+        """What is charged to the cgroup by kind, in bytes: memory.stat's total_rss and total_cache, and, where
+        the kernel accounts them, kernel memory and TCP buffers."""
         stats = dict(line.split() for line in self._read("memory.stat").splitlines())
-        return int(stats.get("total_rss", stats.get("rss", 0)))
+        kinds = {"rss": int(stats.get("total_rss", stats.get("rss", 0))),
+                 "cache": int(stats.get("total_cache", stats.get("cache", 0)))}
+        for kind, name in (("kernel", "memory.kmem.usage_in_bytes"), ("tcp", "memory.kmem.tcp.usage_in_bytes")):
+            try:
+                kinds[kind] = int(self._read(name))
+            except OSError:
+                pass
+        return kinds
 
     def remove(self) -> None:
         """Move any process left to the parent cgroup, then delete this one."""

@@ -220,6 +220,7 @@ def test_messages_of_the_other_methods_arrive_a_few_at_a_time(probe):
     at once peaked at 933-1,444 MiB over idle. Now they arrive through a gate, one at a time, and a message
     over SMALL_MESSAGE_BYTES is refused unparsed."""
     from inpaint.core.protos import get_model_status_pb2, model_service_pb2_grpc
+    from inpaint.serving.admission import SMALL_ARRIVAL_COPIES
     from inpaint.serving.grpc_transport import SMALL_ARRIVALS
 
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -241,10 +242,10 @@ def test_messages_of_the_other_methods_arrive_a_few_at_a_time(probe):
 
     codes = at_once(send, 16)
     assert set(codes) == {"RESOURCE_EXHAUSTED"}, collections.Counter(codes)  # over SMALL_MESSAGE_BYTES, unparsed
-    # One arriving at a time (about three copies of it while gRPC hands it over), the others' HTTP/2 windows:
-    # under five messages' worth (it was 933-1,444 MiB when all sixteen arrived at once and were parsed).
+    # One arriving at a time (its copies while gRPC hands it over), the others' HTTP/2 windows: under five
+    # messages' worth (it was 933-1,444 MiB when all sixteen arrived at once and were parsed).
     peak = probe.cgroup.peak - probe.idle
-    assert peak < (3 * SMALL_ARRIVALS + 2) * len(name), f"{peak // MiB} MiB over idle at the peak"
+    assert peak < (SMALL_ARRIVAL_COPIES * SMALL_ARRIVALS + 2) * len(name), f"{peak // MiB} MiB over idle at the peak"
 
 
 def test_gzip_bodies_are_inflated_within_the_budget(probe):

@@ -262,8 +262,8 @@ def test_every_manifests_memory_limit_holds_its_budget(monkeypatch):
         per_request = params["memory_budget_mib"] * 2**20 * params["memory_share"]
         assert ARRIVAL_COPIES * grpc_bytes <= per_request, path
         # the other methods' messages, arriving outside the budget, fit in what is left for the unadmitted
-        assert SMALL_ARRIVALS * SMALL_ARRIVAL_COPIES * grpc_bytes <= unadmitted_mib(limit, params["memory_budget_mib"]) \
-            * 2**20 / 2, path
+        unadmitted = unadmitted_mib(limit, params["memory_budget_mib"]) * 2**20
+        assert SMALL_ARRIVALS * SMALL_ARRIVAL_COPIES * grpc_bytes <= unadmitted / 2, path
 
 
 def test_the_deployments_drain_fits_its_grace_period(monkeypatch):
