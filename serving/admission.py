@@ -28,9 +28,10 @@ check them under a memory cgroup). The Deployment's arithmetic, under its 2,560 
 
 leaving 632 MiB (a quarter) for what is not admitted: what a gRPC stream still waiting for room may send
 before its handler reads (HTTP/2 flow control: its window, 64 KiB; the server does not grow it), the message
-of a method that is not a predict (metadata, status, reload, health: bytes in practice; they arrive one at a
-time, about three copies of gRPC's cap at most while it is handed over, 280 MiB, and one over 1 MiB is
-dropped unparsed: ``grpc_transport.SMALL_ARRIVALS``), the allocators' slack and the cost model's error.
+of a method that is not a predict (metadata, status, reload, health, reflection: bytes in practice; they
+arrive one at a time, about three copies of gRPC's cap at most while it is handed over, 280 MiB, and one
+over 1 MiB is dropped unparsed: ``grpc_transport.SMALL_ARRIVALS``), the allocators' slack and the cost
+model's error.
 Measured: the soak's burst beside its mix peaks at 1,388-1,695 MiB of the cgroup (whose idle does not count
 the shared libraries' pages), and memory returns to idle after it.
 """

@@ -8,7 +8,7 @@ be is the caller's INVALID_ARGUMENT, not gRPC's UNKNOWN. gRPC buffers a message 
 unary handler sees it, so every method registers as client-streaming (the same call on the wire) and reads
 its message itself (``receive``): a predict once it holds what the largest message may take while it arrives
 (``receiving_unary``), then keeps what it really takes; the other methods (``small_unary``: metadata, status,
-reload, the v2 readiness calls, health), whose messages are bytes in practice but may be as large as a
+reload, the v2 readiness calls, health, each message of a reflection stream), whose messages are bytes in practice but may be as large as a
 predict's, through a gate that lets ``SMALL_ARRIVALS`` arrive at once, outside the budget (the Deployment's
 arithmetic counts them: ``serving/admission.py``), then, up to ``SMALL_MESSAGE_BYTES``, held as soon as they
 have arrived, refused at once if they do not fit; a larger one is refused unparsed. ``call`` is the one place
@@ -25,6 +25,8 @@ from typing import AsyncIterator, Awaitable, Callable, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
+from grpc_reflection.v1alpha.reflection import aio as reflection_aio
 
 from .admission import Reservation
 from .dataplane import DataPlane, Outcome
@@ -265,3 +267,42 @@ def add_health_service(server: grpc.aio.Server, health, max_message_bytes: int, 
         "Watch": grpc.stream_stream_rpc_method_handler(watch, request_deserializer=None,
                                                        response_serializer=serialize),
     }),))
+
+
+def add_reflection_service(server: grpc.aio.Server, service_names, pool, gate: asyncio.Semaphore) -> None:
+    """gRPC server reflection, answered by grpcio-reflection's servicer; each request of its stream arrives
+    through ``gate`` as the other small methods' messages do. A stream idle for ``SMALL_ARRIVAL_SECONDS`` ends
+    (DEADLINE_EXCEEDED): clients such as grpcurl send their requests back to back and then close."""
+    servicer = reflection_aio.ReflectionServicer(service_names, pool=pool)
+
+    async def info(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext):
+        messages = aiter(requests)
+
+        async def one_at_a_time():
+            while True:
+                async with gate_passed(gate, "reflection", deadline_of(context)):
+                    try:
+                        raw = await asyncio.wait_for(anext(messages, None), seconds_left(
+                            deadline_of(context), SMALL_ARRIVAL_SECONDS))
+                    except asyncio.TimeoutError:
+                        raise DeadlineExpired("no reflection request arrived within "
+                                              f"{SMALL_ARRIVAL_SECONDS:g} s") from None
+                if raw is None:
+                    return
+                if len(raw) > SMALL_MESSAGE_BYTES:
+                    raise RequestTooLarge(f"a reflection message of {len(raw)} bytes; this method takes at most "
+                                          f"{SMALL_MESSAGE_BYTES} bytes")
+                yield parse(reflection_pb2.ServerReflectionRequest, raw)
+
+        try:
+            async for response in servicer.ServerReflectionInfo(one_at_a_time(), context):
+                yield response
+            return
+        except (InvalidInput, QueueFull, RequestTooLarge, DeadlineExpired) as error:
+            code, _, text = status_of(error, "reflection", "")
+        await context.abort(code, text)
+
+    serialize = reflection_pb2.ServerReflectionResponse.SerializeToString
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(reflection_pb2.DESCRIPTOR.services_by_name[
+        "ServerReflection"].full_name, {"ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            info, request_deserializer=None, response_serializer=serialize)}),))

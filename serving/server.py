@@ -30,7 +30,7 @@ from .admission import DEFAULT_BUDGET_MIB, DEFAULT_SHARE, MiB, MemoryBudget
 from .batching import BatchingOptions, BatchScheduler, DirectScheduler, PerModelScheduler
 from .dataplane import DataPlane
 from .grpc_api import Reloader, add_tf_serving_services
-from .grpc_transport import ARRIVAL_COPIES, SMALL_ARRIVALS, add_health_service
+from .grpc_transport import ARRIVAL_COPIES, SMALL_ARRIVALS, add_health_service, add_reflection_service
 from .inputs import Limits
 from .errors import FailedPrecondition, InvalidConfig
 from .metrics import ServerMetrics
@@ -195,7 +195,7 @@ def create_server(address: str, dataplane: DataPlane, health: health_aio.HealthS
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
     )
-    reflection.enable_server_reflection(names, server, pool=POOL)
+    add_reflection_service(server, names, POOL, small_messages)
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as error:  # gRPC's "Failed to bind": taken since check_ports_free looked

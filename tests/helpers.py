@@ -243,11 +243,15 @@ class MemoryCgroup:
         return self.charges()["rss"]
 
     def charges(self) -> dict[str, int]:
-        """What is charged to the cgroup by kind, in bytes: memory.stat's total_rss and total_cache, and, where
-        the kernel accounts them, kernel memory and TCP buffers."""
-        stats = dict(line.split() for line in self._read("memory.stat").splitlines())
-        kinds = {"rss": int(stats.get("total_rss", stats.get("rss", 0))),
-                 "cache": int(stats.get("total_cache", stats.get("cache", 0)))}
+        """What is charged to the cgroup by kind, in bytes: memory.stat's total_rss and total_cache; anonymous
+        memory no process maps any more but still charged (on the LRU lists beyond RSS: parts of huge pages
+        freed, which the kernel splits and frees only under pressure); and, where the kernel accounts them,
+        kernel memory and TCP buffers."""
+        stats = {key: int(value) for key, value in (line.split() for line in self._read("memory.stat").splitlines())}
+        kinds = {"rss": stats.get("total_rss", stats.get("rss", 0)),
+                 "cache": stats.get("total_cache", stats.get("cache", 0))}
+        anon = stats.get("total_active_anon", 0) + stats.get("total_inactive_anon", 0)
+        kinds["unmapped anon"] = max(0, anon - kinds["rss"])
         for kind, name in (("kernel", "memory.kmem.usage_in_bytes"), ("tcp", "memory.kmem.tcp.usage_in_bytes")):
             try:
                 kinds[kind] = int(self._read(name))

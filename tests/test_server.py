@@ -221,6 +221,36 @@ def test_reflection_lists_the_services(onnx_repo, start_server):
     assert files, "the service's proto file is served"
 
 
+def test_reflection_answers_a_stream_of_requests_and_refuses_what_no_client_sends(onnx_repo, start_server):
+    """Reflection's requests arrive through the small methods' gate (serving/grpc_transport.py): requests sent
+    back to back on one stream are all answered; a message over SMALL_MESSAGE_BYTES is refused unparsed and a
+    stream that stays idle ends, rather than holding the gate."""
+    import queue
+
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from inpaint.serving.grpc_transport import SMALL_ARRIVAL_SECONDS, SMALL_MESSAGE_BYTES
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(grpc.insecure_channel(start_server(onnx_repo).grpc_target))
+    symbols = ["tensorflow.serving.PredictionService", "inference.GRPCInferenceService", "grpc.health.v1.Health"]
+    requests = [reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol) for symbol in symbols]
+    replies = list(stub.ServerReflectionInfo(iter(requests), timeout=30))
+    assert [reply.original_request.file_containing_symbol for reply in replies] == symbols
+    assert all(reply.file_descriptor_response.file_descriptor_proto for reply in replies)
+
+    huge = reflection_pb2.ServerReflectionRequest(file_containing_symbol="s" * (SMALL_MESSAGE_BYTES + 1))
+    code, details = code_of(lambda: list(stub.ServerReflectionInfo(iter([huge]), timeout=30)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and str(SMALL_MESSAGE_BYTES) in details
+
+    pending: queue.Queue = queue.Queue()  # a stream that sends one request, then nothing, and never closes
+    pending.put(requests[0])
+    stream = stub.ServerReflectionInfo(iter(pending.get, None), timeout=30)
+    assert next(stream).original_request.file_containing_symbol == symbols[0]
+    code, details = code_of(lambda: next(stream))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and f"{SMALL_ARRIVAL_SECONDS:g} s" in details
+    pending.put(None)
+
+
 def test_rest_api(onnx_repo, start_server):
     server = start_server(onnx_repo)
     url = server.rest_url + "/v1/models/inpaint"
