@@ -2,11 +2,14 @@
 as ``inpaint-serve`` opens it, and OpenVINO (if installed) on the same ``model.onnx``.
 
     python benchmarks/cpu_runtimes.py [--model models/pretrained/inpaint/1] [--seconds 4] [--out reports/cpu]
+                                      [--server]
 
 For each batch x size (32 x 64², 4 x 256², 1 x 1024²) every runtime gets the same uint8 photos and masks,
 two warm-up runs, then runs until ``--seconds`` have passed; the table gives images/s and each runtime's ratio
 to TensorFlow, and how far its fills are from TensorFlow's (mean and max absolute difference in levels over
 the hole pixels; known pixels are the graph's own composite). Only ratios measured in this one run compare.
+With ``--server``, ``inpaint-serve`` with its default flags serves the version's folder in its own process
+and one gRPC client sends it the same uint8 tensors (its fills include the server's detail pass).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -70,6 +74,33 @@ def openvino_runner(version: Path, hint: str = "f32"):
     return run
 
 
+def server_runner(version: Path):
+    """``inpaint-serve`` with its default flags on the version's model folder, in its own process, and one
+    gRPC client sending uint8 tensors (the issue's end-to-end figure); ``run.stop`` ends the server."""
+    import importlib.util
+
+    import grpc
+
+    from inpaint.core.contract import OUTPUT
+    from inpaint.core.protos import prediction_service_pb2_grpc
+    from inpaint.core.tensors import predict_request, to_numpy
+
+    spec = importlib.util.spec_from_file_location("serving_benchmark", ROOT / "benchmarks" / "serving.py")
+    serving_benchmark = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serving_benchmark)
+    server = serving_benchmark.Server(version.parent, batching=False)
+    channel = grpc.insecure_channel(server.target, options=[("grpc.max_receive_message_length", -1),
+                                                            ("grpc.max_send_message_length", -1)])
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+    def run(images, masks):
+        reply = stub.Predict(predict_request(images, masks, "inpaint"), timeout=600)
+        return to_numpy(OUTPUT, reply.outputs[OUTPUT])
+
+    run.stop = server.stop
+    return run
+
+
 def throughput(run, images, masks, seconds: float) -> float:
     for _ in range(2):
         run(images, masks)
@@ -80,12 +111,14 @@ def throughput(run, images, masks, seconds: float) -> float:
     return runs * len(images) / (time.perf_counter() - started)
 
 
-def runners(version: Path) -> dict:
+def runners(version: Path, server: bool) -> dict:
     found = {"tensorflow": tensorflow_runner(version), "onnxruntime": onnxruntime_runner(version)}
     try:
         found["openvino f32"] = openvino_runner(version)
     except ImportError:
         pass
+    if server:
+        found["inpaint-serve, gRPC uint8"] = server_runner(version)
     return found
 
 
@@ -94,8 +127,10 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "pretrained" / "inpaint" / "1")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "cpu")
+    parser.add_argument("--server", action="store_true",
+                        help="also time inpaint-serve (default flags) on the version's folder through gRPC")
     args = parser.parse_args()
-    found = runners(args.model)
+    found = runners(args.model, args.server)
     rows = []
     for batch, side in SHAPES:
         images, masks = inputs(batch, side)
@@ -115,6 +150,9 @@ def main() -> None:
         row["over_tensorflow"] = row["images_per_s"] / tf_speed[row["shape"]]
         print(f"| {row['shape']} | {row['runtime']} | {row['images_per_s']:.2f} | {row['over_tensorflow']:.2f} | "
               f"{row['mean_diff']:.2f} / {row['max_diff']} |")
+    for run in found.values():
+        if hasattr(run, "stop"):
+            run.stop()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cpu_runtimes.json").write_text(json.dumps(rows, indent=2) + "\n")
 
