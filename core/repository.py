@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Iterator
 
 ONNX_FILENAME = "model.onnx"
+# The version's int8 graph, beside model.onnx; served with --precision int8 (benchmarks/int8.py writes it).
+INT8_FILENAME = "model.int8.onnx"
 SAVED_MODEL_FILENAME = "saved_model.pb"
 RUN_RECORD = Path("assets.extra") / "run.json"
 # The detail pass a version is served with (core/detail.py); TF Serving ignores it (it reads only its warm-up file).

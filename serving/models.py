@@ -176,8 +176,10 @@ class ModelManager:
     """All versions of one model. Lives on the event loop; loading runs in ``load_executor``."""
 
     def __init__(self, name: str, base_path: Path, policy: VersionPolicy, loader: Loader,
-                 load_executor: Executor | None = None, settle_seconds: float = SETTLE_SECONDS):
+                 load_executor: Executor | None = None, settle_seconds: float = SETTLE_SECONDS,
+                 filename: str = ONNX_FILENAME):
         self.name, self.base_path, self.policy, self.loader = name, Path(base_path), policy, loader
+        self.filename = filename  # the graph each version folder serves (model.onnx, or its int8 graph)
         self.load_executor = load_executor
         self.settle_seconds = settle_seconds
         self.versions: dict[int, ModelVersion] = {}
@@ -185,6 +187,7 @@ class ModelManager:
         self.polls = 0  # finished polls, for tests and diagnostics
         self.unsettled: set[int] = set()  # versions whose model.onnx was still changing at the last poll
         self._seen_last_poll: dict[int, FileStamp] = {}
+        self._without_graph: set[int] = set()  # versions said to lack the graph this server runs
         self._poll_lock = asyncio.Lock()
         self._draining: set[asyncio.Task] = set()
 
@@ -231,15 +234,27 @@ class ModelManager:
     # -- the file system --------------------------------------------------------------------------
 
     def _on_disk(self) -> dict[int, FileStamp]:
-        """Versions with a model.onnx, and that file's stamp."""
+        """Versions with the graph this server runs (``filename``), and that file's stamp."""
         found = {}
         for version in list_versions(self.base_path):
             try:
-                stat = (self.base_path / str(version) / ONNX_FILENAME).stat()
-            except OSError:
-                continue  # a SavedModel-only version: TF Serving's, not ours (or one removed just now)
+                stat = (self.base_path / str(version) / self.filename).stat()
+            except OSError:  # a SavedModel-only version: TF Serving's, not ours (or one removed just now)
+                self._say_why_not_served(version)
+                continue
             found[version] = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
         return found
+
+    def _say_why_not_served(self, version: int) -> None:
+        """Once per version: one that has a model.onnx but not the graph this server runs (its int8 graph
+        under --precision int8) is not served, and the log says how to make that graph."""
+        if (self.filename == ONNX_FILENAME or version in self._without_graph
+                or not (self.base_path / str(version) / ONNX_FILENAME).is_file()):
+            return
+        self._without_graph.add(version)
+        logger.warning("%s version %d has no %s, so it is not served (--precision int8 runs that graph): write "
+                       "it with `python benchmarks/int8.py --model %s --install`", self.name, version, self.filename,
+                       self.base_path / str(version))
 
     def _settled(self, on_disk: dict[int, FileStamp]) -> set[int]:
         """Versions whose file looked the same at the last poll, or has not been modified for a while."""
@@ -320,7 +335,7 @@ class ModelManager:
         self._changed()
 
     def _load_and_warm_up(self, path: Path) -> Servable:
-        servable = self.loader(path / ONNX_FILENAME)
+        servable = self.loader(path / self.filename)
         check_signature(servable.signature())
         warm_up(servable)
         return servable

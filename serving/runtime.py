@@ -9,11 +9,13 @@ import os
 from pathlib import Path
 
 from inpaint.core.onnx_model import OnnxModel
+from inpaint.core.repository import INT8_FILENAME, ONNX_FILENAME
 
 logger = logging.getLogger(__name__)
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("float32", "int8")
 # Runs up to this many pixels (N x H x W as the graph pads them, contract.padded_pixels) keep ONNX Runtime's
 # memory arena: a 128 x 128 image or four of 64 x 64, about 10 MiB (640 bytes a padded pixel, measured);
 # larger runs go to a session of their own that gives its arena back when they end (OnnxModel), so a pod's
@@ -39,14 +41,16 @@ def providers_for(device: str) -> list[str]:
 
 
 class ModelLoader:
-    """Loads model.onnx files; checks once that the provider asked for is the one ORT really used.
+    """Loads a version's graph (``filename``: model.onnx, or its int8 graph under ``precision`` int8); checks
+    once that the provider asked for is the one ORT really used.
 
     onnxruntime-gpu lists CUDA even on machines without a GPU or CUDA libraries,
     and then silently falls back to CPU per session: the first load tells.
     """
 
-    def __init__(self, device: str = "auto", intra_op_threads: int = 0):
+    def __init__(self, device: str = "auto", intra_op_threads: int = 0, precision: str = "float32"):
         self.device, self.intra_op_threads = device, intra_op_threads
+        self.filename = INT8_FILENAME if precision == "int8" else ONNX_FILENAME
         self.provider: str | None = None
 
     def __call__(self, path: Path) -> OnnxModel:

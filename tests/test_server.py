@@ -21,7 +21,7 @@ from grpc_helpers import Stubs, code_of, images, predict_request
 from helpers import wait_for
 from inpaint.core.contract import VersionState
 from inpaint.core.protos import types_pb2
-from onnx_models import expected_fill, wrong_signature_model, write_version
+from onnx_models import expected_fill, fill_model, wrong_signature_model, write_version
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -490,3 +490,35 @@ def test_health_updates_still_waiting_at_the_stop_are_cancelled_and_awaited(onnx
 
     left = server.run(stop_and_look())
     assert not left, f"tasks left pending after the stop: {left}"
+
+
+def test_precision_int8_serves_each_versions_int8_graph_and_says_why_a_version_without_one_is_not(
+        tmp_path, start_server, caplog):
+    """--precision int8 runs the model.int8.onnx beside each version's model.onnx (benchmarks/int8.py --install
+    writes it, once its quality is within 1 % of float32's); the default runs model.onnx. A version without an
+    int8 graph is not served under int8, and the log says how to make one."""
+    import logging
+
+    import onnx
+
+    base = tmp_path / "inpaint"
+    write_version(base, 1, fill=128)
+    onnx.save(fill_model(77), str(base / "1" / "model.int8.onnx"))  # a graph that tells which one ran
+    image, mask = images()
+    float32, int8 = start_server(base), start_server(base, precision="int8")
+    assert Stubs(float32.grpc_target).predict(predict_request(image, mask)).tolist() == \
+        expected_fill(image, mask, 128).tolist()
+    assert Stubs(int8.grpc_target).predict(predict_request(image, mask)).tolist() == \
+        expected_fill(image, mask, 77).tolist()
+
+    bare = tmp_path / "bare"
+    write_version(bare, 1)
+    with caplog.at_level(logging.WARNING, logger="inpaint.serving.models"):
+        server = start_server(bare, wait=False, precision="int8")
+        wait_for(lambda: "has no model.int8.onnx" in caplog.text, 30, "the warning about the missing int8 graph")
+        manager = server.server.models.managers["inpaint"]
+        polls = manager.polls
+        wait_for(lambda: manager.polls >= polls + 3, 30, "three more polls of the version folder")
+    assert "benchmarks/int8.py" in caplog.text and caplog.text.count("has no model.int8.onnx") == 1
+    code, _ = code_of(lambda: Stubs(server.grpc_target).predict(predict_request(image, mask)))
+    assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND)
