@@ -79,6 +79,8 @@ def _libc_function(name: str):
 
 _MALLOC_TRIM = _libc_function("malloc_trim")
 _MALLOPT = _libc_function("mallopt")
+_PRCTL = _libc_function("prctl")
+PR_SET_THP_DISABLE = 41  # linux/prctl.h
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameters
 M_ARENA_MAX = -8
 # glibc gives each thread that allocates an arena of its own (up to 8 per core), and each keeps its free
@@ -102,26 +104,32 @@ def hand_large_buffers_back_when_freed() -> None:
         logger.warning("mallopt(M_MMAP_THRESHOLD) failed: memory may stay high after bursts")
     if _MALLOPT is not None and not _MALLOPT(M_ARENA_MAX, ARENAS):
         logger.warning("mallopt(M_ARENA_MAX) failed: memory may stay high after bursts")
-    keep_arrays_off_huge_pages()
+    keep_off_huge_pages()
 
 
-def keep_arrays_off_huge_pages() -> None:
-    """Stop NumPy asking the kernel for transparent huge pages for its arrays, here and in processes started
-    from here (NumPy's documented ``NUMPY_MADVISE_HUGEPAGE=0``, which it reads when it is imported).
+def keep_off_huge_pages() -> None:
+    """Keep this process and those it starts off transparent huge pages: the kernel's switch for the process
+    (prctl PR_SET_THP_DISABLE, inherited by children, whatever the host's THP mode), and NumPy's own, which
+    asks for huge pages for every array of 4 MiB or more (``NUMPY_MADVISE_HUGEPAGE=0`` for processes started
+    from here, which NumPy reads when it is imported).
 
-    NumPy advises huge pages for every array of 4 MiB or more. When glibc gives part of a 2 MiB huge page back
-    (malloc_trim, a heap's shrinking top), the kernel unmaps that part but splits and frees the page only under
-    memory pressure: the whole page stays charged to the pod's cgroup, counted in its usage but not in its
-    RSS. After 10 minutes of soak bursts that was 30 to 50 MiB over idle (inactive anonymous memory beyond
-    RSS, freed when the cgroup's limit was squeezed); without huge pages for arrays, none.
+    When glibc gives part of a 2 MiB huge page back (malloc_trim, a heap's shrinking top), the kernel unmaps
+    that part but splits and frees the page only under memory pressure: the whole page stays charged to the
+    pod's cgroup, counted in its usage but not in its RSS. After 10 minutes of soak bursts that was 30 to 50
+    MiB over idle (anonymous memory beyond RSS, freed when the cgroup's limit was squeezed); without, none.
     """
+    if _PRCTL is not None and _PRCTL(PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0:
+        logger.warning("prctl(PR_SET_THP_DISABLE) failed: memory may stay high after bursts")
     os.environ["NUMPY_MADVISE_HUGEPAGE"] = "0"
     try:
         from numpy._core import multiarray
     except ImportError:  # NumPy 1
         from numpy.core import multiarray
-    set_madvise_hugepage = getattr(multiarray, "_set_madvise_hugepage", None)  # NumPy's own switch for the same
-    if set_madvise_hugepage is not None:
+
+    set_madvise_hugepage = getattr(multiarray, "_set_madvise_hugepage", None)
+    if set_madvise_hugepage is None:
+        logger.warning("this NumPy has no switch for huge pages: memory may stay high after bursts")
+    else:
         set_madvise_hugepage(False)
 
 

@@ -68,7 +68,7 @@ def test_the_validator_really_rejects_bad_documents():
     from kubernetes_validate.utils import ValidationError
 
     deployment = copy.deepcopy(by_kind(render("overlays/onnx-cpu"), "Deployment"))
-    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"] = "grpc"
+    del deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"]  # required
     with pytest.raises(ValidationError):
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
 
@@ -104,9 +104,8 @@ def test_manifests_agree_with_each_other(overlay):
         return
     args = container["args"]
     assert int(flag(args, "--port")) == ports["grpc"] and int(flag(args, "--rest-port")) == ports["http"]
-    for probe in ("startupProbe", "readinessProbe"):
-        assert container[probe]["grpc"]["port"] == ports["grpc"]
-        assert container[probe]["grpc"]["service"] == flag(args, "--model-name"), "health service = model name"
+    for probe in ("startupProbe", "readinessProbe"):  # over REST: gRPC health waits behind the small-methods gate
+        assert container[probe]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert pod["terminationGracePeriodSeconds"] > float(flag(args, "--drain-seconds"))
     if overlay == "onnx-gpu":
@@ -189,15 +188,12 @@ def test_rendered_deployment_really_starts_and_passes_its_probes(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "inpaint.serving.cli", *args, "--host", "127.0.0.1"],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        probe = container["readinessProbe"]["grpc"]
-        assert probe["port"] == ports["grpc"]
-        wait_serving(f"127.0.0.1:{free['grpc']}", process, service=probe["service"])  # the readiness probe
-        liveness = container["livenessProbe"]["httpGet"]
-        assert liveness["port"] == "http"
-        with urllib.request.urlopen(f"http://127.0.0.1:{free['http']}{liveness['path']}", timeout=5) as response:
-            assert response.status == 200
-        with urllib.request.urlopen(f"http://127.0.0.1:{free['http']}/readyz", timeout=5) as response:
-            assert response.status == 200
+        wait_serving(f"127.0.0.1:{free['grpc']}", process, service=flag(args, "--model-name"))
+        for probe in ("readinessProbe", "livenessProbe"):
+            get = container[probe]["httpGet"]
+            assert get["port"] == "http"
+            with urllib.request.urlopen(f"http://127.0.0.1:{free['http']}{get['path']}", timeout=5) as response:
+                assert response.status == 200
         metrics_path = by_kind(render("overlays/onnx-cpu"), "Deployment")["spec"]["template"]["metadata"][
             "annotations"]["prometheus.io/path"]
         with urllib.request.urlopen(f"http://127.0.0.1:{free['http']}{metrics_path}", timeout=5) as response:

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -223,13 +224,14 @@ def test_reflection_lists_the_services(onnx_repo, start_server):
 
 def test_reflection_answers_a_stream_of_requests_and_refuses_what_no_client_sends(onnx_repo, start_server):
     """Reflection's requests arrive through the small methods' gate (serving/grpc_transport.py): requests sent
-    back to back on one stream are all answered; a message over SMALL_MESSAGE_BYTES is refused unparsed and a
-    stream that stays idle ends, rather than holding the gate."""
+    back to back on one stream are all answered; a message over SMALL_MESSAGE_BYTES is refused unparsed; a
+    stream that stays idle ends rather than hold the gate (grpcurl leaves its stream open while the call it
+    looked up runs): before its first request with DEADLINE_EXCEEDED, after its answers with OK, at once."""
     import queue
 
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    from inpaint.serving.grpc_transport import SMALL_ARRIVAL_SECONDS, SMALL_MESSAGE_BYTES
+    from inpaint.serving.grpc_transport import REFLECTION_IDLE_SECONDS, SMALL_ARRIVAL_SECONDS, SMALL_MESSAGE_BYTES
 
     stub = reflection_pb2_grpc.ServerReflectionStub(grpc.insecure_channel(start_server(onnx_repo).grpc_target))
     symbols = ["tensorflow.serving.PredictionService", "inference.GRPCInferenceService", "grpc.health.v1.Health"]
@@ -246,9 +248,15 @@ def test_reflection_answers_a_stream_of_requests_and_refuses_what_no_client_send
     pending.put(requests[0])
     stream = stub.ServerReflectionInfo(iter(pending.get, None), timeout=30)
     assert next(stream).original_request.file_containing_symbol == symbols[0]
-    code, details = code_of(lambda: next(stream))
-    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and f"{SMALL_ARRIVAL_SECONDS:g} s" in details
+    started = time.monotonic()
+    assert list(stream) == []  # ended, OK, with the gate free again...
+    assert time.monotonic() - started < 10 * REFLECTION_IDLE_SECONDS  # ...long before the call's deadline
     pending.put(None)
+
+    silent: queue.Queue = queue.Queue()  # one that never sends its first request
+    code, details = code_of(lambda: list(stub.ServerReflectionInfo(iter(silent.get, None), timeout=30)))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and f"{SMALL_ARRIVAL_SECONDS:g} s" in details
+    silent.put(None)
 
 
 def test_rest_api(onnx_repo, start_server):
@@ -522,3 +530,27 @@ def test_precision_int8_serves_each_versions_int8_graph_and_says_why_a_version_w
     assert "benchmarks/int8.py" in caplog.text and caplog.text.count("has no model.int8.onnx") == 1
     code, _ = code_of(lambda: Stubs(server.grpc_target).predict(predict_request(image, mask)))
     assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND)
+
+
+def test_readiness_over_rest_answers_while_slow_small_messages_hold_the_grpc_gate(onnx_repo, start_server):
+    """The Deployment's readiness probe is GET /readyz, not gRPC health: gRPC health requests pass the gate the
+    small methods share (one message arriving at a time, up to 2 s each), so clients holding it make a 1 s
+    health check time out, while /readyz, outside the gate, answers at once."""
+    import queue
+
+    from grpc_reflection.v1alpha import reflection_pb2_grpc
+
+    server = start_server(onnx_repo)
+    channel = grpc.insecure_channel(server.grpc_target)
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    silent = [queue.Queue() for _ in range(8)]  # streams that never send their first request: 2 s each
+    holders = [reflection.ServerReflectionInfo(iter(q.get, None), timeout=60) for q in silent]
+    holding = ThreadPoolExecutor(len(holders)).map(lambda stream: code_of(lambda: list(stream))[0], holders)
+    health = health_pb2_grpc.HealthStub(channel)
+    wait_for(lambda: code_of(lambda: health.Check(health_pb2.HealthCheckRequest(service="inpaint"), timeout=1))[0]
+             == grpc.StatusCode.DEADLINE_EXCEEDED, 10, "a 1 s gRPC health check stuck behind the gate")
+    with urllib.request.urlopen(server.rest_url + "/readyz", timeout=1) as response:  # the probe's 1 s
+        assert response.status == 200 and json.loads(response.read())["status"] == "ready"
+    for q in silent:
+        q.put(None)  # the streams still waiting for the gate end
+    list(holding)
