@@ -258,3 +258,12 @@ def test_every_export_writes_both_signatures_and_both_warmup_requests(tmp_path):
     write_warmup_requests(tmp_path, "inpaint", 32)
     assert set(tf.saved_model.load(str(tmp_path)).signatures) == {"serving_default", BYTES_SIGNATURE_NAME}
     assert len(list(tf.data.TFRecordDataset(str(tmp_path / WARMUP_FILE)))) == 2
+    # each weight stored once: the checkpoint holds the model's float32 values once, plus a little framing
+    stored = sum(f.stat().st_size for f in (tmp_path / "variables").iterdir())
+    assert 4 * model.count_params() <= stored < 1.25 * 4 * model.count_params() + 8 * 1024, stored  # twice: 2.3x
+    image = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), np.uint8)
+    mask = np.zeros((1, 32, 32, 1), np.uint8)
+    mask[:, 8:20, 8:20] = 1
+    reloaded = tf.saved_model.load(str(tmp_path)).signatures["serving_default"]
+    fill = reloaded(image=tf.constant(image), mask=tf.constant(mask))["inpainted"].numpy()
+    assert fill.shape == image.shape and (fill[mask[..., 0] == 0] == image[mask[..., 0] == 0]).all()
