@@ -243,7 +243,11 @@ def test_messages_of_the_other_methods_arrive_a_few_at_a_time(probe):
             return error.code().name
 
     codes = at_once(send, 16)
-    assert set(codes) == {"RESOURCE_EXHAUSTED"}, collections.Counter(codes)  # over SMALL_MESSAGE_BYTES, unparsed
+    # Each is refused: over SMALL_MESSAGE_BYTES, unparsed; on a loaded machine now and then one whose message did
+    # not arrive within SMALL_ARRIVAL_SECONDS of passing the gate, the gate's other refusal (DEADLINE_EXCEEDED;
+    # 1 of 16 in one CI run of three).
+    assert "RESOURCE_EXHAUSTED" in codes and set(codes) <= {"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}, \
+        collections.Counter(codes)
     # One arriving at a time (its copies while gRPC hands it over), the others' HTTP/2 windows: under five
     # messages' worth (it was 933-1,444 MiB when all sixteen arrived at once and were parsed).
     peak = probe.cgroup.peak - probe.idle
