@@ -8,8 +8,8 @@ be is the caller's INVALID_ARGUMENT, not gRPC's UNKNOWN. gRPC buffers a message 
 unary handler sees it, so every method registers as client-streaming (the same call on the wire) and reads
 its message itself (``receive``): a predict once it holds what the largest message may take while it arrives
 (``receiving_unary``), then keeps what it really takes; the other methods (``small_unary``: metadata, status,
-reload, the v2 readiness calls, health, each message of a reflection stream), whose messages are bytes in practice but may be as large as a
-predict's, through a gate that lets ``SMALL_ARRIVALS`` arrive at once, outside the budget (the Deployment's
+reload, the v2 readiness calls, health, each message of a reflection stream), whose messages are bytes in
+practice but may be as large as a predict's, through a gate that lets ``SMALL_ARRIVALS`` arrive at once, outside the budget (the Deployment's
 arithmetic counts them: ``serving/admission.py``), then, up to ``SMALL_MESSAGE_BYTES``, held as soon as they
 have arrived, refused at once if they do not fit; a larger one is refused unparsed. ``call`` is the one place
 where a gRPC request's failure becomes its status.
@@ -116,9 +116,7 @@ async def receive(incoming: Incoming, held: Reservation | None, api: str, deadli
     if incoming.gate is not None:
         async with gate_passed(incoming.gate, api, deadline):
             raw = await arrived(incoming, api, deadline)
-        if len(raw) > SMALL_MESSAGE_BYTES:
-            raise RequestTooLarge(f"a {api} message of {len(raw)} bytes; this method takes at most "
-                                  f"{SMALL_MESSAGE_BYTES} bytes")
+        refuse_if_not_small(raw, api)
         if held is not None:
             held.grow_now(MESSAGE_COPIES * len(raw), f"a {len(raw)}-byte {api} message")
         return raw
@@ -147,6 +145,13 @@ async def arrived(incoming: Incoming, api: str, deadline: float | None) -> bytes
     if raw is None:
         raise InvalidInput(f"the call ended without its {api} message")
     return raw
+
+
+def refuse_if_not_small(raw: bytes, api: str) -> None:
+    """A message of a method other than a predict over ``SMALL_MESSAGE_BYTES`` is refused unparsed."""
+    if len(raw) > SMALL_MESSAGE_BYTES:
+        raise RequestTooLarge(f"a {api} message of {len(raw)} bytes; this method takes at most "
+                              f"{SMALL_MESSAGE_BYTES} bytes")
 
 
 @contextlib.asynccontextmanager
@@ -297,9 +302,7 @@ def add_reflection_service(server: grpc.aio.Server, service_names, pool, gate: a
                 first = False
                 if raw is None:
                     return
-                if len(raw) > SMALL_MESSAGE_BYTES:
-                    raise RequestTooLarge(f"a reflection message of {len(raw)} bytes; this method takes at most "
-                                          f"{SMALL_MESSAGE_BYTES} bytes")
+                refuse_if_not_small(raw, "reflection")
                 yield parse(reflection_pb2.ServerReflectionRequest, raw)
 
         try:
