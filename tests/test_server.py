@@ -259,6 +259,50 @@ def test_reflection_answers_a_stream_of_requests_and_refuses_what_no_client_send
     silent.put(None)
 
 
+def test_streams_that_stay_open_are_counted_and_one_more_is_refused(onnx_repo, start_server):
+    """Health Watch and reflection streams stay open as long as their client likes, each keeping its request
+    (up to 1 MiB; an unread reflection answer repeats it): uncounted, 473 unread 1 MiB lookups or 1,150 Watch
+    streams of 1 MiB names OOM-killed the pod (helper-18). At most OPEN_STREAMS of each are open at once; one
+    more gets RESOURCE_EXHAUSTED naming the limit, and a closed stream's place is taken again."""
+    import queue
+
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from inpaint.serving.grpc_transport import OPEN_STREAMS
+
+    channel = grpc.insecure_channel(start_server(onnx_repo).grpc_target)
+    health = health_pb2_grpc.HealthStub(channel)
+    request = health_pb2.HealthCheckRequest(service="inpaint")
+    watches = [health.Watch(request, timeout=60) for _ in range(OPEN_STREAMS)]
+    assert all(next(watch).status == health_pb2.HealthCheckResponse.SERVING for watch in watches)
+    code, details = code_of(lambda: next(health.Watch(request, timeout=30)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and f"health Watch streams open at once ({OPEN_STREAMS})" in details
+    watches.pop().cancel()
+    wait_for(lambda: code_of(lambda: next(health.Watch(request, timeout=30)))[0] == grpc.StatusCode.OK, 10,
+             "a Watch stream again")
+    for watch in watches:
+        watch.cancel()
+
+    lookups = reflection_pb2_grpc.ServerReflectionStub(channel)
+    lookup = reflection_pb2.ServerReflectionRequest(file_containing_symbol="s" * 1_000_000)  # answered, never read
+    senders = [queue.Queue() for _ in range(OPEN_STREAMS)]
+    for sender in senders:
+        sender.put(lookup)
+    unread = [lookups.ServerReflectionInfo(iter(sender.get, None), timeout=60) for sender in senders]
+    listing = reflection_pb2.ServerReflectionRequest(list_services="")
+
+    def one_more() -> tuple:
+        return code_of(lambda: list(lookups.ServerReflectionInfo(iter([listing]), timeout=30)))
+
+    code, details = wait_for(lambda: (found := one_more())[0] == grpc.StatusCode.RESOURCE_EXHAUSTED and found, 30,
+                             "a reflection stream refused while the unread ones stay open")
+    assert f"reflection streams open at once ({OPEN_STREAMS})" in details
+    for stream, sender in zip(unread, senders):
+        stream.cancel()
+        sender.put(None)
+    wait_for(lambda: one_more()[0] == grpc.StatusCode.OK, 10, "a reflection stream answered again")
+
+
 def test_rest_api(onnx_repo, start_server):
     server = start_server(onnx_repo)
     url = server.rest_url + "/v1/models/inpaint"
