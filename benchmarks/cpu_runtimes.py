@@ -8,8 +8,10 @@ For each batch x size (32 x 64², 4 x 256², 1 x 1024²) every runtime gets the 
 two warm-up runs, then runs until ``--seconds`` have passed; the table gives images/s and each runtime's ratio
 to TensorFlow, and how far its fills are from TensorFlow's (mean and max absolute difference in levels over
 the hole pixels; known pixels are the graph's own composite). Only ratios measured in this one run compare.
-With ``--server``, ``inpaint-serve`` with its default flags serves the version's folder in its own process
-and one gRPC client sends it the same uint8 tensors (its fills include the server's detail pass).
+A version with an int8 graph (``model.int8.onnx``) gets an "onnxruntime int8" row too. With ``--server``,
+``inpaint-serve`` with its default flags (``--precision auto``: on a CPU the int8 graph where there is one)
+serves the version's folder in its own process and one gRPC client sends it the same uint8 tensors (its fills
+include the server's detail pass).
 """
 
 from __future__ import annotations
@@ -49,11 +51,11 @@ def tensorflow_runner(version: Path):
     return lambda images, masks: function(**{IMAGE: tf.constant(images), MASK: tf.constant(masks)})[OUTPUT].numpy()
 
 
-def onnxruntime_runner(version: Path):
+def onnxruntime_runner(version: Path, graph: str = "model.onnx"):
     from inpaint.core.onnx_model import OnnxModel
     from inpaint.serving.runtime import ARENA_KEEPS_PIXELS
 
-    model = OnnxModel(version / "model.onnx", shrink_above_pixels=ARENA_KEEPS_PIXELS)  # as the server opens it
+    model = OnnxModel(version / graph, shrink_above_pixels=ARENA_KEEPS_PIXELS)  # as the server opens it
     return model.inpaint
 
 
@@ -112,7 +114,11 @@ def throughput(run, images, masks, seconds: float) -> float:
 
 
 def runners(version: Path, server: bool) -> dict:
+    from inpaint.core.repository import INT8_FILENAME
+
     found = {"tensorflow": tensorflow_runner(version), "onnxruntime": onnxruntime_runner(version)}
+    if (version / INT8_FILENAME).is_file():  # what inpaint-serve --precision auto runs on a CPU
+        found["onnxruntime int8"] = onnxruntime_runner(version, INT8_FILENAME)
     try:
         found["openvino f32"] = openvino_runner(version)
     except ImportError:

@@ -73,7 +73,12 @@ class Servable(Protocol):
     def signature(self) -> Signature: ...
 
 
-Loader = Callable[[Path], Servable]
+class Loader(Protocol):
+    """Loads a version folder's graph; ``graph_file`` names the file in it that a load reads."""
+
+    def __call__(self, version_path: Path) -> Servable: ...
+
+    def graph_file(self, version_path: Path) -> str: ...
 
 
 @dataclass
@@ -176,10 +181,8 @@ class ModelManager:
     """All versions of one model. Lives on the event loop; loading runs in ``load_executor``."""
 
     def __init__(self, name: str, base_path: Path, policy: VersionPolicy, loader: Loader,
-                 load_executor: Executor | None = None, settle_seconds: float = SETTLE_SECONDS,
-                 filename: str = ONNX_FILENAME):
+                 load_executor: Executor | None = None, settle_seconds: float = SETTLE_SECONDS):
         self.name, self.base_path, self.policy, self.loader = name, Path(base_path), policy, loader
-        self.filename = filename  # the graph each version folder serves (model.onnx, or its int8 graph)
         self.load_executor = load_executor
         self.settle_seconds = settle_seconds
         self.versions: dict[int, ModelVersion] = {}
@@ -234,11 +237,12 @@ class ModelManager:
     # -- the file system --------------------------------------------------------------------------
 
     def _on_disk(self) -> dict[int, FileStamp]:
-        """Versions with the graph this server runs (``filename``), and that file's stamp."""
+        """Versions with the graph this server runs (the loader's ``graph_file``), and that file's stamp."""
         found = {}
         for version in list_versions(self.base_path):
+            path = self.base_path / str(version)
             try:
-                stat = (self.base_path / str(version) / self.filename).stat()
+                stat = (path / self.loader.graph_file(path)).stat()
             except OSError:  # a SavedModel-only version: TF Serving's, not ours (or one removed just now)
                 self._say_why_not_served(version)
                 continue
@@ -248,13 +252,13 @@ class ModelManager:
     def _say_why_not_served(self, version: int) -> None:
         """Once per version: one that has a model.onnx but not the graph this server runs (its int8 graph
         under --precision int8) is not served, and the log says how to make that graph."""
-        if (self.filename == ONNX_FILENAME or version in self._without_graph
-                or not (self.base_path / str(version) / ONNX_FILENAME).is_file()):
+        path = self.base_path / str(version)
+        graph = self.loader.graph_file(path)
+        if graph == ONNX_FILENAME or version in self._without_graph or not (path / ONNX_FILENAME).is_file():
             return
         self._without_graph.add(version)
         logger.warning("%s version %d has no %s, so it is not served (--precision int8 runs that graph): write "
-                       "it with `python benchmarks/int8.py --model %s --install`", self.name, version, self.filename,
-                       self.base_path / str(version))
+                       "it with `python benchmarks/int8.py --model %s --install`", self.name, version, graph, path)
 
     def _settled(self, on_disk: dict[int, FileStamp]) -> set[int]:
         """Versions whose file looked the same at the last poll, or has not been modified for a while."""
@@ -335,7 +339,7 @@ class ModelManager:
         self._changed()
 
     def _load_and_warm_up(self, path: Path) -> Servable:
-        servable = self.loader(path / self.filename)
+        servable = self.loader(path)
         check_signature(servable.signature())
         warm_up(servable)
         return servable

@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("float32", "int8")
+PRECISIONS = ("auto", "float32", "int8")
 # Runs up to this many pixels (N x H x W as the graph pads them, contract.padded_pixels) keep ONNX Runtime's
 # memory arena: a 128 x 128 image or four of 64 x 64, about 10 MiB (640 bytes a padded pixel, measured);
 # larger runs go to a session of their own that gives its arena back when they end (OnnxModel), so a pod's
@@ -26,11 +26,15 @@ PRECISIONS = ("float32", "int8")
 ARENA_KEEPS_PIXELS = 2**14
 
 
-def providers_for(device: str) -> list[str]:
-    """The provider list to ask for; ``auto`` asks for CUDA only where this build has it."""
+def available_providers() -> list[str]:
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
+    return ort.get_available_providers()
+
+
+def providers_for(device: str) -> list[str]:
+    """The provider list to ask for; ``auto`` asks for CUDA only where this build has it."""
+    available = available_providers()
     if device == "cpu":
         return [CPU]
     if device == "cuda":
@@ -40,33 +44,54 @@ def providers_for(device: str) -> list[str]:
     return [CUDA, CPU] if CUDA in available else [CPU]
 
 
+def cuda_device_present() -> bool:
+    """Whether the CUDA driver is installed and sees a GPU (asked without ONNX Runtime, which lists its CUDA
+    provider wherever onnxruntime-gpu is installed)."""
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    return driver.cuInit(0) == 0 and driver.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+
+
 class ModelLoader:
-    """Loads a version's graph (``filename``: model.onnx, or its int8 graph under ``precision`` int8); checks
-    once that the provider asked for is the one ORT really used.
+    """Loads a version's graph (``graph_file``); checks once that the provider asked for is the one ORT really
+    used.
 
     onnxruntime-gpu lists CUDA even on machines without a GPU or CUDA libraries,
     and then silently falls back to CPU per session: the first load tells.
     """
 
-    def __init__(self, device: str = "auto", intra_op_threads: int = 0, precision: str = "float32"):
-        self.device, self.intra_op_threads = device, intra_op_threads
-        self.filename = INT8_FILENAME if precision == "int8" else ONNX_FILENAME
+    def __init__(self, device: str = "auto", intra_op_threads: int = 0, precision: str = "auto"):
+        self.device, self.intra_op_threads, self.precision = device, intra_op_threads, precision
         self.provider: str | None = None
+        # Decided once, before any load, so that every version's choice of graph stays the same.
+        self.int8_if_present = precision == "auto" and (
+            device == "cpu" or (device == "auto" and (CUDA not in available_providers() or not cuda_device_present())))
 
-    def __call__(self, path: Path) -> OnnxModel:
+    def graph_file(self, version_path: Path) -> str:
+        """The graph a version serves: float32 its model.onnx, int8 its int8 graph, auto its int8 graph when
+        runs go to the CPU and the version has one, else model.onnx."""
+        if self.precision == "int8" or (self.int8_if_present and (version_path / INT8_FILENAME).is_file()):
+            return INT8_FILENAME
+        return ONNX_FILENAME
+
+    def __call__(self, version_path: Path) -> OnnxModel:
         if self.provider is None and self.device == "auto":
             import onnxruntime as ort
 
             # Probing CUDA on a machine without it makes ORT log errors; we log the outcome ourselves.
             ort.set_default_logger_severity(4)
         providers = [self.provider] if self.provider == CPU else providers_for(self.device)
-        model = OnnxModel(path, providers=providers, intra_op_threads=self.intra_op_threads,
-                          shrink_above_pixels=ARENA_KEEPS_PIXELS)
+        model = OnnxModel(version_path / self.graph_file(version_path), providers=providers,
+                          intra_op_threads=self.intra_op_threads, shrink_above_pixels=ARENA_KEEPS_PIXELS)
         if self.provider is None:
             self.provider = model.provider
             if self.device == "cuda" and self.provider != CUDA:
                 raise RuntimeError("--device cuda, but ONNX Runtime could not start its CUDA provider")
-            logger.info("ONNX Runtime runs on %s (--device %s)", self.provider, self.device)
+            logger.info("ONNX Runtime runs on %s (--device %s); --precision %s runs %s", self.provider, self.device,
+                        self.precision, model.path.name)
         return model
 
 

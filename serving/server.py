@@ -112,10 +112,11 @@ class ServerConfig:
     tile_batch: int = field(default=8, metadata=setting("Windows (256 x 256) per model run.", min=1))
     device: str = field(default="auto", metadata=setting(
         "auto: CUDA when it really works, else CPU.", choices=DEVICES))
-    precision: str = field(default="float32", metadata=setting(
-        "float32: each version's model.onnx; int8: its model.int8.onnx (written by benchmarks/int8.py --install "
-        "once its hole error is within 1 % of float32's; 1.26-1.42x the float graph's speed on CPUs), and a "
-        "version without one is not served.", choices=PRECISIONS))
+    precision: str = field(default="auto", metadata=setting(
+        "auto: on a CPU each version's model.int8.onnx where it has one, else its model.onnx; float32: "
+        "model.onnx; int8: model.int8.onnx, and a version without one is not served. benchmarks/int8.py "
+        "--install writes the int8 graph once its quality is within 1 % of float32's; on CPUs it runs "
+        "1.1-1.25x as fast as model.onnx (docs/benchmarks.md).", choices=PRECISIONS))
     intra_op_threads: int = field(default=0, metadata=setting(
         "ONNX Runtime threads per model run (0: ORT's choice).", min=0))
     compute_threads: int = field(default=2, metadata=setting(
@@ -282,8 +283,7 @@ class InpaintServer:
         return managers.get(self.config.model_name) or next(iter(managers.values()))
 
     def _make_manager(self, entry: ModelEntry) -> ModelManager:
-        return ModelManager(entry.name, entry.base_path, entry.policy, self.loader, self.loading,
-                            filename=self.loader.filename)
+        return ModelManager(entry.name, entry.base_path, entry.policy, self.loader, self.loading)
 
     def _make_scheduler(self) -> BatchScheduler | DirectScheduler:
         config = self.config

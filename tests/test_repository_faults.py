@@ -207,10 +207,13 @@ class FakeLoader:
     def __init__(self):
         self.attempts: dict[int, int] = {}
 
-    def __call__(self, path: Path) -> FakeServable:
-        version = int(path.parent.name)
+    def graph_file(self, version_path: Path) -> str:
+        return "model.onnx"
+
+    def __call__(self, version_path: Path) -> FakeServable:
+        version = int(version_path.name)
         self.attempts[version] = self.attempts.get(version, 0) + 1
-        content = path.read_bytes()
+        content = (version_path / self.graph_file(version_path)).read_bytes()
         if not (content.startswith(b"good") and content.endswith(b"end")):
             raise ValueError(f"not a model: {content!r}")
         return FakeServable()

@@ -547,24 +547,34 @@ def test_health_updates_still_waiting_at_the_stop_are_cancelled_and_awaited(onnx
 def test_precision_int8_serves_each_versions_int8_graph_and_says_why_a_version_without_one_is_not(
         tmp_path, start_server, caplog):
     """--precision int8 runs the model.int8.onnx beside each version's model.onnx (benchmarks/int8.py --install
-    writes it, once its quality is within 1 % of float32's); the default runs model.onnx. A version without an
-    int8 graph is not served under int8, and the log says how to make one."""
+    writes it, once its quality is within 1 % of float32's); float32 runs model.onnx; auto, the default, the
+    int8 graph on a CPU (as here) where the version has one, else model.onnx. A version without an int8 graph
+    is not served under int8, and the log says how to make one."""
     import logging
 
     import onnx
 
+    from inpaint.serving.runtime import cuda_device_present
+
+    assert not cuda_device_present(), "this test expects a machine without a GPU"
     base = tmp_path / "inpaint"
     write_version(base, 1, fill=128)
     onnx.save(fill_model(77), str(base / "1" / "model.int8.onnx"))  # a graph that tells which one ran
+    write_version(base, 2, fill=99)  # no int8 graph
     image, mask = images()
-    float32, int8 = start_server(base), start_server(base, precision="int8")
-    assert Stubs(float32.grpc_target).predict(predict_request(image, mask)).tolist() == \
-        expected_fill(image, mask, 128).tolist()
+    ran = {precision: {version: Stubs(server.grpc_target).predict(predict_request(image, mask, version=version))
+                       .tolist() for version in (1, 2)}
+           for precision, server in (("float32", start_server(base, precision="float32", version_policy="all")),
+                                     ("auto", start_server(base, version_policy="all")))}
+    assert ran["float32"] == {1: expected_fill(image, mask, 128).tolist(), 2: expected_fill(image, mask, 99).tolist()}
+    assert ran["auto"] == {1: expected_fill(image, mask, 77).tolist(), 2: expected_fill(image, mask, 99).tolist()}
+    int8 = start_server(base, precision="int8")
     assert Stubs(int8.grpc_target).predict(predict_request(image, mask)).tolist() == \
         expected_fill(image, mask, 77).tolist()
 
     bare = tmp_path / "bare"
     write_version(bare, 1)
+    caplog.clear()  # the int8 server above said so of version 2
     with caplog.at_level(logging.WARNING, logger="inpaint.serving.models"):
         server = start_server(bare, wait=False, precision="int8")
         wait_for(lambda: "has no model.int8.onnx" in caplog.text, 30, "the warning about the missing int8 graph")
