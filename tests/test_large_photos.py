@@ -22,6 +22,7 @@ from inpaint.core.detail import finish_fills
 from inpaint.core.onnx_model import OnnxModel
 from inpaint.core.tiling import TilingOptions, inpaint_tiled
 from inpaint.serving.cli import main as serve_main
+from inpaint.serving.runtime import ModelLoader
 from inpaint.trainer.data import read_image, samples_dir
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "models" / "pretrained" / "inpaint"
@@ -32,6 +33,11 @@ def shipped_repo(tmp_path) -> Path:
     base = tmp_path / "inpaint"
     shutil.copytree(PRETRAINED / "1", base / "1")
     return base
+
+
+def served_model(version: Path) -> OnnxModel:
+    """The graph ``inpaint-serve`` runs for ``version`` with its default flags (on a CPU: its int8 graph)."""
+    return OnnxModel(version / ModelLoader().graph_file(version))
 
 
 def photo(height: int, width: int) -> np.ndarray:
@@ -49,7 +55,7 @@ def test_the_server_fills_photos_over_the_threshold_in_windows_as_the_library_do
     server = start_server(shipped_repo, rest_port=None, tile_above_pixels=2**20)
     with InpaintClient(server.grpc_target) as client:
         served = client.inpaint(image, mask, timeout=120)
-    model = OnnxModel(shipped_repo / "1" / "model.onnx")
+    model = served_model(shipped_repo / "1")
     assert model.detail.enabled, "the shipped version declares its detail pass"
 
     def finished(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -59,7 +65,7 @@ def test_the_server_fills_photos_over_the_threshold_in_windows_as_the_library_do
         return outputs
 
     local = inpaint_tiled(image, mask, finished, TilingOptions(tile_above_pixels=2**20))
-    whole = OnnxModel(shipped_repo / "1" / "model.onnx").inpaint(image[None], mask[None, ..., None])[0]
+    whole = model.inpaint(image[None], mask[None, ..., None])[0]
     holes = mask > 0
     np.testing.assert_array_equal(served[~holes], image[~holes])
     assert np.abs(served.astype(int) - local.astype(int)).max() <= 1
@@ -71,7 +77,7 @@ def test_photos_the_server_tiles_itself_get_the_versions_detail_pass_at_full_res
     server = start_server(shipped_repo, rest_port=None, tile_above_pixels=2**20)
     with InpaintClient(server.grpc_target, tiling=TilingOptions(mode="off")) as client:  # the photo travels whole
         served = client.inpaint(image, mask, timeout=120)
-    model = OnnxModel(shipped_repo / "1" / "model.onnx")
+    model = served_model(shipped_repo / "1")
     raw = inpaint_tiled(image, mask, model.inpaint, TilingOptions(tile_above_pixels=2**20))
     local = raw.copy()
     finish_fills(local[None], mask[None], model.detail, True)
