@@ -8,7 +8,7 @@ For each batch x size (32 x 64², 4 x 256², 1 x 1024²) every runtime gets the 
 two warm-up runs, then runs until ``--seconds`` have passed; the table gives images/s and each runtime's ratio
 to TensorFlow, and how far its fills are from TensorFlow's (mean and max absolute difference in levels over
 the hole pixels; known pixels are the graph's own composite). Only ratios measured in this one run compare.
-A version with an int8 graph (``model.int8.onnx``) gets an "onnxruntime int8" row too. With ``--server``,
+A version with an int8 graph (``model.int8.onnx``) gets "onnxruntime int8" and "openvino int8" rows too. With ``--server``,
 ``inpaint-serve`` with its default flags (``--precision auto``: on a CPU the int8 graph where there is one)
 serves the version's folder in its own process and one gRPC client sends it the same uint8 tensors (its fills
 include the server's detail pass).
@@ -59,14 +59,14 @@ def onnxruntime_runner(version: Path, graph: str = "model.onnx"):
     return model.inpaint
 
 
-def openvino_runner(version: Path, hint: str = "f32"):
+def openvino_runner(version: Path, hint: str = "f32", graph: str = "model.onnx"):
     import openvino as ov
 
     from inpaint.core.contract import IMAGE, MASK, OUTPUT
 
     core = ov.Core()
     config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
-    compiled = core.compile_model(core.read_model(str(version / "model.onnx")), "CPU", config)
+    compiled = core.compile_model(core.read_model(str(version / graph)), "CPU", config)
     request = compiled.create_infer_request()
 
     def run(images, masks):
@@ -121,6 +121,8 @@ def runners(version: Path, server: bool) -> dict:
         found["onnxruntime int8"] = onnxruntime_runner(version, INT8_FILENAME)
     try:
         found["openvino f32"] = openvino_runner(version)
+        if (version / INT8_FILENAME).is_file():
+            found["openvino int8"] = openvino_runner(version, graph=INT8_FILENAME)
     except ImportError:
         pass
     if server:

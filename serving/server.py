@@ -116,7 +116,7 @@ class ServerConfig:
         "auto: on a CPU each version's model.int8.onnx where it has one, else its model.onnx; float32: "
         "model.onnx; int8: model.int8.onnx, and a version without one is not served. benchmarks/int8.py "
         "--install writes the int8 graph once its quality is within 1 % of float32's; on CPUs it runs "
-        "1.1-1.25x as fast as model.onnx (docs/benchmarks.md).", choices=PRECISIONS))
+        "faster than model.onnx (docs/benchmarks.md).", choices=PRECISIONS))
     intra_op_threads: int = field(default=0, metadata=setting(
         "ONNX Runtime threads per model run (0: ORT's choice).", min=0))
     compute_threads: int = field(default=2, metadata=setting(
