@@ -9,7 +9,7 @@ two warm-up runs, then runs until ``--seconds`` have passed; the table gives ima
 to TensorFlow, and how far its fills are from TensorFlow's (mean and max absolute difference in levels over
 the hole pixels; known pixels are the graph's own composite). Only ratios measured in this one run compare.
 A version with an int8 graph (``model.int8.onnx``) gets "onnxruntime int8" and "openvino int8" rows too. With ``--server``,
-``inpaint-serve`` with its default flags (``--precision auto``: on a CPU the int8 graph where there is one)
+``inpaint-serve`` with its default flags (or ``--server-precision``; ``auto``: on a CPU the int8 graph)
 serves the version's folder in its own process and one gRPC client sends it the same uint8 tensors (its fills
 include the server's detail pass).
 """
@@ -76,7 +76,7 @@ def openvino_runner(version: Path, hint: str = "f32", graph: str = "model.onnx")
     return run
 
 
-def server_runner(version: Path):
+def server_runner(version: Path, precision: str | None = None):
     """``inpaint-serve`` with its default flags on the version's model folder, in its own process, and one
     gRPC client sending uint8 tensors (the issue's end-to-end figure); ``run.stop`` ends the server."""
     import importlib.util
@@ -90,7 +90,8 @@ def server_runner(version: Path):
     spec = importlib.util.spec_from_file_location("serving_benchmark", ROOT / "benchmarks" / "serving.py")
     serving_benchmark = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(serving_benchmark)
-    server = serving_benchmark.Server(version.parent, batching=False)
+    server = serving_benchmark.Server(version.parent, batching=False,
+                                      extra_args=("--precision", precision) if precision else ())
     channel = grpc.insecure_channel(server.target, options=[("grpc.max_receive_message_length", -1),
                                                             ("grpc.max_send_message_length", -1)])
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -113,7 +114,7 @@ def throughput(run, images, masks, seconds: float) -> float:
     return runs * len(images) / (time.perf_counter() - started)
 
 
-def runners(version: Path, server: bool) -> dict:
+def runners(version: Path, server: bool, server_precision: str | None = None) -> dict:
     from inpaint.core.repository import INT8_FILENAME
 
     found = {"tensorflow": tensorflow_runner(version), "onnxruntime": onnxruntime_runner(version)}
@@ -126,7 +127,7 @@ def runners(version: Path, server: bool) -> dict:
     except ImportError:
         pass
     if server:
-        found["inpaint-serve, gRPC uint8"] = server_runner(version)
+        found["inpaint-serve, gRPC uint8"] = server_runner(version, server_precision)
     return found
 
 
@@ -135,10 +136,12 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "pretrained" / "inpaint" / "1")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "cpu")
+    parser.add_argument("--server-precision", choices=("auto", "float32", "int8"), default=None,
+                        help="the server's --precision [default: the server's default]")
     parser.add_argument("--server", action="store_true",
                         help="also time inpaint-serve (default flags) on the version's folder through gRPC")
     args = parser.parse_args()
-    found = runners(args.model, args.server)
+    found = runners(args.model, args.server, args.server_precision)
     rows = []
     for batch, side in SHAPES:
         images, masks = inputs(batch, side)

@@ -106,11 +106,11 @@ def free_port() -> int:
 class Server:
     """``inpaint-serve`` in its own process, as it would run in production."""
 
-    def __init__(self, base: Path, batching: bool):
+    def __init__(self, base: Path, batching: bool, extra_args: tuple[str, ...] = ()):
         self.port, self.rest_port = free_port(), free_port()
         command = [sys.executable, "-m", "inpaint.serving.cli", "--model-base-path", str(base),
                    "--host", "127.0.0.1", "--port", str(self.port), "--rest-port", str(self.rest_port),
-                   "--log-level", "WARNING"]
+                   "--log-level", "WARNING", *extra_args]
         if batching:
             command += ["--enable-batching", "--max-batch-size", "32", "--batch-timeout-micros", "5000",
                         "--num-batch-threads", "1", "--max-enqueued-batches", "64"]

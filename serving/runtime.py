@@ -63,7 +63,7 @@ class ModelLoader:
     and then silently falls back to CPU per session: the first load tells.
     """
 
-    def __init__(self, device: str = "auto", intra_op_threads: int = 0, precision: str = "auto"):
+    def __init__(self, device: str = "auto", intra_op_threads: int = 0, precision: str = "float32"):
         self.device, self.intra_op_threads, self.precision = device, intra_op_threads, precision
         self.provider: str | None = None
         # Decided once, before any load, so that every version's choice of graph stays the same.

@@ -112,11 +112,12 @@ class ServerConfig:
     tile_batch: int = field(default=8, metadata=setting("Windows (256 x 256) per model run.", min=1))
     device: str = field(default="auto", metadata=setting(
         "auto: CUDA when it really works, else CPU.", choices=DEVICES))
-    precision: str = field(default="auto", metadata=setting(
-        "auto: on a CPU each version's model.int8.onnx where it has one, else its model.onnx; float32: "
+    precision: str = field(default="float32", metadata=setting(
+        "float32: each version's model.onnx; auto: on a CPU its model.int8.onnx where it has one, else its "
         "model.onnx; int8: model.int8.onnx, and a version without one is not served. benchmarks/int8.py "
-        "--install writes the int8 graph once its quality is within 1 % of float32's; on CPUs it runs "
-        "faster than model.onnx (docs/benchmarks.md).", choices=PRECISIONS))
+        "--install writes the int8 graph once its quality is within 1 % of float32's; on CPUs it runs faster "
+        "than model.onnx, but two 1 MP int8 runs at once can peak past the memory arithmetic's 640 bytes a "
+        "pixel (docs/serving.md).", choices=PRECISIONS))
     intra_op_threads: int = field(default=0, metadata=setting(
         "ONNX Runtime threads per model run (0: ORT's choice).", min=0))
     compute_threads: int = field(default=2, metadata=setting(

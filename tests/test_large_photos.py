@@ -36,7 +36,7 @@ def shipped_repo(tmp_path) -> Path:
 
 
 def served_model(version: Path) -> OnnxModel:
-    """The graph ``inpaint-serve`` runs for ``version`` with its default flags (on a CPU: its int8 graph)."""
+    """The graph ``inpaint-serve`` runs for ``version`` with its default flags (``--precision``)."""
     return OnnxModel(version / ModelLoader().graph_file(version))
 
 

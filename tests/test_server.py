@@ -547,7 +547,7 @@ def test_health_updates_still_waiting_at_the_stop_are_cancelled_and_awaited(onnx
 def test_precision_int8_serves_each_versions_int8_graph_and_says_why_a_version_without_one_is_not(
         tmp_path, start_server, caplog):
     """--precision int8 runs the model.int8.onnx beside each version's model.onnx (benchmarks/int8.py --install
-    writes it, once its quality is within 1 % of float32's); float32 runs model.onnx; auto, the default, the
+    writes it, once its quality is within 1 % of float32's); float32, the default, runs model.onnx; auto the
     int8 graph on a CPU (as here) where the version has one, else model.onnx. A version without an int8 graph
     is not served under int8, and the log says how to make one."""
     import logging
@@ -564,8 +564,8 @@ def test_precision_int8_serves_each_versions_int8_graph_and_says_why_a_version_w
     image, mask = images()
     ran = {precision: {version: Stubs(server.grpc_target).predict(predict_request(image, mask, version=version))
                        .tolist() for version in (1, 2)}
-           for precision, server in (("float32", start_server(base, precision="float32", version_policy="all")),
-                                     ("auto", start_server(base, version_policy="all")))}
+           for precision, server in (("float32", start_server(base, version_policy="all")),
+                                     ("auto", start_server(base, precision="auto", version_policy="all")))}
     assert ran["float32"] == {1: expected_fill(image, mask, 128).tolist(), 2: expected_fill(image, mask, 99).tolist()}
     assert ran["auto"] == {1: expected_fill(image, mask, 77).tolist(), 2: expected_fill(image, mask, 99).tolist()}
     int8 = start_server(base, precision="int8")
