@@ -77,8 +77,9 @@ def openvino_runner(version: Path, hint: str = "f32", graph: str = "model.onnx")
 
 
 def server_runner(version: Path, precision: str | None = None):
-    """``inpaint-serve`` with its default flags on the version's model folder, in its own process, and one
-    gRPC client sending uint8 tensors (the issue's end-to-end figure); ``run.stop`` ends the server."""
+    """``inpaint-serve`` with its default flags (and ``--precision``, if given) on the version's model folder,
+    in its own process, and one gRPC client sending uint8 tensors (the issue's end-to-end figure); ``run.stop``
+    ends the server."""
     import importlib.util
 
     import grpc
@@ -117,12 +118,13 @@ def throughput(run, images, masks, seconds: float) -> float:
 def runners(version: Path, server: bool, server_precision: str | None = None) -> dict:
     from inpaint.core.repository import INT8_FILENAME
 
+    has_int8 = (version / INT8_FILENAME).is_file()  # what inpaint-serve --precision auto runs on a CPU
     found = {"tensorflow": tensorflow_runner(version), "onnxruntime": onnxruntime_runner(version)}
-    if (version / INT8_FILENAME).is_file():  # what inpaint-serve --precision auto runs on a CPU
+    if has_int8:
         found["onnxruntime int8"] = onnxruntime_runner(version, INT8_FILENAME)
     try:
         found["openvino f32"] = openvino_runner(version)
-        if (version / INT8_FILENAME).is_file():
+        if has_int8:
             found["openvino int8"] = openvino_runner(version, graph=INT8_FILENAME)
     except ImportError:
         pass
@@ -136,7 +138,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "pretrained" / "inpaint" / "1")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "cpu")
-    parser.add_argument("--server-precision", choices=("auto", "float32", "int8"), default=None,
+    from inpaint.serving.runtime import PRECISIONS
+
+    parser.add_argument("--server-precision", choices=PRECISIONS, default=None,
                         help="the server's --precision [default: the server's default]")
     parser.add_argument("--server", action="store_true",
                         help="also time inpaint-serve (default flags) on the version's folder through gRPC")

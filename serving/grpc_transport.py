@@ -9,10 +9,10 @@ unary handler sees it, so every method registers as client-streaming (the same c
 its message itself (``receive``): a predict once it holds what the largest message may take while it arrives
 (``receiving_unary``), then keeps what it really takes; the other methods (``small_unary``: metadata, status,
 reload, the v2 readiness calls, health, each message of a reflection stream), whose messages are bytes in
-practice but may be as large as a predict's, through a gate that lets ``SMALL_ARRIVALS`` arrive at once, outside the budget (the Deployment's
-arithmetic counts them: ``serving/admission.py``), then, up to ``SMALL_MESSAGE_BYTES``, held as soon as they
-have arrived, refused at once if they do not fit; a larger one is refused unparsed. ``call`` is the one place
-where a gRPC request's failure becomes its status.
+practice but may be as large as a predict's, through a gate that lets ``SMALL_ARRIVALS`` arrive at once,
+outside the budget (the Deployment's arithmetic counts them: ``serving/admission.py``), then, up to
+``SMALL_MESSAGE_BYTES``, held as soon as they have arrived, refused at once if they do not fit; a larger one is
+refused unparsed. ``call`` is the one place where a gRPC request's failure becomes its status.
 """
 
 from __future__ import annotations

@@ -241,19 +241,19 @@ class ModelManager:
         found = {}
         for version in list_versions(self.base_path):
             path = self.base_path / str(version)
+            graph = self.loader.graph_file(path)
             try:
-                stat = (path / self.loader.graph_file(path)).stat()
+                stat = (path / graph).stat()
             except OSError:  # a SavedModel-only version: TF Serving's, not ours (or one removed just now)
-                self._say_why_not_served(version)
+                self._say_why_not_served(version, graph)
                 continue
             found[version] = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
         return found
 
-    def _say_why_not_served(self, version: int) -> None:
-        """Once per version: one that has a model.onnx but not the graph this server runs (its int8 graph
-        under --precision int8) is not served, and the log says how to make that graph."""
+    def _say_why_not_served(self, version: int, graph: str) -> None:
+        """Once per version: one that has a model.onnx but not ``graph``, the graph this server runs (its int8
+        graph under --precision int8), is not served, and the log says how to make that graph."""
         path = self.base_path / str(version)
-        graph = self.loader.graph_file(path)
         if graph == ONNX_FILENAME or version in self._without_graph or not (path / ONNX_FILENAME).is_file():
             return
         self._without_graph.add(version)
