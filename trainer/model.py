@@ -199,6 +199,33 @@ def build_refiner(depth: int, base_filters: int, dilations: tuple[int, ...], spe
     return keras.Model(inputs, outputs, name="refiner")
 
 
+BLOCK_OUTPUT_START = 0.01
+
+
+def reinitialise_blocks(model: keras.Model, blocks: tuple[str, ...], seed: int = 0) -> list[str]:
+    """Draw the convolutions of the refiner's ``blocks`` (``up2``: ``up2_conv1``, ``up2_conv2``) afresh with
+    their initialisers, biases zero; the names of the layers drawn. A block whose ReLUs never fire gets no
+    gradient: trained weights cannot bring it back, new ones can."""
+    refiner = model.get_layer("coarse_to_fine").refiner
+    known = sorted({layer.name.rsplit("_", 1)[0] for layer in refiner.layers if layer.name.endswith("_conv1")})
+    missing = [block for block in blocks if block not in known]
+    if missing:
+        raise ValueError(f"--reinitialise {','.join(missing)}: this network's blocks are {', '.join(known)}")
+    drawn = []
+    for index, layer in enumerate(refiner.layers):
+        if isinstance(layer, layers.Conv2D) and layer.name.rsplit("_", 1)[0] in blocks:
+            initializer = keras.initializers.get(
+                {"class_name": layer.kernel_initializer.__class__.__name__,
+                 "config": {**layer.kernel_initializer.get_config(), "seed": seed + index}})
+            # The block's last convolution starts small: the network's output starts where the weights it
+            # was given left it (up1 was trained on a silent up2), and the block grows into it.
+            scale = BLOCK_OUTPUT_START if layer.name.endswith("_conv2") else 1.0
+            layer.kernel.assign(initializer(layer.kernel.shape, layer.kernel.dtype) * scale)
+            layer.bias.assign(ops.zeros(layer.bias.shape, layer.bias.dtype))
+            drawn.append(layer.name)
+    return drawn
+
+
 def build_model(depth: int = 4, base_filters: int = 16, dilations: tuple[int, ...] = (),
                 coarse_side: int = 128, smoothing: int = SMOOTHING_STEPS, spectral_blocks: int = 0) -> keras.Model:
     """The whole network (see the module docstring). Under mixed precision the fills stay float32."""

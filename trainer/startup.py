@@ -37,6 +37,9 @@ STARTUP_NOISE = re.compile(
 def check_init_weights(config) -> None:
     """ValueError, naming the fix, unless ``config.init_weights`` (empty: none) fits this run's architecture."""
     if not config.init_weights:
+        if config.reinitialise:
+            raise ValueError(f"--reinitialise {config.reinitialise} draws blocks afresh over trained weights: give "
+                             "--init-weights VERSION, or drop --reinitialise (from scratch every block is new)")
         return
     version = Path(config.init_weights)
     if not (version / "saved_model.pb").is_file():

@@ -71,6 +71,7 @@ class TrainConfig:
     learning_rate: float = 3e-4      # peak, cosine-decayed to zero; low because the default fine-tunes
     validation_size: int = 64        # fixed crops scored after every epoch
     init_weights: str = "models/pretrained/inpaint/1"  # start from these weights ("" or none: from scratch)
+    reinitialise: str = ""           # refiner blocks that start afresh over --init-weights, e.g. "up2"
     checkpoint_dir: str = ""         # if set: resumable backups every epoch (an interrupted run resumes)
     workers: int = 1                 # threads drawing crops and masks in memory (a stream uses AUTOTUNE)
     strategy: str = "auto"           # auto | one | mirrored | multi-worker (TF_CONFIG)
@@ -221,6 +222,11 @@ def build_and_compile(config: TrainConfig, distribution, run: Run):
 
             load_weights_from_version(model, Path(config.init_weights))
             logger.info("starting from the weights of %s", config.init_weights)
+            if config.reinitialise:
+                from .model import reinitialise_blocks
+
+                names = reinitialise_blocks(model, parse_name_list(config.reinitialise), config.seed)
+                logger.info("re-initialised %s", ", ".join(names))
         model = compile_for_training(model, config)
         if distribution.strategy is not None or run.backup_dir:
             build_optimizers(model)  # in the scope: mirrored, and ready for a restore
@@ -589,6 +595,20 @@ def parse_int_list(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(",") if part.strip())
 
 
+def parse_name_list(text: str) -> tuple[str, ...]:
+    """``"up2, up3"`` -> ``("up2", "up3")``; an empty string is an empty tuple."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _block_list(ctx, param, value):
+    import re
+
+    wrong = [name for name in parse_name_list(value) if not re.fullmatch(r"(down|up)\d+|bottleneck", name)]
+    if wrong:
+        raise click.BadParameter(f"{', '.join(wrong)}: name refiner blocks, e.g. up2 or down1,bottleneck")
+    return value
+
+
 def _positive_list(ctx, param, value):
     try:
         numbers = parse_int_list(value)
@@ -687,6 +707,10 @@ _DEFAULTS = TrainConfig()
         callback=lambda ctx, param, value: "" if value in ("none", "") else value,
         help="Start from this published version's weights (e.g. models/pretrained/inpaint/1); the "
              "architecture options must match its run record; 'none' trains from scratch.")
+@option("--reinitialise", default=_DEFAULTS.reinitialise, callback=_block_list,
+        help="Refiner blocks (comma-separated: down0..down3, bottleneck, up0..up3) whose weights start afresh "
+             "over --init-weights: a block whose ReLUs never fire passes no gradient and cannot learn again "
+             "(benchmarks/silent_layers.py finds them; the shipped model's up2).")
 @option("--checkpoint-dir", default=_DEFAULTS.checkpoint_dir, type=click.Path(file_okay=False),
         help="Back up weights, optimizer and epoch in DIR/backup after every epoch (as --backup-dir); "
              "rerunning resumes. Also where another backend's finished weights go.")
