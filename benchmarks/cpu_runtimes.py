@@ -1,8 +1,9 @@
 """The CPU runtimes side by side, in one run: TensorFlow on the SavedModel (what TF Serving runs), ONNX Runtime
-as ``inpaint-serve`` opens it, and OpenVINO (if installed) on the same ``model.onnx``.
+as ``inpaint-serve`` opens it, and OpenVINO (if installed) on the same ``model.onnx`` as ``inpaint-serve --runtime openvino`` opens it (its
+precision is OpenVINO's choice for the CPU: bf16 where the CPU computes it natively, else f32).
 
     python benchmarks/cpu_runtimes.py [--model models/pretrained/inpaint/1] [--seconds 4] [--out reports/cpu]
-                                      [--server]
+                                      [--server] [--server-precision P] [--server-runtime R]
 
 For each batch x size (32 x 64², 4 x 256², 1 x 1024²) every runtime gets the same uint8 photos and masks,
 two warm-up runs, then runs until ``--seconds`` have passed; the table gives images/s and each runtime's ratio
@@ -59,27 +60,16 @@ def onnxruntime_runner(version: Path, graph: str = "model.onnx"):
     return model.inpaint
 
 
-def openvino_runner(version: Path, hint: str = "f32", graph: str = "model.onnx"):
-    import openvino as ov
+def openvino_runner(version: Path, graph: str = "model.onnx"):
+    from inpaint.core.openvino_model import OpenVinoModel
 
-    from inpaint.core.contract import IMAGE, MASK, OUTPUT
-
-    core = ov.Core()
-    config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
-    compiled = core.compile_model(core.read_model(str(version / graph)), "CPU", config)
-    request = compiled.create_infer_request()
-
-    def run(images, masks):
-        request.infer({IMAGE: images, MASK: masks})
-        return request.get_tensor(compiled.output(OUTPUT)).data.copy()
-
-    return run
+    return OpenVinoModel(version / graph).inpaint  # as inpaint-serve --runtime openvino opens it
 
 
-def server_runner(version: Path, precision: str | None = None):
-    """``inpaint-serve`` with its default flags (and ``--precision``, if given) on the version's model folder,
-    in its own process, and one gRPC client sending uint8 tensors (the issue's end-to-end figure); ``run.stop``
-    ends the server."""
+def server_runner(version: Path, precision: str | None = None, runtime: str | None = None):
+    """``inpaint-serve`` with its default flags (and ``--precision``, ``--runtime``, if given) on the version's
+    model folder, in its own process, and one gRPC client sending uint8 tensors (the issue's end-to-end
+    figure); ``run.stop`` ends the server."""
     import importlib.util
 
     import grpc
@@ -91,8 +81,8 @@ def server_runner(version: Path, precision: str | None = None):
     spec = importlib.util.spec_from_file_location("serving_benchmark", ROOT / "benchmarks" / "serving.py")
     serving_benchmark = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(serving_benchmark)
-    server = serving_benchmark.Server(version.parent, batching=False,
-                                      extra_args=("--precision", precision) if precision else ())
+    extra_args = (("--precision", precision) if precision else ()) + (("--runtime", runtime) if runtime else ())
+    server = serving_benchmark.Server(version.parent, batching=False, extra_args=extra_args)
     channel = grpc.insecure_channel(server.target, options=[("grpc.max_receive_message_length", -1),
                                                             ("grpc.max_send_message_length", -1)])
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -115,7 +105,8 @@ def throughput(run, images, masks, seconds: float) -> float:
     return runs * len(images) / (time.perf_counter() - started)
 
 
-def runners(version: Path, server: bool, server_precision: str | None = None) -> dict:
+def runners(version: Path, server: bool, server_precision: str | None = None,
+            server_runtime: str | None = None) -> dict:
     from inpaint.core.repository import INT8_FILENAME
 
     has_int8 = (version / INT8_FILENAME).is_file()  # what inpaint-serve --precision auto runs on a CPU
@@ -123,13 +114,13 @@ def runners(version: Path, server: bool, server_precision: str | None = None) ->
     if has_int8:
         found["onnxruntime int8"] = onnxruntime_runner(version, INT8_FILENAME)
     try:
-        found["openvino f32"] = openvino_runner(version)
+        found["openvino"] = openvino_runner(version)
         if has_int8:
             found["openvino int8"] = openvino_runner(version, graph=INT8_FILENAME)
     except ImportError:
         pass
     if server:
-        found["inpaint-serve, gRPC uint8"] = server_runner(version, server_precision)
+        found["inpaint-serve, gRPC uint8"] = server_runner(version, server_precision, server_runtime)
     return found
 
 
@@ -138,14 +129,16 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "pretrained" / "inpaint" / "1")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "cpu")
-    from inpaint.serving.runtime import PRECISIONS
+    from inpaint.serving.runtime import PRECISIONS, RUNTIMES
 
     parser.add_argument("--server-precision", choices=PRECISIONS, default=None,
                         help="the server's --precision [default: the server's default]")
+    parser.add_argument("--server-runtime", choices=RUNTIMES, default=None,
+                        help="the server's --runtime [default: the server's default]")
     parser.add_argument("--server", action="store_true",
                         help="also time inpaint-serve (default flags) on the version's folder through gRPC")
     args = parser.parse_args()
-    found = runners(args.model, args.server, args.server_precision)
+    found = runners(args.model, args.server, args.server_precision, args.server_runtime)
     rows = []
     for batch, side in SHAPES:
         images, masks = inputs(batch, side)

@@ -1,13 +1,13 @@
-"""What OpenVINO keeps after runs of growing size: the reason it is not one of the server's runtimes.
+"""What OpenVINO keeps after runs of growing size, as ``inpaint-serve --runtime openvino`` runs it.
 
     python benchmarks/openvino_memory.py [--model models/pretrained/inpaint/1] [--graph model.int8.onnx]
 
-Compiles the graph for the CPU (float32 precision hint, latency hint, its runtime cache off) in this
-process, with the server's allocator tuning (``serving/runtime.py``: large blocks mapped on their own, freed
-memory given back after each run), then runs 1 x 64², 4 x 256², 1 x 1024², 1 x 2048 x 1024, 1 x 512², and
+Opens the graph as the server does (``core.openvino_model.OpenVinoModel``: latency hint, its per-shape cache
+off, buffers given back after each run) in this process, with the server's allocator tuning
+(``serving/runtime.py``: large blocks mapped on their own, freed memory given back after each run), then runs 1 x 64², 4 x 256², 1 x 1024², 1 x 2048 x 1024, 1 x 512², and
 1 x 64² again, and prints after each run the process's resident memory over what the compiled graph took,
-and its peak. ONNX Runtime, as the server runs it, returns to its idle level after such runs
-(``tests/test_memory_admission.py``); a pod's memory limit has to hold whatever a runtime keeps.
+and its peak. What stays is state sized to the last run's shape, let go by the next run
+(``tests/test_openvino.py``); a pod's memory limit has to hold whatever a runtime keeps.
 """
 
 from __future__ import annotations
@@ -36,27 +36,22 @@ def main() -> None:
     parser.add_argument("--graph", default="model.int8.onnx", help="the graph in the version folder")
     args = parser.parse_args()
 
-    from inpaint.core.contract import IMAGE, MASK, OUTPUT
     from inpaint.serving.runtime import hand_large_buffers_back_when_freed, return_freed_memory
 
     hand_large_buffers_back_when_freed()
-    import openvino as ov
+    from inpaint.core.openvino_model import OpenVinoModel
 
-    core = ov.Core()
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "CPU_RUNTIME_CACHE_CAPACITY": "0"}
     before = status_mib("VmRSS")
-    compiled = core.compile_model(core.read_model(str(args.model / args.graph)), "CPU", config)
-    request = compiled.create_infer_request()
+    model = OpenVinoModel(args.model / args.graph)
     loaded = status_mib("VmRSS")
     print(f"| run | resident over the compiled graph (MiB) | peak over it (MiB) |\n|---|---|---|"
-          f"\n| compiled ({args.graph}) | {loaded - before} over the process before | |")
+          f"\n| compiled ({args.graph}, {model.precision}) | {loaded - before} over the process before | |")
     rng = np.random.default_rng(0)
     for count, height, width in RUNS:
         images = rng.integers(0, 256, (count, height, width, 3), dtype=np.uint8)
         masks = np.zeros((count, height, width, 1), np.uint8)
         masks[:, height // 4 : height // 2, width // 4 : width // 2] = 1
-        request.infer({IMAGE: images, MASK: masks})
-        request.get_tensor(compiled.output(OUTPUT)).data.copy()
+        model.inpaint(images, masks)
         return_freed_memory()
         print(f"| {count} x {height} x {width} | {status_mib('VmRSS') - loaded} | {status_mib('VmHWM') - loaded} |",
               flush=True)

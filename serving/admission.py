@@ -53,9 +53,30 @@ logger = logging.getLogger(__name__)
 
 MiB = 2**20
 
-# One ONNX Runtime run of the shipped model, per pixel of the run as the graph pads it (measured: 640 B for
-# 1 x 1024 x 1024, 628 for 8 x 256 x 256, 640 for 16 x 65,536, 520 for 32 x 64 x 64).
-RUN_BYTES_PER_PIXEL = 640
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """What one model run holds at its peak: per pixel of the run as the graph pads it, and per image."""
+
+    bytes_per_pixel: int
+    bytes_per_image: int = 0
+
+    def of(self, count: int, height: int, width: int) -> int:
+        return self.bytes_per_pixel * padded_pixels(count, height, width) + self.bytes_per_image * count
+
+
+# ONNX Runtime (measured: 640 B a pixel for 1 x 1024 x 1024, 628 for 8 x 256 x 256, 640 for 16 x 65,536, 520
+# for 32 x 64 x 64).
+ONNXRUNTIME_RUN = RunCost(640)
+# OpenVINO, int8 and float32 graphs (peak over the process before the run, fresh process each: 864-875 B a
+# pixel for 1 x 1024², 835-846 for 8 x 256², 897-922 for 4 x 256², 702 for 16 x 65,536, and 1,280-1,393 for
+# 32 x 64²: 1.5 MiB an image more, charged 2).
+OPENVINO_RUN = RunCost(900, 2 * MiB)
+# What OpenVINO keeps after a run, its buffers given back: state sized to the last run's shape (152-158 MiB after
+# 1 x 1024², 32 after 4 x 256², 21 after 1 x 64², measured), replaced by the next run's. Runs are at most
+# --tile-above-pixels, so with --runtime openvino the idle server holds up to this per pixel of it more.
+OPENVINO_KEPT_BYTES_PER_PIXEL = 192
 # inpaint_tiled's own arrays per pixel of the photo: the output copy, the hole map, the erosions (measured on
 # 50 MP: 5.2 B/px for a scratch or stripes) and, for wide holes, the component labels (13.0 B/px in all).
 TILED_BYTES_PER_PIXEL = 6
@@ -119,20 +140,20 @@ class Cost:
         return f"{mib(self.total)} ({parts})"
 
 
-def inpaint_cost(count: int, height: int, width: int, tiling: TilingOptions) -> tuple[int, int]:
+def inpaint_cost(count: int, height: int, width: int, tiling: TilingOptions,
+                 run_cost: RunCost = ONNXRUNTIME_RUN) -> tuple[int, int]:
     """``(runs, work)`` bytes of inpainting ``count`` uint8 images of ``height`` x ``width``, as the data plane
     runs them: whole in runs of at most ``tiling.tile_above_pixels`` padded pixels, or one at a time in
-    windows (and the downscaled pass for wide holes)."""
+    windows (and the downscaled pass for wide holes), each run costing ``run_cost``."""
     pixels = count * height * width
     detail = DETAIL_WORST.work_bytes(height, width)  # the detail pass, one image at a time, after the fills
     if tiling.is_tiled(height, width):
-        run = window_run_pixels(height, width, tiling)
         stacked = 3 * pixels if count > 1 else 0  # several photos' outputs are stacked into one array
-        return run * RUN_BYTES_PER_PIXEL, TILED_BYTES_PER_PIXEL * height * width + stacked + detail
+        return (run_cost.of(tiling.batch, *tiling.window_shape(height, width)),
+                TILED_BYTES_PER_PIXEL * height * width + stacked + detail)
     per_run = max(1, tiling.tile_above_pixels // padded_pixels(1, height, width))
-    run = padded_pixels(min(count, per_run), height, width)
     outputs = 3 * pixels * (2 if count > per_run else 1)  # split runs are concatenated
-    return run * RUN_BYTES_PER_PIXEL, outputs + detail
+    return run_cost.of(min(count, per_run), height, width), outputs + detail
 
 
 def window_run_pixels(height: int, width: int, tiling: TilingOptions) -> int:
@@ -140,11 +161,11 @@ def window_run_pixels(height: int, width: int, tiling: TilingOptions) -> int:
     return tiling.batch * padded_pixels(1, *tiling.window_shape(height, width))
 
 
-def wide_holes_cost(height: int, width: int, tiling: TilingOptions) -> Cost:
+def wide_holes_cost(height: int, width: int, tiling: TilingOptions, run_cost: RunCost = ONNXRUNTIME_RUN) -> Cost:
     """What a tiled photo with wide holes costs on top of ``inpaint_cost``: the downscaled pass's larger run and
     the hole components' labels. Reserved once the mask shows wide holes, before that pass runs."""
     extra_run = max(0, tiling.run_pixels(height, width) - window_run_pixels(height, width, tiling))
-    return Cost(runs=extra_run * RUN_BYTES_PER_PIXEL, work=WIDE_HOLES_BYTES_PER_PIXEL * height * width)
+    return Cost(runs=extra_run * run_cost.bytes_per_pixel, work=WIDE_HOLES_BYTES_PER_PIXEL * height * width)
 
 
 def tensors_cost(count: int, height: int, width: int, itemsize: int) -> int:
@@ -154,20 +175,21 @@ def tensors_cost(count: int, height: int, width: int, itemsize: int) -> int:
 
 
 def array_predict_cost(count: int, height: int, width: int, itemsize: int, tiling: TilingOptions,
-                       reply_bytes_per_value: int, list_values: int = 0) -> Cost:
+                       reply_bytes_per_value: int, list_values: int = 0, run_cost: RunCost = ONNXRUNTIME_RUN) -> Cost:
     """A ``serving_default`` request once its message is held: tensors, runs, work and the reply."""
-    runs, work = inpaint_cost(count, height, width, tiling)
+    runs, work = inpaint_cost(count, height, width, tiling, run_cost)
     reply = reply_bytes_per_value * count * height * width * 3
     return Cost(tensors=tensors_cost(count, height, width, itemsize) + LIST_BYTES_PER_VALUE * list_values,
                 runs=runs, work=work, reply=reply)
 
 
-def bytes_predict_cost(sizes: list[tuple[int, int]], tiling: TilingOptions, reply_factor: float) -> Cost:
+def bytes_predict_cost(sizes: list[tuple[int, int]], tiling: TilingOptions, reply_factor: float,
+                       run_cost: RunCost = ONNXRUNTIME_RUN) -> Cost:
     """A ``serving_bytes`` request: its pairs are decoded, inpainted and encoded one at a time, and the PNG
     answers (at most ``PNG_OUT_BYTES_PER_PIXEL / 2`` bytes a pixel each) are kept until the reply."""
     largest = max(height * width for height, width in sizes)
-    runs = max(inpaint_cost(1, height, width, tiling)[0] for height, width in sizes)
-    work = max(inpaint_cost(1, height, width, tiling)[1] for height, width in sizes)
+    runs = max(inpaint_cost(1, height, width, tiling, run_cost)[0] for height, width in sizes)
+    work = max(inpaint_cost(1, height, width, tiling, run_cost)[1] for height, width in sizes)
     pngs = sum(3 * height * width for height, width in sizes)
     return Cost(tensors=DECODED_FILE_BYTES_PER_PIXEL * largest, runs=runs,
                 work=work + PNG_OUT_BYTES_PER_PIXEL * largest, reply=int(pngs * reply_factor))

@@ -24,7 +24,8 @@ from inpaint.core.images import ImageTooLarge, check_encoded_size, decode_image,
 from inpaint.core.onnx_model import Signature
 from inpaint.core.tiling import TilingOptions, has_wide_holes, inpaint_tiled
 
-from .admission import Cost, MemoryBudget, Reservation, array_predict_cost, bytes_predict_cost, wide_holes_cost
+from .admission import (ONNXRUNTIME_RUN, Cost, MemoryBudget, Reservation, RunCost, array_predict_cost,
+                        bytes_predict_cost, wide_holes_cost)
 from .decoding import check_jpeg_scans
 from .errors import DeadlineExpired, InvalidInput, ServerUnavailable, to_status
 from .inputs import Limits, prepare_inputs
@@ -82,9 +83,10 @@ class DataPlane:
 
     def __init__(self, models: ModelRegistry, scheduler: Scheduler, limits: Limits, metrics: ServerMetrics,
                  tiling: TilingOptions = TilingOptions(), compute: Executor | None = None,
-                 budget: MemoryBudget | None = None, decode_threads: int = 2, tiled_threads: int = 1):
+                 budget: MemoryBudget | None = None, decode_threads: int = 2, tiled_threads: int = 1,
+                 run_cost: RunCost = ONNXRUNTIME_RUN):
         self.models, self.scheduler, self.limits, self.metrics = models, scheduler, limits, metrics
-        self.tiling, self.compute, self.budget = tiling, compute, budget
+        self.tiling, self.compute, self.budget, self.run_cost = tiling, compute, budget, run_cost
         self.decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")
         self.tiled = ThreadPoolExecutor(tiled_threads, thread_name_prefix="tiled")
         self.draining = False
@@ -139,7 +141,8 @@ class DataPlane:
                            reply_bytes_per_value: int, deadline: float | None, list_values: int = 0) -> None:
         """Admit a ``serving_default`` request whose image's declared ``[N, H, W, 3]`` passed the limits."""
         count, height, width = shape[:3]
-        cost = array_predict_cost(count, height, width, itemsize, self.tiling, reply_bytes_per_value, list_values)
+        cost = array_predict_cost(count, height, width, itemsize, self.tiling, reply_bytes_per_value, list_values,
+                                  self.run_cost)
         await self.admit(outcome, cost, f"a request of {count} image(s) of {width}x{height}", deadline)
 
     async def decoded(self, function, *args):
@@ -180,7 +183,7 @@ class DataPlane:
         if total > self.limits.max_request_pixels:
             raise InvalidInput(f"request holds {len(images)} images of {total} pixels in all, over the limit of "
                                f"{self.limits.max_request_pixels} per request (--max-request-pixels)")
-        await self.admit(outcome, bytes_predict_cost(sizes, self.tiling, reply_factor),
+        await self.admit(outcome, bytes_predict_cost(sizes, self.tiling, reply_factor, self.run_cost),
                          f"a request of {len(sizes)} file(s) of {total} pixels", deadline)
         model_version = self.models.acquire(name, version)
         outcome.version = str(model_version.version)
@@ -257,7 +260,7 @@ class DataPlane:
         height, width = mask.shape[1:3]
         wide = sum([await self.decoded(has_wide_holes, one_mask, self.tiling) for one_mask in mask])
         if wide:
-            cost = wide_holes_cost(height, width, self.tiling)
+            cost = wide_holes_cost(height, width, self.tiling, self.run_cost)
             await outcome.reservation.grow(cost.total * wide, f"wide holes in {wide} {width}x{height} photo(s) "
                                            f"({cost.describe()} each)", deadline)
 

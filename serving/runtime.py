@@ -9,13 +9,17 @@ import os
 from pathlib import Path
 
 from inpaint.core.onnx_model import OnnxModel
+from inpaint.core.openvino_model import OpenVinoModel
 from inpaint.core.repository import INT8_FILENAME, ONNX_FILENAME
+
+from .admission import ONNXRUNTIME_RUN, OPENVINO_RUN, RunCost
 
 logger = logging.getLogger(__name__)
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "float32", "int8")
+RUNTIMES = ("onnxruntime", "openvino")
 # Runs up to this many pixels (N x H x W as the graph pads them, contract.padded_pixels) keep ONNX Runtime's
 # memory arena: a 128 x 128 image or four of 64 x 64, about 10 MiB (640 bytes a padded pixel, measured);
 # larger runs go to a session of their own that gives its arena back when they end (OnnxModel), so a pod's
@@ -63,12 +67,15 @@ class ModelLoader:
     and then silently falls back to CPU per session: the first load tells.
     """
 
-    def __init__(self, device: str = "auto", intra_op_threads: int = 0, precision: str = "float32"):
-        self.device, self.intra_op_threads, self.precision = device, intra_op_threads, precision
+    def __init__(self, device: str = "auto", intra_op_threads: int = 0, precision: str = "float32",
+                 runtime: str = "onnxruntime"):
+        self.device, self.intra_op_threads, self.precision, self.runtime = device, intra_op_threads, precision, runtime
         self.provider: str | None = None
+        if runtime == "openvino":
+            check_openvino(device)
         # Decided once, before any load, so that every version's choice of graph stays the same.
-        self.int8_if_present = precision == "auto" and (
-            device == "cpu" or (device == "auto" and (CUDA not in available_providers() or not cuda_device_present())))
+        self.int8_if_present = precision == "auto" and (runtime == "openvino" or device == "cpu" or (
+            device == "auto" and (CUDA not in available_providers() or not cuda_device_present())))
 
     def graph_file(self, version_path: Path) -> str:
         """The graph a version serves: float32 its model.onnx, int8 its int8 graph, auto its int8 graph when
@@ -77,7 +84,9 @@ class ModelLoader:
             return INT8_FILENAME
         return ONNX_FILENAME
 
-    def __call__(self, version_path: Path) -> OnnxModel:
+    def __call__(self, version_path: Path) -> OnnxModel | OpenVinoModel:
+        if self.runtime == "openvino":
+            return self._open_openvino(version_path)
         if self.provider is None and self.device == "auto":
             import onnxruntime as ort
 
@@ -93,6 +102,31 @@ class ModelLoader:
             logger.info("ONNX Runtime runs on %s (--device %s); --precision %s runs %s", self.provider, self.device,
                         self.precision, model.path.name)
         return model
+
+    def _open_openvino(self, version_path: Path) -> OpenVinoModel:
+        model = OpenVinoModel(version_path / self.graph_file(version_path), threads=self.intra_op_threads)
+        if self.provider is None:
+            self.provider = model.provider
+            logger.info("OpenVINO runs on the CPU at %s (its choice for this CPU); --precision %s runs %s",
+                        model.precision, self.precision, model.path.name)
+        return model
+
+    @property
+    def run_cost(self) -> RunCost:
+        """What one model run holds (serving/admission.py reserves it before the run)."""
+        return OPENVINO_RUN if self.runtime == "openvino" else ONNXRUNTIME_RUN
+
+
+def check_openvino(device: str) -> None:
+    """ValueError naming the fix unless OpenVINO can run this server's models."""
+    if device == "cuda":
+        raise ValueError("--runtime openvino runs on the CPU: use --device cpu or auto, or --runtime onnxruntime "
+                         "for CUDA")
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        raise ValueError("--runtime openvino, but OpenVINO is not installed: pip install 'inpaint[openvino]' "
+                         "(or openvino), or --runtime onnxruntime") from None
 
 
 def _libc_function(name: str):

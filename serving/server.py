@@ -39,7 +39,7 @@ from .models import ModelManager, ModelVersion, VersionPolicy
 from .registry import ModelRegistry
 from .rest import RestApi
 from . import early_signals
-from .runtime import DEVICES, PRECISIONS, ModelLoader, hand_large_buffers_back_when_freed, return_freed_memory
+from .runtime import DEVICES, PRECISIONS, RUNTIMES, ModelLoader, hand_large_buffers_back_when_freed, return_freed_memory
 from .settings import check_origin, check_port, setting
 from .shutdown import RUNNER_SHUTDOWN_SECONDS, STOP_SIGNALS, check_ports_free, close_rest
 from .v2_api import SERVICE_NAME as V2_SERVICE_NAME, add_v2_service
@@ -118,8 +118,12 @@ class ServerConfig:
         "--install writes the int8 graph once its quality is within 1 % of float32's; on CPUs it runs faster "
         "than model.onnx, but two 1 MP int8 runs at once can peak past the memory arithmetic's 640 bytes a "
         "pixel (docs/serving.md).", choices=PRECISIONS))
+    runtime: str = field(default="onnxruntime", metadata=setting(
+        "onnxruntime: ONNX Runtime (CUDA or CPU, per --device); openvino: OpenVINO on the CPU (pip install "
+        "'inpaint[openvino]'), faster on x86 CPUs, runs one at a time, each holding more memory (docs/serving.md).",
+        choices=RUNTIMES))
     intra_op_threads: int = field(default=0, metadata=setting(
-        "ONNX Runtime threads per model run (0: ORT's choice).", min=0))
+        "Threads per model run (0: the runtime's choice).", min=0))
     compute_threads: int = field(default=2, metadata=setting(
         "Model runs at once when batching is off (each holds at most --tile-above-pixels).", min=1))
     tiled_threads: int = field(default=1, metadata=setting(
@@ -232,7 +236,7 @@ class InpaintServer:
         threads = config.batching.num_batch_threads if config.enable_batching else config.compute_threads
         self.compute = ThreadPoolExecutor(threads, thread_name_prefix="inference")
         self.loading = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
-        self.loader = ModelLoader(config.device, config.intra_op_threads, config.precision)
+        self.loader = ModelLoader(config.device, config.intra_op_threads, config.precision, config.runtime)
         self.scheduler = PerModelScheduler(self._make_scheduler)
         self.models = ModelRegistry(self._make_manager, self.scheduler, config.poll_seconds,
                                     config.allow_unavailable_labels)
@@ -249,7 +253,7 @@ class InpaintServer:
         self.budget = MemoryBudget(config.memory_budget_mib * MiB, config.memory_share)
         hand_large_buffers_back_when_freed()
         self.dataplane = DataPlane(self.models, self.scheduler, limits, self.metrics, tiling, self.compute,
-                                   self.budget, tiled_threads=config.tiled_threads)
+                                   self.budget, tiled_threads=config.tiled_threads, run_cost=self.loader.run_cost)
         self.health = health_aio.HealthServicer()
         grpc_bytes, rest_bytes, json_values = request_bytes_for(config.max_request_pixels, config.tile_above_pixels)
         # gRPC's cap, within what one request may hold while its message arrives (ARRIVAL_COPIES x the cap)
