@@ -91,18 +91,30 @@ def server_runner(version: Path, precision: str | None = None, runtime: str | No
         reply = stub.Predict(predict_request(images, masks, "inpaint"), timeout=600)
         return to_numpy(OUTPUT, reply.outputs[OUTPUT])
 
-    run.stop = server.stop
+    run.stop, run.metrics_url = server.stop, server.metrics_url
     return run
 
 
-def throughput(run, images, masks, seconds: float) -> float:
+def throughput(run, images, masks, seconds: float) -> tuple[float, dict]:
+    """Images per second, and for a server where a request's time went (ms: the client's whole request, the
+    server's request, its model run), from the server's histograms over the same runs."""
+    from inpaint.client.loadtest import histogram_mean, scrape
+
     for _ in range(2):
         run(images, masks)
+    before = scrape(getattr(run, "metrics_url", None))
     started, runs = time.perf_counter(), 0
     while time.perf_counter() - started < seconds or runs < 2:
         run(images, masks)
         runs += 1
-    return runs * len(images) / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    after = scrape(getattr(run, "metrics_url", None))
+    split = {}
+    if after:
+        split = {"client_ms": 1000 * elapsed / runs,
+                 "server_request_ms": histogram_mean("inpaint_request_latency", before, after) / 1000,
+                 "model_run_ms": histogram_mean("inpaint_runtime_latency", before, after) / 1000}
+    return runs * len(images) / elapsed, split
 
 
 def runners(version: Path, server: bool, server_precision: str | None = None,
@@ -147,9 +159,9 @@ def main() -> None:
         for name, run in found.items():
             output = run(images, masks).astype(np.int16)
             difference = np.abs(output - reference)[holes]
-            rows.append({"shape": f"{batch} x {side}²", "runtime": name,
-                         "images_per_s": throughput(run, images, masks, args.seconds),
-                         "mean_diff": float(difference.mean()), "max_diff": int(difference.max())})
+            images_per_s, split = throughput(run, images, masks, args.seconds)
+            rows.append({"shape": f"{batch} x {side}²", "runtime": name, "images_per_s": images_per_s,
+                         "mean_diff": float(difference.mean()), "max_diff": int(difference.max()), **split})
     tf_speed = {row["shape"]: row["images_per_s"] for row in rows if row["runtime"] == "tensorflow"}
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs\n")
     print("| batch x size | runtime | images/s | / TensorFlow | hole diff to TF, mean / max levels |")
@@ -158,6 +170,15 @@ def main() -> None:
         row["over_tensorflow"] = row["images_per_s"] / tf_speed[row["shape"]]
         print(f"| {row['shape']} | {row['runtime']} | {row['images_per_s']:.2f} | {row['over_tensorflow']:.2f} | "
               f"{row['mean_diff']:.2f} / {row['max_diff']} |")
+    split_rows = [row for row in rows if "model_run_ms" in row]
+    if split_rows:
+        print("\nWhere an inpaint-serve request's time goes (ms per request; the server's own histograms):\n")
+        print("| batch x size | client's request | server's request | model run | server's own work | gRPC and client |")
+        print("|---|---|---|---|---|---|")
+        for row in split_rows:
+            print(f"| {row['shape']} | {row['client_ms']:.0f} | {row['server_request_ms']:.0f} | "
+                  f"{row['model_run_ms']:.0f} | {row['server_request_ms'] - row['model_run_ms']:.0f} | "
+                  f"{row['client_ms'] - row['server_request_ms']:.0f} |")
     for run in found.values():
         if hasattr(run, "stop"):
             run.stop()

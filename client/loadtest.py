@@ -230,8 +230,14 @@ async def _open_loop(stub, payloads, rate: float, arrival: str, timeout: float, 
         await asyncio.gather(*pending)
 
 
-def _scrape(url: str | None) -> dict[str, float]:
-    """Sums and counts of the server's queue-time and batch-size histograms."""
+# The server's histograms (Prometheus text on its REST port) a load test reads before and after a level.
+SERVER_HISTOGRAMS = ("inpaint_batching_session_queuing_latency", "inpaint_batching_session_batch_size",
+                     "inpaint_runtime_latency", "inpaint_request_latency")
+_HISTOGRAM_LINE = re.compile(rf"^((?:{'|'.join(SERVER_HISTOGRAMS)})_(?:sum|count))\{{[^}}]*\}} (\S+)$")
+
+
+def scrape(url: str | None) -> dict[str, float]:
+    """Sums and counts of the server's ``SERVER_HISTOGRAMS`` (over every label), or {} if unread."""
     if not url:
         return {}
     try:
@@ -242,19 +248,21 @@ def _scrape(url: str | None) -> dict[str, float]:
         return {}
     values: dict[str, float] = {}
     for line in text.splitlines():
-        match = re.match(r"^(inpaint_batching_session_(?:queuing_latency|batch_size)_(?:sum|count))\{[^}]*\} (\S+)$",
-                         line)
+        match = _HISTOGRAM_LINE.match(line)
         if match:
             values[match.group(1)] = values.get(match.group(1), 0.0) + float(match.group(2))
     return values
 
 
-def _server_means(before: dict, after: dict) -> tuple[float | None, float | None]:
-    def mean(name: str) -> float | None:
-        count = after.get(f"{name}_count", 0) - before.get(f"{name}_count", 0)
-        return (after.get(f"{name}_sum", 0) - before.get(f"{name}_sum", 0)) / count if count else None
+def histogram_mean(name: str, before: dict, after: dict) -> float | None:
+    """The mean of what histogram ``name`` observed between two ``scrape``s (None if nothing)."""
+    count = after.get(f"{name}_count", 0) - before.get(f"{name}_count", 0)
+    return (after.get(f"{name}_sum", 0) - before.get(f"{name}_sum", 0)) / count if count else None
 
-    return mean("inpaint_batching_session_queuing_latency"), mean("inpaint_batching_session_batch_size")
+
+def _server_means(before: dict, after: dict) -> tuple[float | None, float | None]:
+    return (histogram_mean("inpaint_batching_session_queuing_latency", before, after),
+            histogram_mean("inpaint_batching_session_batch_size", before, after))
 
 
 async def run_level(config: LoadConfig, mode: str, level: float, payloads: list[tuple[str | None, bytes]],
@@ -264,14 +272,14 @@ async def run_level(config: LoadConfig, mode: str, level: float, payloads: list[
     loop_start = time.perf_counter()
     recorder = _Recorder(loop_start + config.warmup, loop_start + config.warmup + config.duration,
                          config.max_requests)
-    before = await asyncio.to_thread(_scrape, config.metrics_url)
+    before = await asyncio.to_thread(scrape, config.metrics_url)
     if mode == "concurrency":
         await _closed_loop(stub, payloads, int(level), config.timeout, recorder)
     else:
         await _open_loop(stub, payloads, level, config.arrival, config.timeout, recorder,
                          np.random.default_rng(config.seed))
     seconds = recorder.measured_seconds()
-    after = await asyncio.to_thread(_scrape, config.metrics_url)
+    after = await asyncio.to_thread(scrape, config.metrics_url)
     ok = len(recorder.latencies)
     result = LevelResult(mode, level, sent=ok + sum(recorder.errors.values()), ok=ok, errors=recorder.errors,
                          seconds=seconds, requests_per_s=ok / seconds, images_per_s=ok * config.batch_size / seconds)
