@@ -7,11 +7,12 @@ never when this module is. It reads the same ``model.onnx`` / ``model.int8.onnx`
 from __future__ import annotations
 
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
 
-from .contract import IMAGE, MASK, OUTPUT
+from .contract import IMAGE, MASK, OUTPUT, padded_pixels
 from .detail import load_detail
 from .onnx_model import Signature
 
@@ -23,18 +24,26 @@ _OV_TYPES = {"u8": "uint8", "f32": "float32", "i64": "int64"}
 _CONFIG = {"PERFORMANCE_HINT": "LATENCY", "CPU_RUNTIME_CACHE_CAPACITY": "0"}
 
 
+# Every OpenVINO run in this process goes through this lock, one at a time (the latency hint's one stream runs
+# each on every core anyway), and at most one model keeps its buffers between runs: what several versions or
+# models keep together is bounded by one model's ``keep_pixels``.
+_RUNS = threading.Lock()
+_keeper: "weakref.ref[OpenVinoModel] | None" = None  # weak: an unloaded version's model is freed all the same
+
+
 class OpenVinoModel:
     """An OpenVINO compiled model on the CPU: uint8 images and masks in, uint8 inpainted images out.
 
-    Runs go one at a time (the latency hint's one stream runs them so anyway, on every core), and after each
-    run the compiled model gives its intermediate buffers back (``release_memory``, which OpenVINO refuses
-    while a run is in flight): what a run holds is its own, as with ``OnnxModel``'s shrinking session. Given
-    back after every run, 1 x 1024² took 1,340 ms rather than 1,277 (measured on 2 cores).
+    After a run of more than ``keep_pixels`` (N x H x W as the graph pads them) the compiled model gives its
+    intermediate buffers back (``release_memory``, which OpenVINO refuses while a run is in flight); runs of up
+    to that many keep them for the next run, which then needs no new pages: under the server's allocator
+    settings, releasing after every run made 4 x 256² runs 1.3-1.6x slower on 2 cores (measured). Whatever is
+    kept, it is the buffers of one model: a run of another model first makes the keeper give its back.
     """
 
     provider = "OpenVINO CPU"
 
-    def __init__(self, path: Path, threads: int = 0):
+    def __init__(self, path: Path, threads: int = 0, keep_pixels: int = 0):
         import openvino as ov
 
         self.path = Path(path)
@@ -45,19 +54,26 @@ class OpenVinoModel:
         # OpenVINO's choice: bf16 on CPUs that compute it natively, else f32.
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self._request = self.compiled.create_infer_request()
-        self._lock = threading.Lock()
+        self.keep_pixels = keep_pixels
 
     def inpaint(self, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """``(N, H, W, 3)`` uint8 images and ``(N, H, W)`` or ``(N, H, W, 1)`` masks (nonzero = hole)."""
         if masks.ndim == 3:
             masks = masks[..., None]
         feeds = {IMAGE: np.ascontiguousarray(images, np.uint8), MASK: np.ascontiguousarray(masks, np.uint8)}
-        with self._lock:
+        global _keeper
+        with _RUNS:
+            keeper = _keeper() if _keeper is not None else None
+            if keeper is not None and keeper is not self:
+                keeper.compiled.release_memory()
+            _keeper = weakref.ref(self)
             try:
                 self._request.infer(feeds)
                 return self._request.get_tensor(self.compiled.output(OUTPUT)).data.copy()
             finally:
-                self.compiled.release_memory()
+                if padded_pixels(*images.shape[:3]) > self.keep_pixels:
+                    self.compiled.release_memory()
+                    _keeper = None
 
     def signature(self) -> Signature:
         """``{"inputs"|"outputs": {name: (numpy dtype name, shape with -1 for dynamic)}}``."""

@@ -57,13 +57,28 @@ MiB = 2**20
 
 @dataclass(frozen=True)
 class RunCost:
-    """What one model run holds at its peak: per pixel of the run as the graph pads it, and per image."""
+    """What one model run holds at its peak: per pixel of the run as the graph pads it, and per image.
+
+    A runtime that keeps its buffers for runs of up to ``kept_pixels`` (OpenVINO, ``--openvino-keep-pixels``)
+    holds them once, from the server's start (``kept_bytes``, taken from the budget by ``MemoryBudget.hold``):
+    such runs cost a request nothing more; larger runs cost what they hold, and give it back when they end.
+    """
 
     bytes_per_pixel: int
     bytes_per_image: int = 0
+    kept_pixels: int = 0
+
+    def peak(self, count: int, height: int, width: int) -> int:
+        """What the run holds at its peak."""
+        return self.bytes_per_pixel * padded_pixels(count, height, width) + self.bytes_per_image * count
 
     def of(self, count: int, height: int, width: int) -> int:
-        return self.bytes_per_pixel * padded_pixels(count, height, width) + self.bytes_per_image * count
+        """What the run costs the request that makes it."""
+        return 0 if padded_pixels(count, height, width) <= self.kept_pixels else self.peak(count, height, width)
+
+    def kept_bytes(self, max_images: int) -> int:
+        """What the kept buffers may grow to: the largest kept run, of at most ``max_images`` images."""
+        return self.bytes_per_pixel * self.kept_pixels + self.bytes_per_image * max_images if self.kept_pixels else 0
 
 
 # ONNX Runtime (measured: 640 B a pixel for 1 x 1024 x 1024, 628 for 8 x 256 x 256, 640 for 16 x 65,536, 520
@@ -71,7 +86,7 @@ class RunCost:
 ONNXRUNTIME_RUN = RunCost(640)
 # OpenVINO, int8 and float32 graphs (peak over the process before the run, fresh process each: 864-875 B a
 # pixel for 1 x 1024², 835-846 for 8 x 256², 897-922 for 4 x 256², 702 for 16 x 65,536, and 1,280-1,393 for
-# 32 x 64²: 1.5 MiB an image more, charged 2).
+# 32 x 64²: 1.5 MiB an image more, charged 2). With ``--openvino-keep-pixels``, ``kept_pixels`` of it.
 OPENVINO_RUN = RunCost(900, 2 * MiB)
 # What OpenVINO keeps after a run, its buffers given back: state sized to the last run's shape (152-158 MiB after
 # 1 x 1024², 32 after 4 x 256², 21 after 1 x 64², measured), replaced by the next run's. Runs are at most
@@ -164,7 +179,8 @@ def window_run_pixels(height: int, width: int, tiling: TilingOptions) -> int:
 def wide_holes_cost(height: int, width: int, tiling: TilingOptions, run_cost: RunCost = ONNXRUNTIME_RUN) -> Cost:
     """What a tiled photo with wide holes costs on top of ``inpaint_cost``: the downscaled pass's larger run and
     the hole components' labels. Reserved once the mask shows wide holes, before that pass runs."""
-    extra_run = max(0, tiling.run_pixels(height, width) - window_run_pixels(height, width, tiling))
+    run = tiling.run_pixels(height, width)
+    extra_run = 0 if run <= run_cost.kept_pixels else max(0, run - window_run_pixels(height, width, tiling))
     return Cost(runs=extra_run * run_cost.bytes_per_pixel, work=WIDE_HOLES_BYTES_PER_PIXEL * height * width)
 
 
@@ -227,12 +243,24 @@ class MemoryBudget:
         self.total, self.share, self.wait_seconds = total, share, wait_seconds
         self.held = 0
         self.peak = 0
+        self.standing = 0  # held for good by the server itself (``hold``), not by requests
         self._waiters: deque[tuple[int, asyncio.Future]] = deque()
 
     @property
     def per_request(self) -> int:
-        """The most one request may hold."""
-        return int(self.total * self.share)
+        """The most one request may hold: ``share`` of the budget, within what the server holds for good."""
+        return min(int(self.total * self.share), self.total - self.standing)
+
+    def hold(self, nbytes: int, what: str) -> None:
+        """Hold ``nbytes`` for good, before any request (a runtime's kept buffers); ValueError naming the
+        budget if that would leave requests less than a quarter of it."""
+        if self.total - self.standing - nbytes < self.total // 4:
+            raise ValueError(f"{what} needs {mib(nbytes)} of the {mib(self.total)} memory budget for good, leaving "
+                             f"requests less than a quarter of it: raise --memory-budget-mib (and the pod's memory "
+                             "limit with it) or keep fewer pixels")
+        self.standing += nbytes
+        self.held += nbytes
+        self.peak = max(self.peak, self.held)
 
     def reservation(self) -> Reservation:
         return Reservation(self)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import gc
 import logging
 import os
@@ -68,8 +69,9 @@ class ModelLoader:
     """
 
     def __init__(self, device: str = "auto", intra_op_threads: int = 0, precision: str = "float32",
-                 runtime: str = "onnxruntime"):
+                 runtime: str = "onnxruntime", openvino_keep_pixels: int = 0):
         self.device, self.intra_op_threads, self.precision, self.runtime = device, intra_op_threads, precision, runtime
+        self.openvino_keep_pixels = openvino_keep_pixels
         self.provider: str | None = None
         if runtime == "openvino":
             check_openvino(device)
@@ -104,7 +106,8 @@ class ModelLoader:
         return model
 
     def _open_openvino(self, version_path: Path) -> OpenVinoModel:
-        model = OpenVinoModel(version_path / self.graph_file(version_path), threads=self.intra_op_threads)
+        model = OpenVinoModel(version_path / self.graph_file(version_path), threads=self.intra_op_threads,
+                              keep_pixels=self.openvino_keep_pixels)
         if self.provider is None:
             self.provider = model.provider
             logger.info("OpenVINO runs on the CPU at %s (its choice for this CPU); --precision %s runs %s",
@@ -114,7 +117,9 @@ class ModelLoader:
     @property
     def run_cost(self) -> RunCost:
         """What one model run holds (serving/admission.py reserves it before the run)."""
-        return OPENVINO_RUN if self.runtime == "openvino" else ONNXRUNTIME_RUN
+        if self.runtime == "openvino":
+            return dataclasses.replace(OPENVINO_RUN, kept_pixels=self.openvino_keep_pixels)
+        return ONNXRUNTIME_RUN
 
 
 def check_openvino(device: str) -> None:

@@ -122,6 +122,12 @@ class ServerConfig:
         "onnxruntime: ONNX Runtime (CUDA or CPU, per --device); openvino: OpenVINO on the CPU (pip install "
         "'inpaint[openvino]'), faster on x86 CPUs, runs one at a time, each holding more memory (docs/serving.md).",
         choices=RUNTIMES))
+    openvino_keep_pixels: int = field(default=2**19, metadata=setting(
+        "With --runtime openvino: runs of up to this many pixels (N x H x W as the graph pads them) keep "
+        "OpenVINO's buffers between runs (no page faults: 1.3-1.6x faster on 2 cores), held from "
+        "--memory-budget-mib once, at start (900 bytes a pixel + 2 MiB an image); larger runs give theirs back. "
+        "The default covers a batch of 8 windows (every run of a large photo) and images up to 0.5 MP; 0: "
+        "every run gives them back.", min=0))
     intra_op_threads: int = field(default=0, metadata=setting(
         "Threads per model run (0: the runtime's choice).", min=0))
     compute_threads: int = field(default=2, metadata=setting(
@@ -236,7 +242,8 @@ class InpaintServer:
         threads = config.batching.num_batch_threads if config.enable_batching else config.compute_threads
         self.compute = ThreadPoolExecutor(threads, thread_name_prefix="inference")
         self.loading = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
-        self.loader = ModelLoader(config.device, config.intra_op_threads, config.precision, config.runtime)
+        self.loader = ModelLoader(config.device, config.intra_op_threads, config.precision, config.runtime,
+                                  config.openvino_keep_pixels)
         self.scheduler = PerModelScheduler(self._make_scheduler)
         self.models = ModelRegistry(self._make_manager, self.scheduler, config.poll_seconds,
                                     config.allow_unavailable_labels)
@@ -251,6 +258,12 @@ class InpaintServer:
                       else config.max_images_per_request)
         limits = Limits(config.max_pixels, max_images, config.max_request_pixels)
         self.budget = MemoryBudget(config.memory_budget_mib * MiB, config.memory_share)
+        kept = self.loader.run_cost.kept_bytes(max_images)
+        if kept:
+            try:
+                self.budget.hold(kept, f"--runtime openvino with --openvino-keep-pixels {config.openvino_keep_pixels}")
+            except ValueError as error:
+                raise InvalidConfig(str(error)) from None
         hand_large_buffers_back_when_freed()
         self.dataplane = DataPlane(self.models, self.scheduler, limits, self.metrics, tiling, self.compute,
                                    self.budget, tiled_threads=config.tiled_threads, run_cost=self.loader.run_cost)

@@ -46,8 +46,6 @@ MEMORY_PROBE = textwrap.dedent("""
     import json, sys
     import numpy as np
     from inpaint.core.openvino_model import OpenVinoModel
-    from inpaint.core.contract import padded_pixels
-    from inpaint.serving.admission import OPENVINO_KEPT_BYTES_PER_PIXEL, OPENVINO_RUN
     from inpaint.serving.runtime import hand_large_buffers_back_when_freed, return_freed_memory
 
     def status(field):
@@ -56,9 +54,11 @@ MEMORY_PROBE = textwrap.dedent("""
                 return int(line.split()[1]) * 1024
 
     hand_large_buffers_back_when_freed()  # as the server runs
-    model = OpenVinoModel(sys.argv[1])
+    model = OpenVinoModel(sys.argv[1], keep_pixels=int(sys.argv[2]))
+    return_freed_memory()
+    loaded = status("VmRSS")
     report = []
-    for count, height, width in ((32, 64, 64), (1, 1024, 1024), (1, 64, 64)):
+    for count, height, width in ((32, 64, 64), (4, 256, 256), (1, 1024, 1024), (1, 64, 64)):
         images = np.random.default_rng(0).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
         masks = np.zeros((count, height, width, 1), np.uint8)
         masks[:, height // 4 : height // 2, width // 4 : width // 2] = 1
@@ -68,32 +68,41 @@ MEMORY_PROBE = textwrap.dedent("""
         model.inpaint(images, masks)
         return_freed_memory()
         report.append({"shape": [count, height, width], "peak": status("VmHWM") - before,
-                       "kept": status("VmRSS") - before, "charged": OPENVINO_RUN.of(count, height, width),
-                       "may_keep": OPENVINO_KEPT_BYTES_PER_PIXEL * padded_pixels(count, height, width)})
+                       "after": status("VmRSS") - loaded})
     print(json.dumps(report))
 """)
 
 
-def test_an_openvino_run_peaks_within_what_admission_charges_and_gives_its_memory_back():
-    """Each run's peak over the memory before it, against ``OPENVINO_RUN``; what stays after it (state sized to
-    the last run's shape), against ``OPENVINO_KEPT_BYTES_PER_PIXEL``, and let go by the next, smaller run."""
+def test_openvino_runs_peak_within_their_charge_and_keep_only_what_was_held_for_them():
+    """Runs of up to ``keep_pixels`` keep their buffers (what the server holds from its budget at start,
+    ``RunCost.kept_bytes``); a larger run peaks within what its request is charged and gives its buffers back,
+    leaving state sized to its shape (``OPENVINO_KEPT_BYTES_PER_PIXEL``) that the next, smaller run lets go."""
+    import dataclasses
     import json
 
+    from inpaint.core.contract import padded_pixels
     from inpaint.core.repository import INT8_FILENAME
+    from inpaint.serving.admission import OPENVINO_KEPT_BYTES_PER_PIXEL, OPENVINO_RUN
 
-    result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(SHIPPED / "1" / INT8_FILENAME)],
+    keep = 2**19
+    result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(SHIPPED / "1" / INT8_FILENAME), str(keep)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    *runs, after_large = json.loads(result.stdout.splitlines()[-1])
-    for run in runs:
-        assert run["peak"] <= run["charged"], f"{run['shape']}: peaked at {run['peak'] >> 20} MiB, charged " \
-                                              f"{run['charged'] >> 20} MiB"
-        assert run["peak"] > run["charged"] // 2, f"{run['shape']}: charged {run['charged'] >> 20} MiB for a " \
-                                                  f"peak of {run['peak'] >> 20} MiB: the model is stale"
-        assert run["kept"] <= run["may_keep"], f"{run['shape']}: {run['kept'] >> 20} MiB kept after the run"
-    # 1 x 64² after 1 x 1024²: it runs in what the large one kept, and lets that go.
-    assert after_large["peak"] <= after_large["charged"]
-    assert after_large["kept"] < -runs[-1]["kept"] // 2, f"{after_large['kept'] >> 20} MiB: the 1 MP run's state stays"
+    small_batch, windows, large, small_after = json.loads(result.stdout.splitlines()[-1])
+    kept = dataclasses.replace(OPENVINO_RUN, kept_pixels=keep)
+    MiB = 2**20
+    for run in (small_batch, windows, large, small_after):
+        assert run["peak"] <= OPENVINO_RUN.peak(*run["shape"]), f"{run['shape']}: peaked at {run['peak'] // MiB} MiB"
+    assert small_batch["peak"] > OPENVINO_RUN.peak(32, 64, 64) // 2  # the charge fits what it measures
+    assert large["peak"] > OPENVINO_RUN.peak(1, 1024, 1024) // 2
+    for run in (small_batch, windows):  # kept (more than half their peak stays), within what the server holds
+        assert kept.of(*run["shape"]) == 0
+        assert OPENVINO_RUN.peak(*run["shape"]) // 2 < run["after"] <= kept.kept_bytes(32), \
+            f"{run['shape']}: {run['after'] // MiB} MiB kept"
+    assert kept.of(1, 1024, 1024) == OPENVINO_RUN.peak(1, 1024, 1024)  # charged to its request...
+    state = OPENVINO_KEPT_BYTES_PER_PIXEL * padded_pixels(1, 1024, 1024)
+    assert large["after"] <= state, f"1 MP: {large['after'] // MiB} MiB kept"  # ...and given back
+    assert small_after["after"] < 64 * MiB, f"{small_after['after'] // MiB} MiB: the 1 MP run's state stays"
 
 
 def serve_command(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -119,3 +128,40 @@ def test_openvino_not_installed_is_refused_in_one_line_naming_the_install(tmp_pa
     assert result.stderr.strip().splitlines() == [
         "Error: --runtime openvino, but OpenVINO is not installed: pip install 'inpaint[openvino]' (or openvino), "
         "or --runtime onnxruntime"]
+
+
+def test_kept_runs_cost_requests_nothing_and_the_budget_holds_their_buffers_once():
+    import asyncio
+    import dataclasses
+
+    from inpaint.core.tiling import TilingOptions
+    from inpaint.serving.admission import OPENVINO_RUN, MemoryBudget, array_predict_cost
+    from inpaint.serving.errors import RequestTooLarge
+
+    MiB = 2**20
+    kept = dataclasses.replace(OPENVINO_RUN, kept_pixels=2**19)
+    budget = MemoryBudget(1536 * MiB, share=0.75)
+    budget.hold(kept.kept_bytes(64), "the kept buffers")
+    assert budget.held == budget.standing == 900 * 2**19 + 128 * MiB
+    assert budget.per_request == budget.total - budget.standing < int(budget.total * 0.75)
+
+    tiling = TilingOptions()
+    assert array_predict_cost(4, 256, 256, 1, tiling, 1, run_cost=kept).runs == 0
+    assert array_predict_cost(1, 4000, 6000, 1, tiling, 1, run_cost=kept).runs == 0  # a 24 MP photo: windows
+    one_mp = array_predict_cost(1, 1024, 1024, 1, tiling, 1, run_cost=kept)
+    assert one_mp.runs == OPENVINO_RUN.peak(1, 1024, 1024)  # over what is kept: its own, given back after
+
+    async def reserve(nbytes):
+        await budget.reservation().grow(nbytes, "a request", None)
+
+    with pytest.raises(RequestTooLarge, match="over the .* one request may hold"):
+        asyncio.run(reserve(budget.per_request + 1))  # refused at once (413), not left waiting for room never free
+
+
+def test_keeping_more_than_three_quarters_of_the_budget_is_refused_at_start_naming_the_flags():
+    result = serve_command("--runtime", "openvino", "--memory-budget-mib", "700")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: --runtime openvino with --openvino-keep-pixels 524288 "
+                                                   "needs 578 MiB of the 700 MiB memory budget for good")
+    assert "raise --memory-budget-mib" in lines[0]
