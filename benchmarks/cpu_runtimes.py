@@ -62,8 +62,10 @@ def onnxruntime_runner(version: Path, graph: str = "model.onnx"):
 
 def openvino_runner(version: Path, graph: str = "model.onnx"):
     from inpaint.core.openvino_model import OpenVinoModel
+    from inpaint.serving.server import ServerConfig
 
-    return OpenVinoModel(version / graph).inpaint  # as inpaint-serve --runtime openvino opens it
+    # As inpaint-serve --runtime openvino opens it (but without the server's allocator settings).
+    return OpenVinoModel(version / graph, keep_pixels=ServerConfig().openvino_keep_pixels).inpaint
 
 
 def server_runner(version: Path, precision: str | None = None, runtime: str | None = None):

@@ -241,19 +241,35 @@ def _source_pool(image: np.ndarray, hole_cells: np.ndarray, features: np.ndarray
     rng = np.random.default_rng(options.seed)
     if len(eligible) > options.sources:
         eligible = eligible[np.sort(rng.choice(len(eligible), options.sources, replace=False))]
-    block = 2 * cell
-    residuals = np.empty((len(eligible), block, block, 3), np.float32)
-    for index, (row, col) in enumerate(eligible):
-        top, left = row * cell - margin, col * cell - margin
-        patch = image[top:top + block + 2 * margin, left:left + block + 2 * margin].astype(np.float32)
-        blurred = cv2.GaussianBlur(patch, (0, 0), options.sigma)
-        residuals[index] = (patch - blurred)[margin:margin + block, margin:margin + block]
+    residuals = _source_details(image, eligible, options)
     # A block across a strong edge (a window frame, a can's rim) would paste a stray bright stroke into the
     # fill: such outliers are left out of the pool.
     energy = np.abs(residuals).mean(axis=(1, 2, 3))
     calm = energy <= EDGE_ENERGY * max(float(np.median(energy)), 1e-3)
     eligible, residuals = eligible[calm], residuals[calm]
     return residuals, features[eligible[:, 0], eligible[:, 1]]
+
+
+def _source_details(image: np.ndarray, blocks: np.ndarray, options: DetailOptions) -> np.ndarray:
+    """(k, 2cell, 2cell, 3) float32: the detail (pixels minus their Gaussian blur) of the blocks at ``blocks``'
+    (row, col) cells, sorted by row. The blur runs once per band of ``BAND_BLOCKS`` block rows over the
+    image's width, not once per block: a block's blur reads ``margin`` pixels around it, as before."""
+    cell, margin, block = options.cell, options.margin, 2 * options.cell
+    residuals = np.empty((len(blocks), block, block, 3), np.float32)
+    height = image.shape[0]
+    bands = blocks[:, 0] // BAND_BLOCKS
+    for band in np.unique(bands):
+        members = np.flatnonzero(bands == band)
+        first_row, last_row = blocks[members, 0].min(), blocks[members, 0].max()
+        top = max(0, first_row * cell - margin)
+        bottom = min(height, last_row * cell + block + margin)
+        pixels = image[top:bottom].astype(np.float32)
+        detail = pixels - cv2.GaussianBlur(pixels, (0, 0), options.sigma)
+        for index in members:
+            row, col = blocks[index]
+            y, x = row * cell - top, col * cell
+            residuals[index] = detail[y:y + block, x:x + block]
+    return residuals
 
 
 def _nearest(queries: np.ndarray, pool: np.ndarray, choices: int, rng: np.random.Generator) -> np.ndarray:
