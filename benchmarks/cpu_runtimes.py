@@ -4,6 +4,7 @@ precision is OpenVINO's choice for the CPU: bf16 where the CPU computes it nativ
 
     python benchmarks/cpu_runtimes.py [--model models/pretrained/inpaint/1] [--seconds 4] [--out reports/cpu]
                                       [--server] [--server-precision P] [--server-runtime R]
+                                      [--server-args '--openvino-keep-pixels 1048576 ...']
 
 For each batch x size (32 x 64², 4 x 256², 1 x 1024²) every runtime gets the same uint8 photos and masks,
 two warm-up runs, then runs until ``--seconds`` have passed; the table gives images/s and each runtime's ratio
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -68,7 +70,8 @@ def openvino_runner(version: Path, graph: str = "model.onnx"):
     return OpenVinoModel(version / graph, keep_pixels=ServerConfig().openvino_keep_pixels).inpaint
 
 
-def server_runner(version: Path, precision: str | None = None, runtime: str | None = None):
+def server_runner(version: Path, precision: str | None = None, runtime: str | None = None,
+                  more_args: tuple[str, ...] = ()):
     """``inpaint-serve`` with its default flags (and ``--precision``, ``--runtime``, if given) on the version's
     model folder, in its own process, and one gRPC client sending uint8 tensors (the issue's end-to-end
     figure); ``run.stop`` ends the server."""
@@ -83,7 +86,8 @@ def server_runner(version: Path, precision: str | None = None, runtime: str | No
     spec = importlib.util.spec_from_file_location("serving_benchmark", ROOT / "benchmarks" / "serving.py")
     serving_benchmark = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(serving_benchmark)
-    extra_args = (("--precision", precision) if precision else ()) + (("--runtime", runtime) if runtime else ())
+    extra_args = ((("--precision", precision) if precision else ()) + (("--runtime", runtime) if runtime else ())
+                  + tuple(more_args))
     server = serving_benchmark.Server(version.parent, batching=False, extra_args=extra_args)
     channel = grpc.insecure_channel(server.target, options=[("grpc.max_receive_message_length", -1),
                                                             ("grpc.max_send_message_length", -1)])
@@ -120,7 +124,7 @@ def throughput(run, images, masks, seconds: float) -> tuple[float, dict]:
 
 
 def runners(version: Path, server: bool, server_precision: str | None = None,
-            server_runtime: str | None = None) -> dict:
+            server_runtime: str | None = None, server_args: tuple[str, ...] = ()) -> dict:
     from inpaint.core.repository import INT8_FILENAME
 
     has_int8 = (version / INT8_FILENAME).is_file()  # what inpaint-serve --precision auto runs on a CPU
@@ -134,7 +138,7 @@ def runners(version: Path, server: bool, server_precision: str | None = None,
     except ImportError:
         pass
     if server:
-        found["inpaint-serve, gRPC uint8"] = server_runner(version, server_precision, server_runtime)
+        found["inpaint-serve, gRPC uint8"] = server_runner(version, server_precision, server_runtime, server_args)
     return found
 
 
@@ -149,10 +153,13 @@ def main() -> None:
                         help="the server's --precision [default: the server's default]")
     parser.add_argument("--server-runtime", choices=RUNTIMES, default=None,
                         help="the server's --runtime [default: the server's default]")
+    parser.add_argument("--server-args", default="",
+                        help="more inpaint-serve flags, one string (e.g. '--openvino-keep-pixels 1048576')")
     parser.add_argument("--server", action="store_true",
                         help="also time inpaint-serve (default flags) on the version's folder through gRPC")
     args = parser.parse_args()
-    found = runners(args.model, args.server, args.server_precision, args.server_runtime)
+    found = runners(args.model, args.server, args.server_precision, args.server_runtime,
+                    tuple(shlex.split(args.server_args)))
     rows = []
     for batch, side in SHAPES:
         images, masks = inputs(batch, side)
