@@ -17,7 +17,7 @@ TIERS = {
     "slow": ("test_adversarial", "test_benchmarks_large", "test_first_hour", "test_gpu_benchmark",
              "test_images", "test_large_photos", "test_memory_admission", "test_photos", "test_pipeline",
              "test_reach", "test_savedmodel_bytes", "test_shutdown", "test_train_scale", "test_tool_faults", "test_cli",
-             "test_evaluate", "test_model_config", "test_executors"),
+             "test_evaluate", "test_model_config", "test_executors", "test_openvino"),
     "browser": ("test_web",),
     "cluster": ("test_deploy", "test_training_job", "test_triton"),
     "protocol": ("test_v2", "test_compat"),
