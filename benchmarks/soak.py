@@ -1,6 +1,7 @@
 """A mixed soak under the pod's memory cap, with a burst of the worst admitted requests every minute.
 
     python benchmarks/soak.py [--minutes 10] [--model models/pretrained/inpaint] [--limit-mib 2560]
+                              [--server-args '--runtime openvino --precision auto']
 
 Starts ``inpaint-serve`` with the Deployment's args (``k8s/base/deployment.yaml``, as ``memory.py`` does) in a
 cgroup v1 memory cgroup capped at the Deployment's memory limit, every process of it, as in its pod (run as
@@ -26,6 +27,7 @@ import gzip
 import json
 import logging
 import random
+import shlex
 import subprocess
 import sys
 import threading
@@ -73,8 +75,9 @@ def photo(height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Soak:
-    def __init__(self, model: Path, limit: int | None):
+    def __init__(self, model: Path, limit: int | None, extra_args: tuple[str, ...] = ()):
         args, pod_limit = deployment()
+        args = [*args, *extra_args]  # given again, a flag's last value wins
         self.limit = limit or pod_limit
         self.cgroup = MemoryCgroup(self.limit)
         self.port, self.rest_port = free_port(), free_port()
@@ -288,13 +291,15 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="how long the mix runs (a burst a minute)")
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "pretrained" / "inpaint")
     parser.add_argument("--limit-mib", type=int, default=None, help="memory cap [default: the Deployment's]")
+    parser.add_argument("--server-args", default="",
+                        help="inpaint-serve flags after the Deployment's, one string (e.g. '--runtime openvino')")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     reason = cgroup_unavailable_reason()
     if reason:
         logger.error("cannot soak under a memory cap: %s", reason)
         return 2
-    soak = Soak(args.model, args.limit_mib * MiB if args.limit_mib else None)
+    soak = Soak(args.model, args.limit_mib * MiB if args.limit_mib else None, tuple(shlex.split(args.server_args)))
     try:
         report = soak.run(args.minutes)
     finally:
