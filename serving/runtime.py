@@ -114,11 +114,12 @@ class ModelLoader:
                         model.precision, self.precision, model.path.name)
         return model
 
-    @property
-    def run_cost(self) -> RunCost:
-        """What one model run holds (serving/admission.py reserves it before the run)."""
+    def run_cost(self, max_images: int) -> RunCost:
+        """What one model run costs (serving/admission.py reserves it before the run), runs holding at most
+        ``max_images`` images; with OpenVINO's kept buffers, what the server holds for them at start."""
         if self.runtime == "openvino":
-            return dataclasses.replace(OPENVINO_RUN, kept_pixels=self.openvino_keep_pixels)
+            kept = dataclasses.replace(OPENVINO_RUN, kept_pixels=self.openvino_keep_pixels)
+            return dataclasses.replace(kept, held=kept.kept_bytes(max_images))
         return ONNXRUNTIME_RUN
 
 

@@ -258,15 +258,16 @@ class InpaintServer:
                       else config.max_images_per_request)
         limits = Limits(config.max_pixels, max_images, config.max_request_pixels)
         self.budget = MemoryBudget(config.memory_budget_mib * MiB, config.memory_share)
-        kept = self.loader.run_cost.kept_bytes(max_images)
-        if kept:
+        run_cost = self.loader.run_cost(max_images)
+        if run_cost.held:
             try:
-                self.budget.hold(kept, f"--runtime openvino with --openvino-keep-pixels {config.openvino_keep_pixels}")
+                self.budget.hold(run_cost.held,
+                                 f"--runtime openvino with --openvino-keep-pixels {config.openvino_keep_pixels}")
             except ValueError as error:
                 raise InvalidConfig(str(error)) from None
         hand_large_buffers_back_when_freed()
         self.dataplane = DataPlane(self.models, self.scheduler, limits, self.metrics, tiling, self.compute,
-                                   self.budget, tiled_threads=config.tiled_threads, run_cost=self.loader.run_cost)
+                                   self.budget, tiled_threads=config.tiled_threads, run_cost=run_cost)
         self.health = health_aio.HealthServicer()
         grpc_bytes, rest_bytes, json_values = request_bytes_for(config.max_request_pixels, config.tile_above_pixels)
         # gRPC's cap, within what one request may hold while its message arrives (ARRIVAL_COPIES x the cap)

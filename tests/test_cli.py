@@ -116,7 +116,7 @@ def test_the_old_variable_names_are_refused_with_the_new_one(old, new, tmp_path)
 
 
 # Options added after the variables took the INPAINT_TRAIN_ prefix: they never had an unprefixed name.
-ADDED_SINCE_THE_PREFIX = {"--reinitialise"}
+ADDED_SINCE_THE_PREFIX = {"--reinitialise", "--leaky-blocks"}
 
 
 def test_each_option_had_one_old_variable_name():

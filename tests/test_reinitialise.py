@@ -71,3 +71,22 @@ def test_reinitialise_without_trained_weights_is_refused_before_tensorflow_start
     result = CliRunner().invoke(main, ["--reinitialise", "up2", "--init-weights", "none"])
     assert result.exit_code == 1
     assert "give --init-weights VERSION, or drop --reinitialise" in result.output
+
+
+def test_a_leaky_block_passes_gradient_where_a_relu_block_is_silent():
+    """``--leaky-blocks``: the same weights, silenced as above, still pass signal (and so gradient) when leaky."""
+    import keras
+
+    from inpaint.trainer.model import build_model
+
+    inputs = np.random.default_rng(0).random((2, 32, 32, 7)).astype(np.float32)
+    outputs = {}
+    for leaky in ((), ("up1",)):
+        model = build_model(depth=2, base_filters=4, coarse_side=32, smoothing=0, leaky_blocks=leaky)
+        refiner = model.get_layer("coarse_to_fine").refiner
+        silence(refiner, "up1")
+        outputs[leaky] = np.asarray(keras.Model(refiner.input, refiner.get_layer("up1_conv2").output)(inputs))
+    assert not outputs[()].any()  # ReLU: nothing
+    assert (outputs[("up1",)] < 0).all()  # leaky: every unit passes its (negative) input on, scaled by 0.2
+    with pytest.raises(ValueError, match="--leaky-blocks up9: this network's blocks are bottleneck, down0"):
+        build_model(depth=2, base_filters=4, coarse_side=32, smoothing=0, leaky_blocks=("up9",))

@@ -155,19 +155,28 @@ class CoarseToFine(layers.Layer):
                 "smoothing": self.smoothing}
 
 
-def _conv(x, filters: int, name: str, dilation: int = 1):
-    return layers.Conv2D(filters, 3, padding="same", activation="relu", dilation_rate=dilation, name=name)(x)
+def _conv(x, filters: int, name: str, dilation: int = 1, activation: str = "relu"):
+    return layers.Conv2D(filters, 3, padding="same", activation=activation, dilation_rate=dilation, name=name)(x)
 
 
-def _conv_block(x, filters: int, name: str):
-    """Two 3x3 ReLU convolutions, as in the report."""
-    return _conv(_conv(x, filters, f"{name}_conv1"), filters, f"{name}_conv2")
+def _conv_block(x, filters: int, name: str, leaky: tuple[str, ...] = ()):
+    """Two 3x3 ReLU convolutions, as in the report; leaky ReLUs (slope 0.2) if ``name`` is in ``leaky``: a
+    leaky unit passes gradient whatever its input, so the block cannot fall silent for good."""
+    activation = "leaky_relu" if name in leaky else "relu"
+    return _conv(_conv(x, filters, f"{name}_conv1", activation=activation), filters, f"{name}_conv2",
+                 activation=activation)
+
+
+def block_names(depth: int) -> list[str]:
+    """The refiner's blocks, as ``--reinitialise`` and ``--leaky-blocks`` name them."""
+    return sorted([f"down{level}" for level in range(depth)] + ["bottleneck"] + [f"up{level}" for level in range(depth)])
 
 
 SPECTRAL_PREFIX = "bottleneck_spectral"
 
 
-def build_refiner(depth: int, base_filters: int, dilations: tuple[int, ...], spectral_blocks: int = 0) -> keras.Model:
+def build_refiner(depth: int, base_filters: int, dilations: tuple[int, ...], spectral_blocks: int = 0,
+                  leaky_blocks: tuple[str, ...] = ()) -> keras.Model:
     """U-Net from (known RGB, mask, current fill) to a correction of the fill.
 
     ``depth`` down-sampling blocks, a bottleneck whose dilated convolutions
@@ -177,13 +186,17 @@ def build_refiner(depth: int, base_filters: int, dilations: tuple[int, ...], spe
     every cell see the whole image: a wide hole's middle sees texture far away. Each starts as the
     identity, so they can be added to trained weights.
     """
+    unknown = sorted(set(leaky_blocks) - set(block_names(depth)))
+    if unknown:
+        raise ValueError(f"--leaky-blocks {','.join(unknown)}: this network's blocks are "
+                         f"{', '.join(block_names(depth))}")
     inputs = keras.Input((None, None, 7), name="known_mask_fill")
     x, skips = inputs, []
     for level in range(depth):
-        x = _conv_block(x, base_filters * 2**level, f"down{level}")
+        x = _conv_block(x, base_filters * 2**level, f"down{level}", leaky_blocks)
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"down{level}_pool")(x)
-    x = _conv_block(x, base_filters * 2**depth, "bottleneck")
+    x = _conv_block(x, base_filters * 2**depth, "bottleneck", leaky_blocks)
     for index in range(spectral_blocks):
         x = SpectralTransform(name=f"{SPECTRAL_PREFIX}{index}")(x)
     for rate in dilations:
@@ -191,7 +204,7 @@ def build_refiner(depth: int, base_filters: int, dilations: tuple[int, ...], spe
     for level in reversed(range(depth)):
         x = layers.Conv2DTranspose(base_filters * 2**level, 2, strides=2, name=f"up{level}_upsample")(x)
         x = layers.Concatenate(name=f"up{level}_skip")([x, skips[level]])
-        x = _conv_block(x, base_filters * 2**level, f"up{level}")
+        x = _conv_block(x, base_filters * 2**level, f"up{level}", leaky_blocks)
     # Starts near zero: training begins at the push-pull fill. A default-scale start makes large wrong
     # corrections that the first steps cure by silencing the last ReLUs for good.
     start = keras.initializers.RandomNormal(stddev=1e-3)
@@ -227,10 +240,11 @@ def reinitialise_blocks(model: keras.Model, blocks: tuple[str, ...], seed: int =
 
 
 def build_model(depth: int = 4, base_filters: int = 16, dilations: tuple[int, ...] = (),
-                coarse_side: int = 128, smoothing: int = SMOOTHING_STEPS, spectral_blocks: int = 0) -> keras.Model:
+                coarse_side: int = 128, smoothing: int = SMOOTHING_STEPS, spectral_blocks: int = 0,
+                leaky_blocks: tuple[str, ...] = ()) -> keras.Model:
     """The whole network (see the module docstring). Under mixed precision the fills stay float32."""
     inputs = keras.Input((None, None, 4), name="masked_image_and_mask")
-    refiner = build_refiner(depth, base_filters, dilations, spectral_blocks)
+    refiner = build_refiner(depth, base_filters, dilations, spectral_blocks, leaky_blocks)
     outputs = CoarseToFine(refiner, coarse_side, 2**depth, smoothing, dtype="float32", name="coarse_to_fine")(inputs)
     return keras.Model(inputs, outputs, name=f"inpaint_d{depth}_f{base_filters}")
 

@@ -56,6 +56,7 @@ class TrainConfig:
     base_filters: int = 20           # width of the first level; the report used 32 (7.8 M params)
     dilations: str = ""              # dilated bottleneck convolutions, e.g. "2,4" (slow in TF on a CPU)
     spectral_blocks: int = 0         # Fourier units after the bottleneck (reach.py): the whole image in view
+    leaky_blocks: str = ""           # refiner blocks whose ReLUs leak (slope 0.2), e.g. "up2": they cannot fall silent
     coarse_side: int = 128           # the coarse pass runs with the long side at most this
     smoothing: int = 8               # Jacobi steps per pyramid level of the push-pull fill (0: plain push-pull)
     precision: str = "auto"          # auto: bfloat16 compute where the hardware has it, else float32
@@ -434,7 +435,7 @@ def build_model(config: TrainConfig):
     from .model import build_model as build
 
     return build(config.depth, config.base_filters, parse_int_list(config.dilations), config.coarse_side,
-                 config.smoothing, config.spectral_blocks)
+                 config.smoothing, config.spectral_blocks, parse_name_list(config.leaky_blocks))
 
 
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -672,6 +673,10 @@ _DEFAULTS = TrainConfig()
 @option("--spectral-blocks", default=_DEFAULTS.spectral_blocks, type=click.IntRange(min=0),
         help="Fourier units (LaMa's FFC, exported as plain matmuls) after the U-Net bottleneck: every cell sees "
              "the whole image. Added to --init-weights that lack them, they start as the identity.")
+@option("--leaky-blocks", default=_DEFAULTS.leaky_blocks, callback=_block_list,
+        help="Refiner blocks (comma-separated, as --reinitialise names them) whose ReLUs leak (slope 0.2): a unit "
+             "that leaks passes gradient whatever its input, so the block cannot fall silent for good. Weights "
+             "of --init-weights load into it all the same.")
 @option("--coarse-side", default=_DEFAULTS.coarse_side, callback=_positive,
         help="Long side, in pixels, of the coarse pass (larger images are downscaled to it first).")
 @option("--smoothing", default=_DEFAULTS.smoothing, type=click.IntRange(min=0),
