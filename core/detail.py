@@ -252,7 +252,7 @@ def _source_pool(image: np.ndarray, hole_cells: np.ndarray, features: np.ndarray
 
 def _source_details(image: np.ndarray, blocks: np.ndarray, options: DetailOptions) -> np.ndarray:
     """(k, 2cell, 2cell, 3) float32: the detail (pixels minus their Gaussian blur) of the blocks at ``blocks``'
-    (row, col) cells, sorted by row. The blur runs once per band of ``BAND_BLOCKS`` block rows over the
+    (row, col) cells. The blur runs once per band of ``BAND_BLOCKS`` block rows over the
     image's width, not once per block: a block's blur reads ``margin`` pixels around it, as before."""
     cell, margin, block = options.cell, options.margin, 2 * options.cell
     residuals = np.empty((len(blocks), block, block, 3), np.float32)

@@ -39,6 +39,7 @@ the shared libraries' pages), and memory returns to idle after it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ class RunCost:
     """What one model run holds at its peak: per pixel of the run as the graph pads it, and per image.
 
     A runtime that keeps its buffers for runs of up to ``kept_pixels`` (OpenVINO, ``--openvino-keep-pixels``)
-    has ``held`` bytes (``kept_bytes``) taken from the budget once, at the server's start (``MemoryBudget.hold``):
+    has ``held`` bytes (``keeping``) taken from the budget once, at the server's start (``MemoryBudget.hold``):
     such runs cost a request nothing more, and a larger run, which grows the same buffers (measured: a 1 MP
     run after 8 x 256² ones peaked where it peaks alone), costs its request only what it holds over them.
     """
@@ -70,24 +71,28 @@ class RunCost:
     kept_pixels: int = 0
     held: int = 0
 
+    def keeping(self, pixels: int, max_images: int) -> "RunCost":
+        """This cost with runs of up to ``pixels`` kept: ``held`` is what those buffers may grow to, the
+        largest kept run of at most ``max_images`` images (nothing for ``pixels`` 0)."""
+        held = self.peak_of_pixels(pixels, max_images) if pixels else 0
+        return dataclasses.replace(self, kept_pixels=pixels, held=held)
+
     def peak(self, count: int, height: int, width: int) -> int:
         """What the run holds at its peak."""
-        return self.of_pixels(padded_pixels(count, height, width), count, kept=False)
+        return self.peak_of_pixels(padded_pixels(count, height, width), count)
+
+    def peak_of_pixels(self, pixels: int, images: int) -> int:
+        return self.bytes_per_pixel * pixels + self.bytes_per_image * images
 
     def of(self, count: int, height: int, width: int) -> int:
         """What the run costs the request that makes it."""
         return self.of_pixels(padded_pixels(count, height, width), count)
 
-    def of_pixels(self, pixels: int, images: int, kept: bool = True) -> int:
-        """What a run of ``pixels`` padded pixels in ``images`` images costs its request (``kept=False``: holds)."""
-        peak = self.bytes_per_pixel * pixels + self.bytes_per_image * images
-        if not kept:
-            return peak
-        return 0 if pixels <= self.kept_pixels else max(0, peak - self.held)
-
-    def kept_bytes(self, max_images: int) -> int:
-        """What the kept buffers may grow to: the largest kept run, of at most ``max_images`` images."""
-        return self.bytes_per_pixel * self.kept_pixels + self.bytes_per_image * max_images if self.kept_pixels else 0
+    def of_pixels(self, pixels: int, images: int) -> int:
+        """What a run of ``pixels`` padded pixels in ``images`` images costs the request that makes it."""
+        if pixels <= self.kept_pixels:
+            return 0
+        return max(0, self.peak_of_pixels(pixels, images) - self.held)
 
 
 # ONNX Runtime (measured: 640 B a pixel for 1 x 1024 x 1024, 628 for 8 x 256 x 256, 640 for 16 x 65,536, 520

@@ -24,7 +24,6 @@ import click
 
 from .batching import BatchingOptions
 from .errors import FailedPrecondition, InvalidConfig
-from .runtime import check_openvino
 from .server import ServerConfig, serve
 from .settings import Setting
 from .shutdown import exit_once_threads_end
@@ -161,11 +160,6 @@ def _check(config: ServerConfig) -> None:
         raise click.ClickException(f"--tiling off runs every image whole: --max-pixels ({config.max_pixels}) must "
                                    f"not exceed --tile-above-pixels ({config.tile_above_pixels}), which bounds a "
                                    "model run's memory")
-    if config.runtime == "openvino":
-        try:
-            check_openvino(config.device)
-        except ValueError as error:
-            raise click.ClickException(str(error)) from None
 
 
 @click.command(cls=Command, variables=VARIABLES,

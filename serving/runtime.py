@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import gc
 import logging
 import os
@@ -14,6 +13,7 @@ from inpaint.core.openvino_model import OpenVinoModel
 from inpaint.core.repository import INT8_FILENAME, ONNX_FILENAME
 
 from .admission import ONNXRUNTIME_RUN, OPENVINO_RUN, RunCost
+from .errors import InvalidConfig
 
 logger = logging.getLogger(__name__)
 
@@ -118,20 +118,19 @@ class ModelLoader:
         """What one model run costs (serving/admission.py reserves it before the run), runs holding at most
         ``max_images`` images; with OpenVINO's kept buffers, what the server holds for them at start."""
         if self.runtime == "openvino":
-            kept = dataclasses.replace(OPENVINO_RUN, kept_pixels=self.openvino_keep_pixels)
-            return dataclasses.replace(kept, held=kept.kept_bytes(max_images))
+            return OPENVINO_RUN.keeping(self.openvino_keep_pixels, max_images)
         return ONNXRUNTIME_RUN
 
 
 def check_openvino(device: str) -> None:
-    """ValueError naming the fix unless OpenVINO can run this server's models."""
+    """InvalidConfig naming the fix unless OpenVINO can run this server's models."""
     if device == "cuda":
-        raise ValueError("--runtime openvino runs on the CPU: use --device cpu or auto, or --runtime onnxruntime "
+        raise InvalidConfig("--runtime openvino runs on the CPU: use --device cpu or auto, or --runtime onnxruntime "
                          "for CUDA")
     try:
         import openvino  # noqa: F401
     except ImportError:
-        raise ValueError("--runtime openvino, but OpenVINO is not installed: pip install 'inpaint[openvino]' "
+        raise InvalidConfig("--runtime openvino, but OpenVINO is not installed: pip install 'inpaint[openvino]' "
                          "(or openvino), or --runtime onnxruntime") from None
 
 

@@ -75,9 +75,8 @@ MEMORY_PROBE = textwrap.dedent("""
 
 def test_openvino_runs_peak_within_their_charge_and_keep_only_what_was_held_for_them():
     """Runs of up to ``keep_pixels`` keep their buffers (what the server holds from its budget at start,
-    ``RunCost.kept_bytes``); a larger run peaks within what its request is charged and gives its buffers back,
+    ``RunCost.keeping``); a larger run peaks within what its request is charged and gives its buffers back,
     leaving state sized to its shape (``OPENVINO_KEPT_BYTES_PER_PIXEL``) that the next, smaller run lets go."""
-    import dataclasses
     import json
 
     from inpaint.core.contract import padded_pixels
@@ -89,8 +88,7 @@ def test_openvino_runs_peak_within_their_charge_and_keep_only_what_was_held_for_
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     small_batch, windows, large, small_after = json.loads(result.stdout.splitlines()[-1])
-    kept = dataclasses.replace(OPENVINO_RUN, kept_pixels=keep)
-    kept = dataclasses.replace(kept, held=kept.kept_bytes(32))
+    kept = OPENVINO_RUN.keeping(keep, 32)
     MiB = 2**20
     for run in (small_batch, windows, large, small_after):
         assert run["peak"] <= OPENVINO_RUN.peak(*run["shape"]), f"{run['shape']}: peaked at {run['peak'] // MiB} MiB"
@@ -137,15 +135,13 @@ def test_openvino_not_installed_is_refused_in_one_line_naming_the_install(tmp_pa
 
 def test_kept_runs_cost_requests_nothing_and_the_budget_holds_their_buffers_once():
     import asyncio
-    import dataclasses
 
     from inpaint.core.tiling import TilingOptions
     from inpaint.serving.admission import OPENVINO_RUN, MemoryBudget, array_predict_cost
     from inpaint.serving.errors import RequestTooLarge
 
     MiB = 2**20
-    kept = dataclasses.replace(OPENVINO_RUN, kept_pixels=2**19)
-    kept = dataclasses.replace(kept, held=kept.kept_bytes(64))
+    kept = OPENVINO_RUN.keeping(2**19, 64)
     budget = MemoryBudget(1536 * MiB, share=0.75)
     budget.hold(kept.held, "the kept buffers")
     assert budget.held == budget.standing == 900 * 2**19 + 128 * MiB

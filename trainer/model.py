@@ -167,6 +167,13 @@ def _conv_block(x, filters: int, name: str, leaky: tuple[str, ...] = ()):
                  activation=activation)
 
 
+def check_blocks(option: str, blocks: tuple[str, ...], known: list[str]) -> None:
+    """ValueError naming ``option``'s blocks that this network does not have, and those it has."""
+    missing = [block for block in blocks if block not in known]
+    if missing:
+        raise ValueError(f"{option} {','.join(missing)}: this network's blocks are {', '.join(known)}")
+
+
 def block_names(depth: int) -> list[str]:
     """The refiner's blocks, as ``--reinitialise`` and ``--leaky-blocks`` name them."""
     return sorted([f"down{level}" for level in range(depth)] + ["bottleneck"] + [f"up{level}" for level in range(depth)])
@@ -186,10 +193,7 @@ def build_refiner(depth: int, base_filters: int, dilations: tuple[int, ...], spe
     every cell see the whole image: a wide hole's middle sees texture far away. Each starts as the
     identity, so they can be added to trained weights.
     """
-    unknown = sorted(set(leaky_blocks) - set(block_names(depth)))
-    if unknown:
-        raise ValueError(f"--leaky-blocks {','.join(unknown)}: this network's blocks are "
-                         f"{', '.join(block_names(depth))}")
+    check_blocks("--leaky-blocks", leaky_blocks, block_names(depth))
     inputs = keras.Input((None, None, 7), name="known_mask_fill")
     x, skips = inputs, []
     for level in range(depth):
@@ -220,10 +224,8 @@ def reinitialise_blocks(model: keras.Model, blocks: tuple[str, ...], seed: int =
     their initialisers, biases zero; the names of the layers drawn. A block whose ReLUs never fire gets no
     gradient: trained weights cannot bring it back, new ones can."""
     refiner = model.get_layer("coarse_to_fine").refiner
-    known = sorted({layer.name.rsplit("_", 1)[0] for layer in refiner.layers if layer.name.endswith("_conv1")})
-    missing = [block for block in blocks if block not in known]
-    if missing:
-        raise ValueError(f"--reinitialise {','.join(missing)}: this network's blocks are {', '.join(known)}")
+    check_blocks("--reinitialise", blocks,
+                 sorted({layer.name.rsplit("_", 1)[0] for layer in refiner.layers if layer.name.endswith("_conv1")}))
     drawn = []
     for index, layer in enumerate(refiner.layers):
         if isinstance(layer, layers.Conv2D) and layer.name.rsplit("_", 1)[0] in blocks:
