@@ -1,6 +1,7 @@
 """The CPU runtimes side by side, in one run: TensorFlow on the SavedModel (what TF Serving runs), ONNX Runtime
-as ``inpaint-serve`` opens it, and OpenVINO (if installed) on the same ``model.onnx`` as ``inpaint-serve --runtime openvino`` opens it (its
-precision is OpenVINO's choice for the CPU: bf16 where the CPU computes it natively, else f32).
+as ``inpaint-serve`` opens it, and OpenVINO (if installed) on the same ``model.onnx`` as
+``inpaint-serve --runtime openvino`` opens it (its precision is OpenVINO's choice for the CPU: bf16 where the
+CPU computes it natively, else f32).
 
     python benchmarks/cpu_runtimes.py [--model models/pretrained/inpaint/1] [--seconds 4] [--out reports/cpu]
                                       [--server] [--server-precision P] [--server-runtime R]
