@@ -1,7 +1,7 @@
 """A mixed soak under the pod's memory cap, with a burst of the worst admitted requests every minute.
 
-    python benchmarks/soak.py [--minutes 10] [--model models/pretrained/inpaint] [--limit-mib 2560]
-                              [--server-args '--runtime openvino --precision auto']
+    python benchmarks/soak.py [--minutes 10] [--model models/pretrained/inpaint] [--limit-mib 3072]
+                              [--server-args "--runtime onnxruntime"]
 
 Starts ``inpaint-serve`` with the Deployment's args (``k8s/base/deployment.yaml``, as ``memory.py`` does) in a
 cgroup v1 memory cgroup capped at the Deployment's memory limit, every process of it, as in its pod (run as

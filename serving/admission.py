@@ -19,14 +19,15 @@ costing more is refused at once (RESOURCE_EXHAUSTED, HTTP 413), so whatever runs
 stays for the others (a 49 MP photo that runs for minutes cannot lock small requests out).
 
 The coefficients are measured with the shipped model (``benchmarks/soak.py`` and ``tests/test_memory_admission.py``
-check them under a memory cgroup). The Deployment's arithmetic, under its 2,560 MiB limit:
+check them under a memory cgroup). The Deployment's arithmetic, under its 3,072 MiB limit:
 
     the idle processes (server ~205 MiB, REST codec worker ~130, fork server and resource tracker 25)  ~360 MiB
     ONNX Runtime's arena kept for small runs (runtime.ARENA_KEEPS_PIXELS: ~10 MiB a run, two at once)    32 MiB
-    the budget (--memory-budget-mib), gRPC messages arriving included (2 x 92.5 MiB each until read)  1,536 MiB
-                                                                                                   = 1,928 MiB
+    the budget (--memory-budget-mib): OpenVINO's kept buffers, held at start (964 MiB at batches of 32),
+    and gRPC messages arriving (2 x 92.5 MiB each until read) included                                1,920 MiB
+                                                                                                   = 2,312 MiB
 
-leaving 632 MiB (a quarter) for what is not admitted: what a gRPC stream still waiting for room may send
+leaving 760 MiB (a quarter) for what is not admitted: what a gRPC stream still waiting for room may send
 before its handler reads (HTTP/2 flow control: its window, 64 KiB; the server does not grow it), the message
 of a method that is not a predict (metadata, status, reload, health, reflection: bytes in practice; they
 arrive one at a time, about three copies of gRPC's cap at most while it is handed over, 280 MiB, and one
@@ -98,6 +99,9 @@ class RunCost:
 # ONNX Runtime (measured: 640 B a pixel for 1 x 1024 x 1024, 628 for 8 x 256 x 256, 640 for 16 x 65,536, 520
 # for 32 x 64 x 64).
 ONNXRUNTIME_RUN = RunCost(640)
+# ONNX Runtime on the int8 graph: two 1 MP runs at once peaked at up to 747 B a padded pixel each (one at a
+# time 624-651; docs/serving.md).
+ONNXRUNTIME_INT8_RUN = RunCost(768)
 # OpenVINO, int8 and float32 graphs (peak over the process before the run, fresh process each: 864-875 B a
 # pixel for 1 x 1024², 835-846 for 8 x 256², 897-922 for 4 x 256², 702 for 16 x 65,536, and 1,280-1,393 for
 # 32 x 64²: 1.5 MiB an image more, charged 2). With ``--openvino-keep-pixels``, ``kept_pixels`` of it.
@@ -124,14 +128,14 @@ JSON_OUT_BYTES_PER_VALUE = 24
 # arrays built from it.
 LIST_BYTES_PER_VALUE = 24
 
-DEFAULT_BUDGET_MIB = 1536
+DEFAULT_BUDGET_MIB = 1920
 DETAIL_WORST = DetailOptions(sources=MAX_SOURCES)  # the most a version's detail pass may hold
 DEFAULT_SHARE = 0.75
 DEFAULT_WAIT_SECONDS = 2.0
 
 # The Deployment's arithmetic (above), which tests/test_settings.py checks for every manifest that runs the
 # server: besides the budget, the idle processes and ORT's arena for small runs, and at least this share of
-# the pod's memory limit left for what is not admitted (632 of 2,560 MiB), which holds at least what the
+# the pod's memory limit left for what is not admitted (760 of 3,072 MiB), which holds at least what the
 # small methods' one message arriving may take (SMALL_ARRIVAL_COPIES x gRPC's cap).
 IDLE_PROCESSES_MIB = 360
 SMALL_RUNS_ARENA_MIB = 32

@@ -12,7 +12,7 @@ from inpaint.core.onnx_model import OnnxModel
 from inpaint.core.openvino_model import OpenVinoModel
 from inpaint.core.repository import INT8_FILENAME, ONNX_FILENAME
 
-from .admission import ONNXRUNTIME_RUN, OPENVINO_RUN, RunCost
+from .admission import ONNXRUNTIME_INT8_RUN, ONNXRUNTIME_RUN, OPENVINO_RUN, RunCost
 from .errors import InvalidConfig
 
 logger = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "float32", "int8")
-RUNTIMES = ("onnxruntime", "openvino")
+RUNTIMES = ("auto", "onnxruntime", "openvino")
 # Runs up to this many pixels (N x H x W as the graph pads them, contract.padded_pixels) keep ONNX Runtime's
 # memory arena: a 128 x 128 image or four of 64 x 64, about 10 MiB (640 bytes a padded pixel, measured);
 # larger runs go to a session of their own that gives its arena back when they end (OnnxModel), so a pod's
@@ -70,14 +70,14 @@ class ModelLoader:
 
     def __init__(self, device: str = "auto", intra_op_threads: int = 0, precision: str = "float32",
                  runtime: str = "onnxruntime", openvino_keep_pixels: int = 0):
-        self.device, self.intra_op_threads, self.precision, self.runtime = device, intra_op_threads, precision, runtime
+        self.device, self.intra_op_threads, self.precision = device, intra_op_threads, precision
         self.openvino_keep_pixels = openvino_keep_pixels
         self.provider: str | None = None
-        if runtime == "openvino":
-            check_openvino(device)
-        # Decided once, before any load, so that every version's choice of graph stays the same.
-        self.int8_if_present = precision == "auto" and (runtime == "openvino" or device == "cpu" or (
-            device == "auto" and (CUDA not in available_providers() or not cuda_device_present())))
+        # Decided once, before any load, so that every version's runtime and choice of graph stay the same.
+        on_cpu = device == "cpu" or (device == "auto" and (CUDA not in available_providers()
+                                                           or not cuda_device_present()))
+        self.runtime = resolve_runtime(runtime, device, on_cpu)
+        self.int8_if_present = precision == "auto" and (self.runtime == "openvino" or on_cpu)
 
     def graph_file(self, version_path: Path) -> str:
         """The graph a version serves: float32 its model.onnx, int8 its int8 graph, auto its int8 graph when
@@ -119,7 +119,30 @@ class ModelLoader:
         ``max_images`` images; with OpenVINO's kept buffers, what the server holds for them at start."""
         if self.runtime == "openvino":
             return OPENVINO_RUN.keeping(self.openvino_keep_pixels, max_images)
-        return ONNXRUNTIME_RUN
+        return ONNXRUNTIME_INT8_RUN if self.precision == "int8" or self.int8_if_present else ONNXRUNTIME_RUN
+
+
+def resolve_runtime(runtime: str, device: str, on_cpu: bool) -> str:
+    """The runtime ``--runtime`` names; ``auto``: OpenVINO where runs go to the CPU and it is installed (faster
+    on x86 CPUs, docs/serving.md), else ONNX Runtime."""
+    if runtime == "openvino":
+        check_openvino(device)
+    if runtime != "auto":
+        return runtime
+    if on_cpu and openvino_installed():
+        return "openvino"
+    if on_cpu:
+        logger.info("--runtime auto runs ONNX Runtime on the CPU: OpenVINO, faster there, is not installed "
+                    "(pip install 'inpaint[openvino]')")
+    return "onnxruntime"
+
+
+def openvino_installed() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def check_openvino(device: str) -> None:
@@ -127,11 +150,9 @@ def check_openvino(device: str) -> None:
     if device == "cuda":
         raise InvalidConfig("--runtime openvino runs on the CPU: use --device cpu or auto, or --runtime onnxruntime "
                          "for CUDA")
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
+    if not openvino_installed():
         raise InvalidConfig("--runtime openvino, but OpenVINO is not installed: pip install 'inpaint[openvino]' "
-                         "(or openvino), or --runtime onnxruntime") from None
+                            "(or openvino), or --runtime onnxruntime")
 
 
 def _libc_function(name: str):

@@ -84,10 +84,11 @@ class ServerConfig:
     batching: BatchingOptions = field(default_factory=BatchingOptions)  # its fields carry their own settings
     # Memory (docs/serving.md, "Memory"; serving/admission.py): every request reserves what it will cost
     # (its message, before a gRPC one is received, tensors by dtype, model runs padded to multiples of 16 at
-    # 640 bytes a pixel, the tiled path's arrays, its reply) from one budget of memory_budget_mib before
-    # it spends it, and no request may hold more than memory_share of it; the rest waits up to 2 s, then gets
-    # RESOURCE_EXHAUSTED (429). The default budget leaves a quarter of the Deployment's 2.5 GiB over the idle
-    # processes (~360 MiB) and ORT's arena for small runs (at most 32 MiB): the arithmetic is in admission.py.
+    # 640 bytes a pixel with ONNX Runtime, the tiled path's arrays, its reply) from one budget of
+    # memory_budget_mib before it spends it, and no request may hold more than memory_share of it; the rest waits up to 2 s, then gets
+    # RESOURCE_EXHAUSTED (429). OpenVINO's kept buffers are held from it at start. The default budget leaves a
+    # quarter of the Deployment's 3 GiB over the idle processes (~360 MiB) and ORT's arena for small runs (at
+    # most 32 MiB): the arithmetic is in admission.py.
     max_pixels: int = field(default=50_000_000, metadata=setting("Largest H x W per image.", min=1))
     max_images_per_request: int = field(default=64, metadata=setting("Most images (N) in one request.", min=1))
     max_request_pixels: int = field(default=50_000_000, metadata=setting(
@@ -112,22 +113,21 @@ class ServerConfig:
     tile_batch: int = field(default=8, metadata=setting("Windows (256 x 256) per model run.", min=1))
     device: str = field(default="auto", metadata=setting(
         "auto: CUDA when it really works, else CPU.", choices=DEVICES))
-    precision: str = field(default="float32", metadata=setting(
-        "float32: each version's model.onnx; auto: on a CPU its model.int8.onnx where it has one, else its "
-        "model.onnx; int8: model.int8.onnx, and a version without one is not served. benchmarks/int8.py "
-        "--install writes the int8 graph once its quality is within 1 % of float32's; on CPUs it runs faster "
-        "than model.onnx, but two 1 MP int8 runs at once can peak past the memory arithmetic's 640 bytes a "
-        "pixel (docs/serving.md).", choices=PRECISIONS))
-    runtime: str = field(default="onnxruntime", metadata=setting(
-        "onnxruntime: ONNX Runtime (CUDA or CPU, per --device); openvino: OpenVINO on the CPU (pip install "
-        "'inpaint[openvino]'), faster on x86 CPUs, runs one at a time, each holding more memory (docs/serving.md).",
-        choices=RUNTIMES))
-    openvino_keep_pixels: int = field(default=2**19, metadata=setting(
-        "With --runtime openvino: runs of up to this many pixels (N x H x W as the graph pads them) keep "
-        "OpenVINO's buffers between runs (no page faults: 1.3-1.6x faster on 2 cores), held from "
-        "--memory-budget-mib once, at start (900 bytes a pixel + 2 MiB an image); larger runs give theirs back. "
-        "The default covers a batch of 8 windows (every run of a large photo) and images up to 0.5 MP; 0: "
-        "every run gives them back.", min=0))
+    precision: str = field(default="auto", metadata=setting(
+        "auto: where runs go to the CPU, each version's model.int8.onnx where it has one, else its model.onnx; "
+        "float32: model.onnx; int8: model.int8.onnx, and a version without one is not served. "
+        "benchmarks/int8.py --install writes the int8 graph once its quality is within 1 % of float32's; on "
+        "CPUs it runs faster than model.onnx (docs/serving.md).", choices=PRECISIONS))
+    runtime: str = field(default="auto", metadata=setting(
+        "auto: OpenVINO where runs go to the CPU and it is installed, else ONNX Runtime; onnxruntime: ONNX "
+        "Runtime (CUDA or CPU, per --device); openvino: OpenVINO on the CPU (pip install 'inpaint[openvino]'), "
+        "faster on x86 CPUs, runs one at a time, keeping its buffers (docs/serving.md).", choices=RUNTIMES))
+    openvino_keep_pixels: int = field(default=2**20, metadata=setting(
+        "With OpenVINO: runs of up to this many pixels (N x H x W as the graph pads them) keep OpenVINO's "
+        "buffers between runs (no page faults: 1.3-1.9x faster on 2 cores), held from --memory-budget-mib once, "
+        "at start (900 bytes a pixel + 2 MiB an image); larger runs give theirs back. The default covers every "
+        "run at the default --tile-above-pixels (whole images up to 1 MP, batches of windows); 0: every run "
+        "gives them back.", min=0))
     intra_op_threads: int = field(default=0, metadata=setting(
         "Threads per model run (0: the runtime's choice).", min=0))
     compute_threads: int = field(default=2, metadata=setting(
@@ -261,8 +261,8 @@ class InpaintServer:
         run_cost = self.loader.run_cost(max_images)
         if run_cost.held:
             try:
-                self.budget.hold(run_cost.held,
-                                 f"--runtime openvino with --openvino-keep-pixels {config.openvino_keep_pixels}")
+                self.budget.hold(run_cost.held, f"OpenVINO (--runtime {config.runtime}) with --openvino-keep-pixels "
+                                                f"{config.openvino_keep_pixels}")
             except ValueError as error:
                 raise InvalidConfig(str(error)) from None
         hand_large_buffers_back_when_freed()

@@ -149,6 +149,11 @@ class ServerThread:
         wait_for(lambda: self.call(self.server.manager.is_available), timeout,
                  "a model version to become AVAILABLE")
 
+    def wait_until_versions(self, versions: list[int], timeout: float = 60) -> None:
+        """Until exactly ``versions`` are AVAILABLE (a version policy's others load one after another)."""
+        wait_for(lambda: self.call(self.server.manager.available_versions) == sorted(versions), timeout,
+                 f"versions {versions} to become AVAILABLE")
+
     def stop(self) -> bool:
         finished = True
         if self.server is not None and not self.server.stopped.is_set():

@@ -164,6 +164,7 @@ def test_the_serving_image_holds_no_tensorflow(built):
     with image_mount(SERVING) as root:
         packages = installed_packages(root)
     assert any(name.startswith("onnxruntime") for name in packages), packages
+    assert any(name.startswith("openvino") for name in packages), packages  # what --runtime auto runs on CPUs
     assert any(name.startswith("inpaint") for name in packages), packages
     heavy = [name for name in packages if name.startswith(TRAINING_ONLY)]
     assert not heavy, f"{SERVING} holds training packages: {heavy}"
@@ -209,6 +210,8 @@ def test_inpaint_serve_runs_from_the_serving_image(built, model_copy, tmp_path):
             with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/", timeout=30) as page:
                 assert page.status == 200
                 assert "<title>inpaint</title>" in page.read().decode()
+            # the default runtime on the CPU image: OpenVINO on the version's int8 graph
+            assert "OpenVINO runs on the CPU" in log.read_text() and "runs model.int8.onnx" in log.read_text()
         finally:
             server.terminate()
             try:

@@ -22,15 +22,20 @@ SHIPPED = ROOT / "models" / "pretrained" / "inpaint"
 
 
 def test_the_server_answers_as_the_library_runs_the_versions_int8_graph_with_openvino(start_server):
+    """With the default flags, on a CPU: --runtime auto is OpenVINO, --precision auto the int8 graph."""
     from inpaint.core.detail import finish_fills
     from inpaint.core.openvino_model import OpenVinoModel
     from inpaint.core.repository import INT8_FILENAME
+    from inpaint.serving.runtime import cuda_device_present
 
+    if cuda_device_present():
+        pytest.skip("a GPU is here: --runtime auto runs ONNX Runtime with CUDA")
     rng = np.random.default_rng(3)
     image = rng.integers(0, 256, (2, 72, 96, 3), dtype=np.uint8)
     mask = np.zeros((2, 72, 96, 1), np.uint8)
     mask[:, 20:50, 30:70] = 1
-    server = start_server(SHIPPED, runtime="openvino", precision="auto")
+    server = start_server(SHIPPED)
+    assert server.server.loader.runtime == "openvino"
     answer = Stubs(server.grpc_target).predict(predict_request(image, mask))
 
     model = OpenVinoModel(SHIPPED / "1" / INT8_FILENAME)
@@ -40,6 +45,26 @@ def test_the_server_answers_as_the_library_runs_the_versions_int8_graph_with_ope
     known = mask[..., 0] == 0
     np.testing.assert_array_equal(answer[known], image[known])
     assert not np.array_equal(answer[~known], image[~known])  # the holes were filled
+
+
+def test_runtime_auto_runs_onnx_runtime_where_openvino_is_missing_or_runs_go_to_cuda(monkeypatch):
+    """Without OpenVINO (its import fails), auto falls back to ONNX Runtime, whose int8 runs are charged as
+    measured; with --device cuda, auto is ONNX Runtime; --runtime openvino is refused there."""
+    from inpaint.core.onnx_model import OnnxModel
+    from inpaint.serving.admission import ONNXRUNTIME_INT8_RUN, ONNXRUNTIME_RUN
+    from inpaint.serving.errors import InvalidConfig
+    from inpaint.serving.runtime import ModelLoader
+
+    assert ModelLoader("cuda", runtime="auto").runtime == "onnxruntime"
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed: importing it raises ImportError
+    loader = ModelLoader("cpu", precision="auto", runtime="auto", openvino_keep_pixels=2**20)
+    assert loader.runtime == "onnxruntime"
+    assert loader.run_cost(64) == ONNXRUNTIME_INT8_RUN and ONNXRUNTIME_INT8_RUN.held == 0
+    model = loader(SHIPPED / "1")
+    assert isinstance(model, OnnxModel) and model.path.name == "model.int8.onnx"
+    assert ModelLoader("cpu", precision="float32", runtime="auto").run_cost(64) == ONNXRUNTIME_RUN
+    with pytest.raises(InvalidConfig, match="not installed: pip install 'inpaint\\[openvino\\]'"):
+        ModelLoader("cpu", runtime="openvino")
 
 
 MEMORY_PROBE = textwrap.dedent("""
@@ -162,9 +187,17 @@ def test_kept_runs_cost_requests_nothing_and_the_budget_holds_their_buffers_once
 
 
 def test_keeping_more_than_three_quarters_of_the_budget_is_refused_at_start_naming_the_flags():
-    result = serve_command("--runtime", "openvino", "--memory-budget-mib", "700")
-    assert result.returncode == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: --runtime openvino with --openvino-keep-pixels 524288 "
-                                                   "needs 578 MiB of the 700 MiB memory budget for good")
-    assert "raise --memory-budget-mib" in lines[0]
+    """With the default flags (--runtime auto runs OpenVINO here), as with --runtime openvino and a keep of
+    their own."""
+    for args, keep, held in ((("--memory-budget-mib", "1300"), 1048576, "1,028"),  # 1,300 MiB: printed "1,300"
+                             (("--runtime", "openvino", "--openvino-keep-pixels", "524288", "--memory-budget-mib",
+                               "700"), 524288, "578")):
+        result = serve_command(*args)
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        budget = f"{int(args[-1]):,}"
+        runtime = "openvino" if "--runtime" in args else "auto"
+        assert len(lines) == 1 and lines[0].startswith(
+            f"Error: OpenVINO (--runtime {runtime}) with --openvino-keep-pixels {keep} needs {held} MiB of the "
+            f"{budget} MiB memory budget for good"), lines
+        assert "raise --memory-budget-mib" in lines[0]

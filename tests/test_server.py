@@ -547,7 +547,7 @@ def test_health_updates_still_waiting_at_the_stop_are_cancelled_and_awaited(onnx
 def test_precision_int8_serves_each_versions_int8_graph_and_says_why_a_version_without_one_is_not(
         tmp_path, start_server, caplog):
     """--precision int8 runs the model.int8.onnx beside each version's model.onnx (benchmarks/int8.py --install
-    writes it, once its quality is within 1 % of float32's); float32, the default, runs model.onnx; auto the
+    writes it, once its quality is within 1 % of float32's); float32 runs model.onnx; auto, the default, the
     int8 graph on a CPU where the version has one, else model.onnx. A version without an int8 graph
     is not served under int8, and the log says how to make one."""
     import logging
@@ -562,10 +562,13 @@ def test_precision_int8_serves_each_versions_int8_graph_and_says_why_a_version_w
     onnx.save(fill_model(77), str(base / "1" / "model.int8.onnx"))  # a graph that tells which one ran
     write_version(base, 2, fill=99)  # no int8 graph
     image, mask = images()
+    servers = {"float32": start_server(base, precision="float32", version_policy="all"),
+               "auto": start_server(base, version_policy="all")}
+    for server in servers.values():
+        server.wait_until_versions([1, 2])
     ran = {precision: {version: Stubs(server.grpc_target).predict(predict_request(image, mask, version=version))
                        .tolist() for version in (1, 2)}
-           for precision, server in (("float32", start_server(base, version_policy="all")),
-                                     ("auto", start_server(base, precision="auto", version_policy="all")))}
+           for precision, server in servers.items()}
     assert ran["float32"] == {1: expected_fill(image, mask, 128).tolist(), 2: expected_fill(image, mask, 99).tolist()}
     assert ran["auto"] == {1: expected_fill(image, mask, 77 if on_cpu else 128).tolist(),
                            2: expected_fill(image, mask, 99).tolist()}

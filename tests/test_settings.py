@@ -248,10 +248,15 @@ def test_the_limits_every_manifest_repeats_agree(monkeypatch):
 def test_every_manifests_memory_limit_holds_its_budget(monkeypatch):
     """serving/admission.py's arithmetic: idle processes + ORT's small-run arena + --memory-budget-mib, and about
     a quarter of the limit left for what is not admitted, at least half of it free of the small methods' one
-    message arriving; a gRPC predict's message (held twice while it arrives) fits in what one request may
-    hold, so the server need not cut the cap the args imply."""
-    from inpaint.serving.admission import SMALL_ARRIVAL_COPIES, UNADMITTED_SHARE, unadmitted_mib
-    from inpaint.serving.grpc_transport import ARRIVAL_COPIES, SMALL_ARRIVALS
+    message arriving. Of the budget, OpenVINO's kept buffers (--runtime auto on the CPU image) are held at
+    start; what is left for one request holds a gRPC predict's message (held twice while it arrives), so the
+    server need not cut the cap the args imply, and the largest photo the args admit (thin holes, uint8)."""
+    import math
+
+    from inpaint.core.tiling import TilingOptions
+    from inpaint.serving.admission import (OPENVINO_RUN, SMALL_ARRIVAL_COPIES, UNADMITTED_SHARE, array_predict_cost,
+                                           unadmitted_mib)
+    from inpaint.serving.grpc_transport import ARRIVAL_COPIES, REPLY_BYTES_PER_VALUE, SMALL_ARRIVALS
     from inpaint.serving.server import request_bytes_for
 
     for path, container in server_containers():
@@ -259,8 +264,18 @@ def test_every_manifests_memory_limit_holds_its_budget(monkeypatch):
         limit = mebibytes(container["resources"]["limits"]["memory"])
         assert unadmitted_mib(limit, params["memory_budget_mib"]) >= UNADMITTED_SHARE * limit, path
         grpc_bytes, _, _ = request_bytes_for(params["max_request_pixels"], params["tile_above_pixels"])
-        per_request = params["memory_budget_mib"] * 2**20 * params["memory_share"]
+        budget = params["memory_budget_mib"] * 2**20
+        batching = "--enable-batching" in container["args"]
+        max_images = (min(params["max_images_per_request"], params["max_batch_size"]) if batching
+                      else params["max_images_per_request"])
+        run_cost = OPENVINO_RUN.keeping(params["openvino_keep_pixels"], max_images)
+        per_request = min(budget * params["memory_share"], budget - run_cost.held)
         assert ARRIVAL_COPIES * grpc_bytes <= per_request, path
+        height = math.isqrt(params["max_pixels"] * 2 // 3)  # a 3:2 camera photo
+        width = params["max_pixels"] // height
+        tiling = TilingOptions(tile_above_pixels=params["tile_above_pixels"])
+        photo = array_predict_cost(1, height, width, 1, tiling, REPLY_BYTES_PER_VALUE, run_cost=run_cost)
+        assert photo.total + 2 * 4 * height * width <= per_request, (path, photo.describe())
         # the other methods' messages, arriving outside the budget, fit in what is left for the unadmitted
         unadmitted = unadmitted_mib(limit, params["memory_budget_mib"]) * 2**20
         assert SMALL_ARRIVALS * SMALL_ARRIVAL_COPIES * grpc_bytes <= unadmitted / 2, path
@@ -305,12 +320,16 @@ def test_the_images_install_the_projects_extras():
 
 
 def test_the_serving_extras_are_serve_base_and_one_onnx_runtime():
-    """serve, serve-cpu and serve-gpu differ only in their ONNX Runtime package, and none holds TensorFlow."""
+    """serve, serve-cpu and serve-gpu differ only in their ONNX Runtime package and whether they carry OpenVINO
+    (what --runtime auto runs on CPUs: serve and serve-cpu do, the CUDA image does not), and none holds
+    TensorFlow."""
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    for name in ("serve", "serve-cpu", "serve-gpu"):
+    for name, base in (("serve", "inpaint[serve-base,openvino]"), ("serve-cpu", "inpaint[serve-base,openvino]"),
+                       ("serve-gpu", "inpaint[serve-base]")):
         rest = [r for r in extras[name] if not r.startswith("onnxruntime")]
-        assert rest == ["inpaint[serve-base]"], name
-        assert not any("tensorflow" in r for r in extras["serve-base"] + extras[name]), name
+        assert rest == [base], name
+        assert not any("tensorflow" in r for r in extras["serve-base"] + extras["openvino"] + extras[name]), name
+    assert [r.split(";")[0] for r in extras["openvino"]] == ["openvino>=2024.3"]
     assert re.search(r"^ARG SERVE_EXTRA=serve-cpu$", (ROOT / "serving/Dockerfile").read_text(), re.M)
     assert "SERVE_EXTRA" in (ROOT / "images/build.sh").read_text()
 
