@@ -379,8 +379,9 @@ class Worker:
 
 def _server_flags(worker: Worker) -> list[str]:
     """``large_photos.ServeProcess``'s flags are followed by these, which win: gRPC only (no REST codec process
-    to start), and the log line that names the provider ONNX Runtime really started."""
-    return ["--device", worker.device, "--log-level", "INFO", "--rest-port", "-1"]
+    to start), ONNX Runtime (what ``--runtime auto`` runs with CUDA; on a CPU it would run OpenVINO), and the
+    log line that names the provider ONNX Runtime really started."""
+    return ["--device", worker.device, "--runtime", "onnxruntime", "--log-level", "INFO", "--rest-port", "-1"]
 
 
 def _wait_ready(server, timeout: float) -> None:

@@ -128,7 +128,7 @@ JSON_OUT_BYTES_PER_VALUE = 24
 # arrays built from it.
 LIST_BYTES_PER_VALUE = 24
 
-DEFAULT_BUDGET_MIB = 1920
+DEFAULT_BUDGET_MIB = 2304
 DETAIL_WORST = DetailOptions(sources=MAX_SOURCES)  # the most a version's detail pass may hold
 DEFAULT_SHARE = 0.75
 DEFAULT_WAIT_SECONDS = 2.0

@@ -30,10 +30,12 @@ def shipped_repo(tmp_path) -> Path:
 
 
 def photo(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """A sample photo resized to ``width x height``, and a mask with a thick scratch over half its diagonal."""
+    """A sample photo resized to ``width x height``, and a mask with a thick scratch along its diagonal: enough
+    windows that the photo's runs outlast the small requests' (OpenVINO runs a batch of 8 in under a second)."""
     image = cv2.resize(read_image(samples_dir() / "coffee.png"), (width, height), interpolation=cv2.INTER_CUBIC)
     mask = np.zeros((height, width), np.uint8)
-    cv2.line(mask, (0, 0), (width // 2, height // 2), 1, 24)
+    cv2.line(mask, (0, 0), (width - 1, height - 1), 1, 24)
+    cv2.line(mask, (0, height - 1), (width - 1, 0), 1, 24)
     return image, mask
 
 
@@ -102,3 +104,28 @@ def test_small_requests_keep_their_latency_while_a_24_mp_photo_runs_in_windows(s
     assert max(latencies) < bound, (
         f"small requests took up to {max(latencies):.2f} s (each: {', '.join(f'{s:.2f}' for s in latencies)}) "
         f"while the photo took {large['seconds']:.1f} s; a quarter of it is the bound")
+
+
+def test_openvinos_run_lock_is_handed_over_in_arrival_order():
+    """OpenVINO's runs go one at a time through one lock (core/openvino_model.py): a thread that releases it
+    and asks again at once (a large photo's next batch of windows) queues behind those already waiting."""
+    from inpaint.core.openvino_model import FifoLock
+
+    lock, order = FifoLock(), []
+
+    def take(name: str) -> None:
+        with lock:
+            order.append(name)
+
+    lock.__enter__()
+    waiters = []
+    for name in ("first", "second", "third"):
+        waiter = threading.Thread(target=take, args=(name,))
+        waiter.start()
+        waiters.append(waiter)
+        wait_for(lambda: len(lock._waiters) == len(waiters), 10, f"{name} waiting for the lock")
+    lock.__exit__(None, None, None)
+    take("the holder again")  # asks again at once: it queues behind the three
+    for waiter in waiters:
+        waiter.join(10)
+    assert order == ["first", "second", "third", "the holder again"]

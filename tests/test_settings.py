@@ -248,15 +248,9 @@ def test_the_limits_every_manifest_repeats_agree(monkeypatch):
 def test_every_manifests_memory_limit_holds_its_budget(monkeypatch):
     """serving/admission.py's arithmetic: idle processes + ORT's small-run arena + --memory-budget-mib, and about
     a quarter of the limit left for what is not admitted, at least half of it free of the small methods' one
-    message arriving. Of the budget, OpenVINO's kept buffers (--runtime auto on the CPU image) are held at
-    start; what is left for one request holds a gRPC predict's message (held twice while it arrives), so the
-    server need not cut the cap the args imply, and the largest photo the args admit (thin holes, uint8)."""
-    import math
-
-    from inpaint.core.tiling import TilingOptions
-    from inpaint.serving.admission import (OPENVINO_RUN, SMALL_ARRIVAL_COPIES, UNADMITTED_SHARE, array_predict_cost,
-                                           unadmitted_mib)
-    from inpaint.serving.grpc_transport import ARRIVAL_COPIES, REPLY_BYTES_PER_VALUE, SMALL_ARRIVALS
+    message arriving; and the budget admits what ``assert_budget_admits_the_largest_photo`` says."""
+    from inpaint.serving.admission import SMALL_ARRIVAL_COPIES, UNADMITTED_SHARE, unadmitted_mib
+    from inpaint.serving.grpc_transport import SMALL_ARRIVALS
     from inpaint.serving.server import request_bytes_for
 
     for path, container in server_containers():
@@ -264,21 +258,49 @@ def test_every_manifests_memory_limit_holds_its_budget(monkeypatch):
         limit = mebibytes(container["resources"]["limits"]["memory"])
         assert unadmitted_mib(limit, params["memory_budget_mib"]) >= UNADMITTED_SHARE * limit, path
         grpc_bytes, _, _ = request_bytes_for(params["max_request_pixels"], params["tile_above_pixels"])
-        budget = params["memory_budget_mib"] * 2**20
-        batching = "--enable-batching" in container["args"]
-        max_images = (min(params["max_images_per_request"], params["max_batch_size"]) if batching
-                      else params["max_images_per_request"])
-        run_cost = OPENVINO_RUN.keeping(params["openvino_keep_pixels"], max_images)
-        per_request = min(budget * params["memory_share"], budget - run_cost.held)
-        assert ARRIVAL_COPIES * grpc_bytes <= per_request, path
-        height = math.isqrt(params["max_pixels"] * 2 // 3)  # a 3:2 camera photo
-        width = params["max_pixels"] // height
-        tiling = TilingOptions(tile_above_pixels=params["tile_above_pixels"])
-        photo = array_predict_cost(1, height, width, 1, tiling, REPLY_BYTES_PER_VALUE, run_cost=run_cost)
-        assert photo.total + 2 * 4 * height * width <= per_request, (path, photo.describe())
         # the other methods' messages, arriving outside the budget, fit in what is left for the unadmitted
         unadmitted = unadmitted_mib(limit, params["memory_budget_mib"]) * 2**20
         assert SMALL_ARRIVALS * SMALL_ARRIVAL_COPIES * grpc_bytes <= unadmitted / 2, path
+        batching = "--enable-batching" in container["args"]
+        max_images = (min(params["max_images_per_request"], params["max_batch_size"]) if batching
+                      else params["max_images_per_request"])
+        assert_budget_admits_the_largest_photo(path, params, max_images)
+
+
+def test_the_default_budget_admits_a_24_mp_photo_beside_a_small_request():
+    import dataclasses
+
+    from inpaint.serving.server import ServerConfig
+
+    params = {field.name: getattr(ServerConfig(), field.name) for field in dataclasses.fields(ServerConfig)}
+    assert_budget_admits_the_largest_photo("defaults", dict(params, max_pixels=24_000_000),
+                                           params["max_images_per_request"])
+
+
+def assert_budget_admits_the_largest_photo(what: str, params: dict, max_images: int) -> None:
+    """Of the budget, OpenVINO's kept buffers (--runtime auto on a CPU) are held at start. What is left for one
+    request holds a gRPC predict's message while it arrives (twice the cap), so the server need not cut the cap
+    the args imply, and the largest photo the args admit (3:2, thin holes, uint8); and while that photo
+    runs, a small predict's message may still arrive."""
+    import math
+
+    from inpaint.core.tiling import TilingOptions
+    from inpaint.serving.admission import OPENVINO_RUN, array_predict_cost
+    from inpaint.serving.grpc_transport import ARRIVAL_COPIES, REPLY_BYTES_PER_VALUE
+    from inpaint.serving.server import request_bytes_for
+
+    grpc_bytes, _, _ = request_bytes_for(params["max_request_pixels"], params["tile_above_pixels"])
+    budget = params["memory_budget_mib"] * 2**20
+    run_cost = OPENVINO_RUN.keeping(params["openvino_keep_pixels"], max_images)
+    per_request = min(budget * params["memory_share"], budget - run_cost.held)
+    assert ARRIVAL_COPIES * grpc_bytes <= per_request, what
+    height = math.isqrt(params["max_pixels"] * 2 // 3)
+    width = params["max_pixels"] // height
+    tiling = TilingOptions(tile_above_pixels=params["tile_above_pixels"])
+    photo = array_predict_cost(1, height, width, 1, tiling, REPLY_BYTES_PER_VALUE, run_cost=run_cost)
+    photo_total = photo.total + 2 * 4 * height * width  # its message: the bytes and their parsed copy
+    assert photo_total <= per_request, (what, photo.describe())
+    assert run_cost.held + photo_total + ARRIVAL_COPIES * grpc_bytes <= budget, what
 
 
 def test_the_deployments_drain_fits_its_grace_period(monkeypatch):
