@@ -265,9 +265,10 @@ def _source_details(image: np.ndarray, blocks: np.ndarray, options: DetailOption
         bottom = min(height, last_row * cell + block + margin)
         pixels = image[top:bottom].astype(np.float32)
         detail = pixels - cv2.GaussianBlur(pixels, (0, 0), options.sigma)
-        ys = (blocks[members, 0] * cell - top)[:, None, None] + np.arange(block)[None, :, None]
-        xs = (blocks[members, 1] * cell)[:, None, None] + np.arange(block)[None, None, :]
-        residuals[members] = detail[ys, xs]
+        for index in members:
+            row, col = blocks[index]
+            y, x = row * cell - top, col * cell
+            residuals[index] = detail[y:y + block, x:x + block]
     return residuals
 
 
@@ -301,9 +302,8 @@ def _synthesise_band(output: np.ndarray, holes: np.ndarray, best: np.ndarray, re
     cols = best.shape[1] + 1
     band_rows = stop_row - first_row
     window = _window(cell)
-    # Cell-major while blocks add into it (a block's quarter is one contiguous cell), pixel rows at the end.
-    detail = np.zeros((band_rows, cols, cell, cell, 3), np.float32)
-    weight = np.zeros((band_rows, cols, cell, cell), np.float32)
+    detail = np.zeros((band_rows, cell, cols, cell, 3), np.float32)
+    weight = np.zeros((band_rows, cell, cols, cell), np.float32)
     for row_offset in (0, 1):  # a block's top and bottom cells
         block_rows = np.arange(first_row - row_offset, stop_row - row_offset)
         block_rows = block_rows[(block_rows >= 0) & (block_rows < best.shape[0])]
@@ -320,13 +320,13 @@ def _synthesise_band(output: np.ndarray, holes: np.ndarray, best: np.ndarray, re
             win = window[quarter]
             band_row = block_rows[block_row] + row_offset - first_row
             col = block_col + col_offset
-            detail[band_row, col] += patches * win[None, ..., None]  # one quarter per cell: no index repeats
-            weight[band_row, col] += win[None] ** 2
+            detail[band_row, :, col, :] += patches * win[None, ..., None]
+            weight[band_row, :, col, :] += win[None] ** 2
     top = first_row * cell
     height, width = holes.shape
     bottom = min(stop_row * cell, height)
-    detail = detail.transpose(0, 2, 1, 3, 4).reshape(band_rows * cell, cols * cell, 3)[:bottom - top, :width]
-    weight = weight.transpose(0, 2, 1, 3).reshape(band_rows * cell, cols * cell)[:bottom - top, :width]
+    detail = detail.reshape(band_rows * cell, cols * cell, 3)[:bottom - top, :width]
+    weight = weight.reshape(band_rows * cell, cols * cell)[:bottom - top, :width]
     band_holes = holes[top:bottom] & (weight > 0)
     if not band_holes.any():
         return

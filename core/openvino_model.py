@@ -6,7 +6,6 @@ never when this module is. It reads the same ``model.onnx`` / ``model.int8.onnx`
 
 from __future__ import annotations
 
-import collections
 import threading
 import weakref
 from pathlib import Path
@@ -25,38 +24,13 @@ _OV_TYPES = {"u8": "uint8", "f32": "float32", "i64": "int64"}
 _CONFIG = {"PERFORMANCE_HINT": "LATENCY", "CPU_RUNTIME_CACHE_CAPACITY": "0"}
 
 
-class FifoLock:
-    """A lock handed to its waiters in arrival order. ``threading.Lock`` is not: a thread that releases it and
-    asks again at once (a large photo's next batch of windows) can keep it while others wait for the whole
-    photo."""
-
-    def __init__(self):
-        self._guard = threading.Lock()
-        self._waiters: collections.deque[threading.Event] = collections.deque()
-        self._held = False
-
-    def __enter__(self) -> "FifoLock":
-        with self._guard:
-            if not self._held:
-                self._held = True
-                return self
-            turn = threading.Event()
-            self._waiters.append(turn)
-        turn.wait()  # the releasing thread hands the lock over: _held stays True
-        return self
-
-    def __exit__(self, *exc) -> None:
-        with self._guard:
-            if self._waiters:
-                self._waiters.popleft().set()
-            else:
-                self._held = False
-
-
-# Every OpenVINO run in this process goes through this lock, one at a time in arrival order (the latency
-# hint's one stream runs each on every core anyway), and at most one model keeps its buffers between runs:
-# what several versions or models keep together is bounded by one model's ``keep_pixels``.
-_RUNS = FifoLock()
+# Every OpenVINO run in this process goes through this lock, one at a time (the latency hint's one stream runs
+# each on every core anyway), and at most one model keeps its buffers between runs: what several versions or
+# models keep together is bounded by one model's ``keep_pixels``. Not handed over in arrival order: with a
+# FIFO hand-over a stream of small requests took two runs in three, and a strip's windows ran 6x slower
+# (tests/test_memory_admission.py's burst: 100 s, not 17); between a large photo's batches of windows the
+# lock is free while the next batch is cut, and waiters take it then (tests/test_executors.py).
+_RUNS = threading.Lock()
 _keeper: "weakref.ref[OpenVinoModel] | None" = None  # weak: an unloaded version's model is freed all the same
 
 

@@ -105,27 +105,3 @@ def test_small_requests_keep_their_latency_while_a_24_mp_photo_runs_in_windows(s
         f"small requests took up to {max(latencies):.2f} s (each: {', '.join(f'{s:.2f}' for s in latencies)}) "
         f"while the photo took {large['seconds']:.1f} s; a quarter of it is the bound")
 
-
-def test_openvinos_run_lock_is_handed_over_in_arrival_order():
-    """OpenVINO's runs go one at a time through one lock (core/openvino_model.py): a thread that releases it
-    and asks again at once (a large photo's next batch of windows) queues behind those already waiting."""
-    from inpaint.core.openvino_model import FifoLock
-
-    lock, order = FifoLock(), []
-
-    def take(name: str) -> None:
-        with lock:
-            order.append(name)
-
-    lock.__enter__()
-    waiters = []
-    for name in ("first", "second", "third"):
-        waiter = threading.Thread(target=take, args=(name,))
-        waiter.start()
-        waiters.append(waiter)
-        wait_for(lambda: len(lock._waiters) == len(waiters), 10, f"{name} waiting for the lock")
-    lock.__exit__(None, None, None)
-    take("the holder again")  # asks again at once: it queues behind the three
-    for waiter in waiters:
-        waiter.join(10)
-    assert order == ["first", "second", "third", "the holder again"]
