@@ -79,6 +79,12 @@ class ModelLoader:
         self.runtime = resolve_runtime(runtime, device, on_cpu)
         self.int8_if_present = precision == "auto" and (self.runtime == "openvino" or on_cpu)
 
+    @classmethod
+    def for_config(cls, config) -> "ModelLoader":
+        """The loader a server with ``config`` (a ``ServerConfig``) uses."""
+        return cls(config.device, config.intra_op_threads, config.precision, config.runtime,
+                   config.openvino_keep_pixels)
+
     def graph_file(self, version_path: Path) -> str:
         """The graph a version serves: float32 its model.onnx, int8 its int8 graph, auto its int8 graph when
         runs go to the CPU and the version has one, else model.onnx."""
@@ -149,7 +155,7 @@ def check_openvino(device: str) -> None:
     """InvalidConfig naming the fix unless OpenVINO can run this server's models."""
     if device == "cuda":
         raise InvalidConfig("--runtime openvino runs on the CPU: use --device cpu or auto, or --runtime onnxruntime "
-                         "for CUDA")
+                            "for CUDA")
     if not openvino_installed():
         raise InvalidConfig("--runtime openvino, but OpenVINO is not installed: pip install 'inpaint[openvino]' "
                             "(or openvino), or --runtime onnxruntime")

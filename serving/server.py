@@ -85,11 +85,11 @@ class ServerConfig:
     # Memory (docs/serving.md, "Memory"; serving/admission.py): every request reserves what it will cost
     # (its message, before a gRPC one is received, tensors by dtype, model runs padded to multiples of 16 at
     # 640 bytes a pixel with ONNX Runtime, the tiled path's arrays, its reply) from one budget of
-    # memory_budget_mib before it spends it, and no request may hold more than memory_share of it; the rest waits up to 2 s, then gets
-    # RESOURCE_EXHAUSTED (429). OpenVINO's kept buffers are held from it at start. The default budget holds them,
-    # a 24 MP photo and a small request's message arriving at the default caps (tests/test_settings.py); the
-    # Deployment's (1,920 MiB, under its 3 GiB limit) does the same at its caps: the arithmetic is in
-    # admission.py.
+    # memory_budget_mib before it spends it, and no request may hold more than memory_share of it; the rest
+    # waits up to 2 s, then gets RESOURCE_EXHAUSTED (429). OpenVINO's kept buffers are held from it at start.
+    # The default budget holds them, a 24 MP photo and a small request's message arriving at the default caps
+    # (tests/test_settings.py); the Deployment's (1,920 MiB, under its 3 GiB limit) does the same at its caps:
+    # the arithmetic is in admission.py.
     max_pixels: int = field(default=50_000_000, metadata=setting("Largest H x W per image.", min=1))
     max_images_per_request: int = field(default=64, metadata=setting("Most images (N) in one request.", min=1))
     max_request_pixels: int = field(default=50_000_000, metadata=setting(
@@ -243,8 +243,7 @@ class InpaintServer:
         threads = config.batching.num_batch_threads if config.enable_batching else config.compute_threads
         self.compute = ThreadPoolExecutor(threads, thread_name_prefix="inference")
         self.loading = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
-        self.loader = ModelLoader(config.device, config.intra_op_threads, config.precision, config.runtime,
-                                  config.openvino_keep_pixels)
+        self.loader = ModelLoader.for_config(config)
         self.scheduler = PerModelScheduler(self._make_scheduler)
         self.models = ModelRegistry(self._make_manager, self.scheduler, config.poll_seconds,
                                     config.allow_unavailable_labels)

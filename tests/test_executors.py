@@ -104,4 +104,3 @@ def test_small_requests_keep_their_latency_while_a_24_mp_photo_runs_in_windows(s
     assert max(latencies) < bound, (
         f"small requests took up to {max(latencies):.2f} s (each: {', '.join(f'{s:.2f}' for s in latencies)}) "
         f"while the photo took {large['seconds']:.1f} s; a quarter of it is the bound")
-

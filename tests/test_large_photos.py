@@ -39,8 +39,7 @@ def served_model(version: Path):
     auto``: OpenVINO on a CPU where it is installed) on its graph (``--precision auto``)."""
     from inpaint.serving.server import ServerConfig
 
-    config = ServerConfig()
-    return ModelLoader(config.device, config.intra_op_threads, config.precision, config.runtime)(version)
+    return ModelLoader.for_config(ServerConfig())(version)
 
 
 def photo(height: int, width: int) -> np.ndarray:
